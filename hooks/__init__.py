@@ -1,0 +1,1 @@
+"""Reference hook backends for taleus-bootstrap (import name ``taleus_hooks``)."""

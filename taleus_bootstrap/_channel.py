@@ -1,0 +1,128 @@
+"""Frames over a byte stream: the thin I/O layer between a libp2p stream and the sans-I/O codec.
+
+Works with any object that has ``read(n)``, ``write(data)``, ``close()`` and ``reset()`` (a
+py-libp2p ``INetStream``, or :func:`taleus_bootstrap.testing.memory_stream_pair` in tests).
+Reads never go past the frame in progress, so nothing is buffered between frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+
+from ._codec import AnyFrame, FrameDecoder, encode_frame
+from ._errors import RejectionCode, RemoteProtocolError
+from ._frames import Rejected
+
+__all__ = ["ByteStream", "FrameChannel", "PeerGone"]
+
+logger = logging.getLogger("taleus_bootstrap.channel")
+
+
+class ByteStream(Protocol):
+    """The stream interface sessions need (a subset of py-libp2p's ``INetStream``)."""
+
+    async def read(self, n: int | None = None) -> bytes:
+        """Up to ``n`` bytes; ``b""`` or an exception at end of stream."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Write all of ``data``."""
+        ...
+
+    async def close(self) -> None:
+        """Half-close: no more writes from this side."""
+        ...
+
+    async def reset(self) -> None:
+        """Abort the stream in both directions."""
+        ...
+
+
+class PeerGone(RemoteProtocolError):
+    """The stream ended or broke before the protocol was done (EOF, reset, write failure)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(RejectionCode.MALFORMED, detail)
+
+
+class FrameChannel:
+    """Reads and writes whole frames; remembers whether writing is still possible."""
+
+    def __init__(self, stream: ByteStream, *, max_frame_bytes: int) -> None:
+        self.stream = stream
+        self.max_frame_bytes = max_frame_bytes
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self.writable = True
+        self.closed = False
+
+    async def receive(self) -> AnyFrame:
+        """The next frame. Raises :class:`RemoteProtocolError` (bad frame) or :class:`PeerGone`."""
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            if self._decoder.at_eof:
+                raise PeerGone("stream ended before the expected frame")
+            try:
+                data = await self.stream.read(self._decoder.bytes_needed)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # libp2p: StreamEOF, StreamReset, StreamClosed...
+                logger.debug("read ended: %s", type(exc).__name__)
+                data = b""
+            # b"" marks the end of stream: the next round raises for a truncated frame,
+            # or PeerGone if the stream ended between frames.
+            self._decoder.feed(data)
+
+    async def send(self, frame: AnyFrame) -> None:
+        """Write one frame. Raises :class:`PeerGone` if the stream is broken."""
+        payload = encode_frame(frame, max_frame_bytes=self.max_frame_bytes)
+        if not self.writable:
+            raise PeerGone("stream is no longer writable")
+        try:
+            await self.stream.write(payload)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            self.writable = False
+            raise PeerGone(f"write failed: {type(exc).__name__}") from None
+
+    async def send_rejection(self, code: RejectionCode, retry_after_s: float | None = None) -> bool:
+        """Best effort: write ``rejected`` as the last frame; True if it was written."""
+        if not self.writable:
+            return False
+        try:
+            await self.send(Rejected(code=code, retry_after_s=retry_after_s))
+        except PeerGone:
+            return False
+        self.writable = False
+        return True
+
+    async def close(self) -> None:
+        """Half-close after the last frame (the peer can still read what was written)."""
+        self.writable = False
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.stream.close()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            logger.debug("close failed: %s", type(exc).__name__)
+
+    async def reset(self) -> None:
+        """Abort the stream (after a timeout or an error); never raises but Cancelled."""
+        self.writable = False
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.stream.reset()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            logger.debug("reset failed: %s", type(exc).__name__)

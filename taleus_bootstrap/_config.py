@@ -1,0 +1,121 @@
+"""Configuration: one frozen pydantic model per side, every default a named constant.
+
+The library never reads the environment; the CLI builds these models from its options and files.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from pydantic import ConfigDict, Field, model_validator
+
+from ._codec import DEFAULT_MAX_FRAME_BYTES
+from ._frames import MAX_CADRE_ADDRS, MultiaddrStr, _Model
+
+__all__ = [
+    "DEFAULT_CLEANUP_INTERVAL",
+    "DEFAULT_GLOBAL_BURST",
+    "DEFAULT_GLOBAL_RATE_PER_S",
+    "DEFAULT_MAX_CONCURRENT_SESSIONS",
+    "DEFAULT_MAX_SESSION_HISTORY",
+    "DEFAULT_MAX_TRACKED_PEERS",
+    "DEFAULT_PEER_BURST",
+    "DEFAULT_PEER_RATE",
+    "DEFAULT_PEER_RATE_PERIOD",
+    "DEFAULT_PROVISION_TIMEOUT",
+    "DEFAULT_SESSION_TIMEOUT",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "DEFAULT_STEP_TIMEOUT",
+    "InviteeConfig",
+    "ManagerConfig",
+]
+
+DEFAULT_MAX_CONCURRENT_SESSIONS: Final = 100
+DEFAULT_BUSY_RETRY_AFTER: Final = 1.0
+DEFAULT_PEER_RATE: Final = 10
+DEFAULT_PEER_RATE_PERIOD: Final = 60.0
+DEFAULT_PEER_BURST: Final = 10
+DEFAULT_GLOBAL_RATE_PER_S: Final = 200.0
+DEFAULT_GLOBAL_BURST: Final = 400
+DEFAULT_MAX_TRACKED_PEERS: Final = 10_000
+DEFAULT_SESSION_TIMEOUT: Final = 30.0
+DEFAULT_STEP_TIMEOUT: Final = 5.0
+DEFAULT_PROVISION_TIMEOUT: Final = 10.0
+DEFAULT_CLEANUP_TIMEOUT: Final = 5.0
+DEFAULT_MAX_SESSION_HISTORY: Final = 1000
+DEFAULT_CLEANUP_INTERVAL: Final = 10.0
+DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+DEFAULT_DIAL_TIMEOUT: Final = 5.0
+DEFAULT_DIAL_ATTEMPTS: Final = 2
+DEFAULT_DIAL_BACKOFF: Final = 0.25
+DEFAULT_DIAL_BACKOFF_MAX: Final = 2.0
+
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+
+
+class _Timeouts(_Model):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, allow_inf_nan=False)
+
+    session_timeout: Seconds = DEFAULT_SESSION_TIMEOUT
+    """Upper bound on a whole session, from stream admission to its terminal state."""
+    step_timeout: Seconds = DEFAULT_STEP_TIMEOUT
+    """Upper bound on each step: one frame read or write, one token/identity/audit hook call."""
+    provision_timeout: Seconds = DEFAULT_PROVISION_TIMEOUT
+    """Upper bound on the database hook's ``provision`` / ``accept`` call."""
+    cleanup_timeout: Seconds = DEFAULT_CLEANUP_TIMEOUT
+    """Upper bound on releasing a reservation / provision after a failure (runs shielded)."""
+    max_frame_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = DEFAULT_MAX_FRAME_BYTES
+    """Largest frame body accepted or sent; a bigger length prefix is ``frame_too_large``."""
+    cadre_addrs: Annotated[tuple[MultiaddrStr, ...], Field(max_length=MAX_CADRE_ADDRS)] = ()
+    """This party's cadre multiaddrs, sent to the other party after acceptance."""
+
+    @model_validator(mode="after")
+    def _steps_fit_session(self) -> _Timeouts:
+        for name in ("step_timeout", "provision_timeout"):
+            if getattr(self, name) > self.session_timeout:
+                raise ValueError(f"{name} must not exceed session_timeout")
+        return self
+
+
+class ManagerConfig(_Timeouts):
+    """Everything the inviter's :class:`~taleus_bootstrap.SessionManager` can be tuned with."""
+
+    max_concurrent_sessions: Annotated[int, Field(ge=1, le=100_000)] = (
+        DEFAULT_MAX_CONCURRENT_SESSIONS
+    )
+    """Sessions running at once; a stream over the cap is answered ``busy`` unread."""
+    busy_retry_after_s: Annotated[float, Field(ge=0, le=3600)] = DEFAULT_BUSY_RETRY_AFTER
+    """``retry_after_s`` sent with ``busy``."""
+    peer_rate: Annotated[int, Field(ge=1)] = DEFAULT_PEER_RATE
+    """Session starts allowed per authenticated peer per ``peer_rate_period`` (GCRA)."""
+    peer_rate_period: Seconds = DEFAULT_PEER_RATE_PERIOD
+    """The period ``peer_rate`` is counted over, in seconds."""
+    peer_burst: Annotated[int, Field(ge=1)] = DEFAULT_PEER_BURST
+    """Session starts a fresh peer may make at once."""
+    global_rate_per_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = (
+        DEFAULT_GLOBAL_RATE_PER_S
+    )
+    """Session starts per second across all peers."""
+    global_burst: Annotated[int, Field(ge=1)] = DEFAULT_GLOBAL_BURST
+    """Session starts the node may take at once."""
+    max_tracked_peers: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_MAX_TRACKED_PEERS
+    """Bound on the per-peer limiter's memory; the least recently seen peer is evicted."""
+    max_session_history: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_MAX_SESSION_HISTORY
+    """Finished sessions kept (with their transitions) for :meth:`SessionManager.history`."""
+    cleanup_interval: Seconds = DEFAULT_CLEANUP_INTERVAL
+    """How often idle limiter state is pruned."""
+    shutdown_grace: Annotated[float, Field(ge=0, le=3600)] = DEFAULT_SHUTDOWN_GRACE
+    """On close, how long running sessions may finish before they are cancelled."""
+
+
+class InviteeConfig(_Timeouts):
+    """Everything :func:`~taleus_bootstrap.initiate_bootstrap` can be tuned with."""
+
+    dial_timeout: Seconds = DEFAULT_DIAL_TIMEOUT
+    """Upper bound on one connect + stream negotiation attempt."""
+    dial_attempts: Annotated[int, Field(ge=1, le=20)] = DEFAULT_DIAL_ATTEMPTS
+    """Attempts per responder address before moving to the next one."""
+    dial_backoff: Annotated[float, Field(ge=0, le=60)] = DEFAULT_DIAL_BACKOFF
+    """Wait before the second attempt; doubles each further attempt up to ``dial_backoff_max``."""
+    dial_backoff_max: Annotated[float, Field(ge=0, le=600)] = DEFAULT_DIAL_BACKOFF_MAX
+    """Cap on the wait between attempts."""

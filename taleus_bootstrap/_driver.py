@@ -1,0 +1,201 @@
+"""What both sides' drivers share: a state machine with audit, steps with timeouts, hook calls.
+
+Owns no stream logic; :mod:`._session` (inviter) and :mod:`._invitee` build on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import trio
+from pydantic import ValidationError
+
+from ._errors import LocalProtocolError, ProtocolError, RejectionCode
+from ._events import AuditEvent, Rejection, SessionOutcome, Side, StateChanged
+from ._frames import Role
+from ._hooks import AuditHook
+from ._states import InviteeState, InviterState, StateMachine, TransitionRecord, Trigger
+
+__all__ = ["SessionRecord", "StepTimeout", "TrackedMachine", "call_hook", "utc_now"]
+
+logger = logging.getLogger("taleus_bootstrap.session")
+S = TypeVar("S", InviterState, InviteeState)
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    """The wall clock, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class StepTimeout(ProtocolError):
+    """A step ran past its own timeout (the session timeout is detected separately)."""
+
+    def __init__(self, step: str, seconds: float) -> None:
+        super().__init__(RejectionCode.TIMEOUT, f"step {step!r} exceeded {seconds:g} s")
+
+
+class HookFailure(LocalProtocolError):
+    """A hook raised or returned something invalid; keeps the exception for the audit trail."""
+
+    def __init__(self, code: RejectionCode, hook: str, error: BaseException) -> None:
+        super().__init__(code, f"{hook} hook failed")
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A finished session as kept in a manager's history (and returned by ``run``)."""
+
+    session_id: str
+    side: Side
+    peer_id: str | None
+    role: Role | None
+    final_state: str
+    code: RejectionCode | None
+    tally_id: str | None
+    started_at: datetime
+    duration_s: float
+    transitions: tuple[TransitionRecord, ...]
+
+
+async def call_hook(
+    hook: str,
+    fn: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float,
+    failure_code: RejectionCode,
+    validate: Callable[[Any], T],
+) -> T:
+    """Call one hook under ``timeout``; validate its result.
+
+    A hook that raises or returns garbage raises :class:`HookFailure` with ``failure_code``; one
+    that hangs raises :class:`StepTimeout`. ``trio.Cancelled`` passes through untouched.
+    """
+    with trio.move_on_after(timeout) as scope:
+        try:
+            result = await fn()
+        except Exception as exc:
+            raise HookFailure(failure_code, hook, exc) from exc
+    if scope.cancelled_caught:
+        raise StepTimeout(f"{hook} hook", timeout)
+    try:
+        return validate(result)
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise HookFailure(failure_code, hook, exc) from exc
+
+
+def expect_bool(value: Any) -> bool:
+    """Validator for hooks that must return exactly ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"expected bool, got {type(value).__name__}")
+    return value
+
+
+def expect_none(value: Any) -> None:
+    """Validator for hooks whose result is ignored but must be ``None``."""
+    return None
+
+
+class TrackedMachine(Generic[S]):
+    """A state machine whose every transition is also an audit event, plus the session's audit."""
+
+    def __init__(
+        self,
+        machine: StateMachine[S],
+        *,
+        session_id: str,
+        side: Side,
+        audit: AuditHook,
+        audit_timeout: float,
+    ) -> None:
+        self.machine = machine
+        self.session_id = session_id
+        self.side = side
+        self._audit_hook = audit
+        self._audit_timeout = audit_timeout
+        self.audit_failures = 0
+
+    async def audit(self, event: AuditEvent, *, strict: bool = True) -> None:
+        """Send one event to the audit hook.
+
+        ``strict``: a failure ends the session (``internal_error``); otherwise (while cleaning up)
+        it is logged and counted.
+        """
+        try:
+            await call_hook(
+                "audit",
+                lambda: self._audit_hook.log_session(self.session_id, event),
+                timeout=self._audit_timeout,
+                failure_code=RejectionCode.INTERNAL_ERROR,
+                validate=expect_none,
+            )
+        except ProtocolError as exc:
+            self.audit_failures += 1
+            if strict:
+                raise
+            logger.error("audit hook failed for session %s: %s", self.session_id, exc.detail)
+
+    async def fire(self, trigger: Trigger, *, strict: bool = True) -> TransitionRecord:
+        """Take a transition and audit it."""
+        record = self.machine.fire(trigger, monotonic=trio.current_time(), wall_time=utc_now())
+        await self.audit(
+            StateChanged(
+                at=record.wall_time,
+                side=self.side,
+                seq=record.seq,
+                from_state=record.from_state,
+                to_state=record.to_state,
+                trigger=record.trigger.value,
+                monotonic=record.monotonic,
+                time_in_previous_s=record.time_in_previous_s,
+            ),
+            strict=strict,
+        )
+        return record
+
+    def rejection_event(
+        self,
+        error: ProtocolError,
+        direction: str,
+    ) -> Rejection:
+        """The audit event describing ``error`` (with a hook's exception, if any)."""
+        cause = getattr(error, "error", None)
+        return Rejection(
+            at=utc_now(),
+            side=self.side,
+            code=error.code,
+            direction=direction,  # type: ignore[arg-type]
+            detail=error.detail[:500],
+            retry_after_s=error.retry_after_s,
+            error_type=type(cause).__name__ if cause is not None else None,
+            error_message=str(cause)[:500] if cause is not None else None,
+        )
+
+    def outcome_event(
+        self,
+        *,
+        code: RejectionCode | None,
+        role: Role | None,
+        tally_id: str | None,
+        started: float,
+    ) -> SessionOutcome:
+        """The terminal audit event."""
+        return SessionOutcome(
+            at=utc_now(),
+            side=self.side,
+            final_state=self.machine.state.value,
+            code=code,
+            role=role,
+            tally_id=tally_id,
+            duration_s=max(0.0, trio.current_time() - started),
+        )
+
+
+def mapping_or_empty(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """``value`` or an empty mapping."""
+    return value if value is not None else {}

@@ -1,0 +1,101 @@
+"""Typed audit events handed to the audit hook.
+
+Events never carry a token (only :func:`token_digest` of it) nor database credentials (a
+``Provision`` holds only a ``credentials_ref``). Hook exceptions are kept here (type and message),
+never on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Final, Literal
+
+from pydantic import Field
+
+from ._errors import RejectionCode
+from ._frames import Role, UtcDatetime, _Model
+
+__all__ = [
+    "AuditEvent",
+    "ContactReceived",
+    "Rejection",
+    "SessionOutcome",
+    "SessionStarted",
+    "StateChanged",
+    "token_digest",
+]
+
+Side = Literal["inviter", "invitee"]
+MAX_ERROR_CHARS: Final = 500
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 hex digest of a token: what logs, audit events and stores keep instead of it."""
+    return hashlib.sha256(b"taleus-bootstrap-token\x00" + token.encode()).hexdigest()
+
+
+class _Event(_Model):
+    at: UtcDatetime
+    side: Side
+
+
+class SessionStarted(_Event):
+    """A session began: a stream was accepted (inviter) or a bootstrap was initiated (invitee)."""
+
+    kind: Literal["session_started"] = "session_started"
+    peer_id: str | None
+
+
+class StateChanged(_Event):
+    """One state transition, as recorded by the state machine."""
+
+    kind: Literal["state_changed"] = "state_changed"
+    seq: int
+    from_state: str
+    to_state: str
+    trigger: str
+    monotonic: float
+    time_in_previous_s: float
+
+
+class ContactReceived(_Event):
+    """The inviter read a well-formed ``contact`` frame (the token only as a digest)."""
+
+    kind: Literal["contact_received"] = "contact_received"
+    token_digest: str
+    party_id: str
+    cadre_addr_count: int
+
+
+class Rejection(_Event):
+    """A ``rejected`` frame was sent or received, or the session failed before it could be.
+
+    ``detail`` says why in words for operators; ``error_type`` / ``error_message`` keep a hook's
+    exception. None of it goes on the wire.
+    """
+
+    kind: Literal["rejection"] = "rejection"
+    code: RejectionCode
+    direction: Literal["sent", "received", "none"]
+    detail: str
+    retry_after_s: float | None = None
+    error_type: str | None = None
+    error_message: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None = None
+
+
+class SessionOutcome(_Event):
+    """The terminal record of a session: its final state and, on success, the tally."""
+
+    kind: Literal["session_outcome"] = "session_outcome"
+    final_state: str
+    code: RejectionCode | None
+    role: Role | None
+    tally_id: str | None
+    duration_s: float
+
+
+AuditEvent = Annotated[
+    SessionStarted | StateChanged | ContactReceived | Rejection | SessionOutcome,
+    Field(discriminator="kind"),
+]
+"""Any audit event, discriminated on ``kind``."""

@@ -1,0 +1,344 @@
+"""The invitee's side: dial the link, present the token, finish the exchange.
+
+:func:`initiate_bootstrap` refuses an expired link before dialing, tries each responder address in
+order (bounded attempts with backoff), checks who answered, provisions when the inviter is foil,
+and raises a typed :class:`~taleus_bootstrap.BootstrapError` carrying the rejection code when the
+bootstrap does not complete. A provision it made is released if the exchange fails afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import trio
+from libp2p.abc import IHost
+from pydantic import JsonValue
+
+from ._channel import FrameChannel
+from ._config import InviteeConfig
+from ._driver import (
+    HookFailure,
+    StepTimeout,
+    TrackedMachine,
+    call_hook,
+    expect_bool,
+    utc_now,
+)
+from ._errors import (
+    BootstrapError,
+    BootstrapProtocolError,
+    BootstrapProvisionError,
+    BootstrapRejected,
+    BootstrapTimeout,
+    BootstrapUnreachable,
+    LinkExpiredError,
+    LocalProtocolError,
+    ProtocolError,
+    RejectionCode,
+    RemoteProtocolError,
+)
+from ._events import SessionStarted
+from ._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned, Rejected, Role, Tally
+from ._hooks import InviteeHooks, ProvisionRequest
+from ._libp2p import open_bootstrap_stream, remote_peer_id
+from ._link import BootstrapLink
+from ._session import new_session_id
+from ._states import INVITEE_TRANSITIONS, InviteeState, StateMachine, TransitionRecord, Trigger
+
+__all__ = ["BootstrapResult", "initiate_bootstrap"]
+
+logger = logging.getLogger("taleus_bootstrap.invitee")
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """A completed bootstrap, as the invitee sees it."""
+
+    session_id: str
+    """The inviter's session id."""
+    local_session_id: str
+    """The id this side's audit events were logged under."""
+    tally: Tally
+    database: DatabaseInfo
+    inviter_role: Role
+    invitee_role: Role
+    inviter_party_id: str
+    inviter_cadre_addrs: tuple[str, ...]
+    provisioned_by: Literal["inviter", "invitee"]
+    responder_addr: str
+    transitions: tuple[TransitionRecord, ...]
+
+
+class _Rejected(RemoteProtocolError):
+    def __init__(self, frame: Rejected) -> None:
+        super().__init__(frame.code, f"inviter rejected: {frame.code.value}",
+                         retry_after_s=frame.retry_after_s)
+
+
+async def initiate_bootstrap(
+    link: BootstrapLink | str,
+    host: IHost,
+    *,
+    hooks: InviteeHooks,
+    identity: Mapping[str, JsonValue] | None = None,
+    cadre_addrs: Sequence[str] = (),
+    config: InviteeConfig | None = None,
+) -> BootstrapResult:
+    """Run the invitee's side of a bootstrap over ``host`` and return the tally formed.
+
+    Raises :class:`LinkExpiredError` (before dialing), :class:`BootstrapUnreachable`,
+    :class:`BootstrapRejected`, :class:`BootstrapTimeout`, :class:`BootstrapProtocolError`,
+    :class:`BootstrapProvisionError` or :class:`BootstrapError`.
+    """
+    if isinstance(link, str):
+        link = BootstrapLink.decode(link)
+    if link.is_expired(utc_now()):
+        raise LinkExpiredError("the link has expired")
+    run = _InviteeRun(link, host, hooks, dict(identity or {}), tuple(cadre_addrs),
+                      config or InviteeConfig())
+    return await run.run()
+
+
+class _InviteeRun:
+    def __init__(
+        self,
+        link: BootstrapLink,
+        host: IHost,
+        hooks: InviteeHooks,
+        identity: dict[str, JsonValue],
+        cadre_addrs: tuple[str, ...],
+        config: InviteeConfig,
+    ) -> None:
+        self.link, self.host, self.hooks, self.config = link, host, hooks, config
+        self.identity, self.cadre_addrs = identity, cadre_addrs
+        self.local_peer_id = host.get_id().to_base58()
+        self.local_session_id = new_session_id()
+        self.started = trio.current_time()
+        self.tracked = TrackedMachine(
+            StateMachine(INVITEE_TRANSITIONS, InviteeState.DIALING, monotonic=self.started),
+            session_id=self.local_session_id,
+            side="invitee",
+            audit=hooks.audit,
+            audit_timeout=config.step_timeout,
+        )
+        self.channel: FrameChannel | None = None
+        self.remote_session_id: str | None = None
+        self.own_provision: Provision | None = None
+
+    async def run(self) -> BootstrapResult:
+        try:
+            with trio.move_on_after(self.config.session_timeout) as scope:
+                return await self._exchange()
+            assert scope.cancelled_caught
+            error: ProtocolError = ProtocolError(
+                RejectionCode.TIMEOUT, f"session exceeded {self.config.session_timeout:g} s"
+            )
+            await self._fail(error, Trigger.TIMED_OUT)
+        except BootstrapUnreachable as exc:
+            await self._fail(ProtocolError(RejectionCode.INTERNAL_ERROR, str(exc)),
+                             Trigger.REJECTED, send=False)
+            raise
+        except StepTimeout as exc:
+            error = exc
+            await self._fail(exc, Trigger.TIMED_OUT)
+        except ProtocolError as exc:
+            error = exc
+            await self._fail(exc, Trigger.REJECTED, send=not isinstance(exc, _Rejected))
+        except Exception as exc:
+            logger.exception("invitee session %s crashed", self.local_session_id)
+            error = HookFailure(RejectionCode.INTERNAL_ERROR, "invitee", exc)
+            await self._fail(error, Trigger.REJECTED)
+        except BaseException:
+            await self._fail(LocalProtocolError(RejectionCode.INTERNAL_ERROR, "cancelled"),
+                             Trigger.REJECTED)
+            raise
+        raise self._exception(error)
+
+    def _exception(self, error: ProtocolError) -> BootstrapError:
+        sid = self.remote_session_id
+        if isinstance(error, _Rejected):
+            return BootstrapRejected(error.code, error.retry_after_s, session_id=sid)
+        if error.code is RejectionCode.TIMEOUT:
+            return BootstrapTimeout(error.detail, code=error.code, session_id=sid)
+        if error.code is RejectionCode.PROVISION_FAILED and isinstance(error, LocalProtocolError):
+            return BootstrapProvisionError(error.detail, code=error.code, session_id=sid)
+        if isinstance(error, RemoteProtocolError):
+            return BootstrapProtocolError(error.detail, code=error.code, session_id=sid)
+        return BootstrapError(error.detail, code=error.code, session_id=sid)
+
+    async def _step(self, name: str, timeout: float, fn: Any) -> Any:
+        with trio.move_on_after(timeout) as scope:
+            return await fn()
+        raise StepTimeout(name, timeout) if scope.cancelled_caught else AssertionError(name)
+
+    async def _dial(self) -> tuple[Any, str]:
+        cfg = self.config
+        attempts: list[tuple[str, str]] = []
+        for addr in self.link.responder_addrs:
+            delay = cfg.dial_backoff
+            for attempt in range(cfg.dial_attempts):
+                if attempt:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, cfg.dial_backoff_max)
+                with trio.move_on_after(cfg.dial_timeout) as scope:
+                    try:
+                        return await open_bootstrap_stream(self.host, addr), addr
+                    except Exception as exc:
+                        attempts.append((addr, f"{type(exc).__name__}: {exc}"[:300]))
+                        continue
+                if scope.cancelled_caught:
+                    attempts.append((addr, f"timed out after {cfg.dial_timeout:g} s"))
+        raise BootstrapUnreachable(
+            f"could not reach the inviter at any of {len(self.link.responder_addrs)} addresses",
+            tuple(attempts),
+        )
+
+    async def _exchange(self) -> BootstrapResult:
+        cfg, link, tracked = self.config, self.link, self.tracked
+        await tracked.audit(SessionStarted(at=utc_now(), side="invitee",
+                                           peer_id=link.inviter_peer_id))
+        stream, addr = await self._dial()
+        self.channel = channel = FrameChannel(stream, max_frame_bytes=cfg.max_frame_bytes)
+        if remote_peer_id(stream) != link.inviter_peer_id:
+            raise RemoteProtocolError(RejectionCode.IDENTITY_REJECTED, "dialed the wrong peer")
+        await tracked.fire(Trigger.STREAM_OPENED)
+
+        contact = Contact(token=link.token, party_id=self.local_peer_id, identity=self.identity,
+                          cadre_addrs=list(self.cadre_addrs))
+        await self._step("send contact", cfg.step_timeout, lambda: channel.send(contact))
+        await tracked.fire(Trigger.CONTACT_SENT)
+
+        frame = await self._step("await response", cfg.step_timeout, channel.receive)
+        if isinstance(frame, Rejected):
+            raise _Rejected(frame)
+        if not isinstance(frame, Accepted):
+            raise RemoteProtocolError(RejectionCode.MALFORMED, f"expected accepted, got {frame.type}")
+        self.remote_session_id = frame.session_id
+        if frame.party_id != link.inviter_peer_id:
+            raise RemoteProtocolError(RejectionCode.IDENTITY_REJECTED,
+                                      "accepted.party_id differs from the dialed peer")
+        if frame.inviter_role != link.inviter_role:
+            raise RemoteProtocolError(RejectionCode.ROLE_MISMATCH,
+                                      "accepted.inviter_role differs from the link")
+
+        if frame.provision is not None:
+            provision = frame.provision
+            await tracked.fire(Trigger.ACCEPTED_WITH_PROVISION)
+            self._check_tally(provision.tally, stock_party=link.inviter_peer_id)
+            accepted = await call_hook(
+                "database.accept",
+                lambda: self.hooks.database.accept(provision, session_id=frame.session_id),
+                timeout=cfg.provision_timeout,
+                failure_code=RejectionCode.PROVISION_FAILED,
+                validate=expect_bool,
+            )
+            if not accepted:
+                raise LocalProtocolError(RejectionCode.PROVISION_FAILED,
+                                         "database hook refused the provision")
+            await self._step("send ack", cfg.step_timeout,
+                             lambda: channel.send(Ack(session_id=frame.session_id)))
+            await tracked.fire(Trigger.ACK_SENT, strict=False)
+            provisioned_by: Literal["inviter", "invitee"] = "inviter"
+        else:
+            await tracked.fire(Trigger.ACCEPTED_WITHOUT_PROVISION)
+            provision = await self._provision(frame.session_id)
+            await self._step("send provisioned", cfg.step_timeout, lambda: channel.send(
+                Provisioned(session_id=frame.session_id, provision=provision)))
+            await tracked.fire(Trigger.PROVISIONED_SENT)
+            reply = await self._step("await ack", cfg.step_timeout, channel.receive)
+            if isinstance(reply, Rejected):
+                raise _Rejected(reply)
+            if not isinstance(reply, Ack) or reply.session_id != frame.session_id:
+                raise RemoteProtocolError(RejectionCode.MALFORMED, "expected ack for this session")
+            self.own_provision = None  # acknowledged: it is the tally's now
+            await tracked.fire(Trigger.ACK_RECEIVED, strict=False)
+            provisioned_by = "invitee"
+
+        await tracked.audit(tracked.outcome_event(
+            code=None, role=link.invitee_role, tally_id=provision.tally.tally_id,
+            started=self.started), strict=False)
+        await channel.close()
+        return BootstrapResult(
+            session_id=frame.session_id,
+            local_session_id=self.local_session_id,
+            tally=provision.tally,
+            database=provision.database,
+            inviter_role=frame.inviter_role,
+            invitee_role=link.invitee_role,
+            inviter_party_id=frame.party_id,
+            inviter_cadre_addrs=tuple(frame.cadre_addrs),
+            provisioned_by=provisioned_by,
+            responder_addr=addr,
+            transitions=tracked.machine.records,
+        )
+
+    def _check_tally(self, tally: Tally, *, stock_party: str) -> None:
+        if (tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
+            "stock", stock_party, self.local_peer_id
+        ):
+            raise RemoteProtocolError(RejectionCode.MALFORMED,
+                                      "provisioned tally names the wrong parties")
+
+    async def _provision(self, session_id: str) -> Provision:
+        request = ProvisionRequest(
+            session_id=session_id,
+            tally_id="tly_" + secrets.token_urlsafe(16),
+            provisioner_role="stock",
+            stock_party_id=self.local_peer_id,
+            foil_party_id=self.link.inviter_peer_id,
+            created_at=utc_now(),
+        )
+        result = await call_hook(
+            "database.provision",
+            lambda: self.hooks.database.provision(request),
+            timeout=self.config.provision_timeout,
+            failure_code=RejectionCode.PROVISION_FAILED,
+            validate=lambda v: v if isinstance(v, Provision) else Provision.model_validate(v),
+        )
+        self.own_provision = result
+        tally = result.tally
+        if (tally.tally_id, tally.stock_party_id, tally.foil_party_id, tally.provisioner_role) != (
+            request.tally_id, request.stock_party_id, request.foil_party_id, "stock"
+        ):
+            raise HookFailure(RejectionCode.PROVISION_FAILED, "database.provision",
+                              ValueError("provisioned tally does not match the request"))
+        return result
+
+    async def _fail(self, error: ProtocolError, trigger: Trigger, *, send: bool = True) -> None:
+        bound = self.config.cleanup_timeout
+        received = isinstance(error, _Rejected)
+        with trio.CancelScope(shield=True):
+            if self.channel is not None:
+                if send and not received:
+                    with trio.move_on_after(bound):
+                        await self.channel.send_rejection(error.code)
+                with trio.move_on_after(bound):
+                    await self.channel.reset()
+            provision, self.own_provision = self.own_provision, None
+            if provision is not None:
+                with trio.move_on_after(bound):
+                    try:
+                        await self.hooks.database.release(provision,
+                                                          session_id=provision_session(self))
+                    except Exception:
+                        logger.exception("database.release failed")
+            with trio.move_on_after(bound):
+                direction = "received" if received else ("sent" if send else "none")
+                await self.tracked.audit(self.tracked.rejection_event(error, direction),
+                                         strict=False)
+            if not self.tracked.machine.is_terminal:
+                with trio.move_on_after(bound):
+                    await self.tracked.fire(trigger, strict=False)
+            with trio.move_on_after(bound):
+                await self.tracked.audit(self.tracked.outcome_event(
+                    code=error.code, role=self.link.invitee_role, tally_id=None,
+                    started=self.started), strict=False)
+
+
+def provision_session(run: _InviteeRun) -> str:
+    """The session id a provision was requested under (the inviter's, once known)."""
+    return run.remote_session_id or run.local_session_id

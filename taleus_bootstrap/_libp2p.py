@@ -1,0 +1,412 @@
+"""Every py-libp2p (0.8.1) workaround of taleus_bootstrap, in one module.
+
+The defect numbers refer to ``LIBP2P-NOTES.md``; each workaround has a regression test in
+``tests/test_libp2p_integration.py`` so that a libp2p release that changes the behaviour is noticed.
+
+1. Inbound connections hold a swarm slot until the swarm stops (cap of 250 per lifetime):
+   :class:`_BootstrapSwarm` ends the inbound handler when its muxed connection closes.
+2. An exception escaping a stream handler kills the host: :func:`set_guarded_stream_handler`.
+3. The default host accepts ``/plaintext/2.0.0`` (spoofable peer ids): hosts are Noise-only.
+4. ``connect()`` waits 250 ms (happy eyeballs) unless ``max_connections_per_peer=1``.
+5. Leaving ``host.run()`` leaves zombie connections: :func:`running_host` disconnects first.
+6. The auto-connector re-dials known peers: replaced by :class:`_DisabledAutoConnector`.
+7. libp2p's records bypass standard logging: :func:`route_libp2p_logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.host.basic_host import BasicHost
+from libp2p.io.abc import ReadWriteCloser
+from libp2p.metrics.swarm import SwarmEvent
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStore
+from libp2p.rcmgr import ResourceLimits, ResourceManager
+from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.upgrader import TransportUpgrader
+from multiaddr import Multiaddr
+
+__all__ = [
+    "PROTOCOL_ID",
+    "HostLimits",
+    "StreamHandler",
+    "close_stream",
+    "disconnect_all_peers",
+    "host_multiaddrs",
+    "new_bootstrap_host",
+    "open_bootstrap_stream",
+    "remote_peer_id",
+    "reset_stream",
+    "route_libp2p_logging",
+    "running_host",
+    "set_guarded_stream_handler",
+]
+
+PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
+
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+logger = logging.getLogger("taleus_bootstrap.libp2p")
+
+#: Errors that closing or resetting a stream may raise once the peer or connection is gone.
+_STREAM_ERRORS: Final = (
+    BaseLibp2pError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """Explicit limits of a bootstrap host (libp2p's defaults are listed in LIBP2P-NOTES.md).
+
+    * ``max_connections``: established connections, both directions; also the size of the
+      swarm's inbound-handler pool (libp2p's default: 300 minus ``min_connections`` 50).
+    * ``max_connections_per_peer``: libp2p dials at most this many connections per peer; 1 also
+      avoids the 250 ms happy-eyeballs wait of ``connect()`` (defect 4). Extra connections of a
+      peer older than libp2p's 20 s grace period are trimmed.
+    * ``max_established_per_peer``: hard per-peer cap of the resource manager (libp2p: 8). Above
+      1 so that a client reconnecting before the server has reaped its previous connection
+      (which takes libp2p ~0.2 s) is not refused.
+    * ``max_streams``: concurrent streams, all peers and both directions (libp2p: 10 000);
+      streams beyond it queue, they are not refused.
+    * ``connection_rate_per_peer``/``connection_burst_per_peer``: token bucket on new
+      connections per peer id (libp2p: 10/s, burst 50, which refuses a load test from one
+      peer); ``None`` disables it. Peer ids are free, so this is no defence against floods.
+    * ``dial_timeout``: bound on ``connect()`` in :func:`open_bootstrap_stream` (libp2p only
+      applies its own to the auto-connector, which is disabled).
+    * ``handshake_timeout``: Noise + yamux upgrade of a connection, both directions.
+    * ``negotiation_timeout``: multistream-select of a stream, in whole seconds >= 1 (libp2p
+      truncates to ``int`` and silently replaces values under 1 s by 30 s).
+    * ``dial_retries``: libp2p's retries of a failed dial (libp2p: 3, ~0.7 s of backoff).
+    """
+
+    max_connections: int = 1024
+    max_connections_per_peer: int = 1
+    max_established_per_peer: int = 4
+    max_streams: int = 8192
+    connection_rate_per_peer: float | None = 100.0
+    connection_burst_per_peer: float = 200.0
+    dial_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    negotiation_timeout: int = 10
+    dial_retries: int = 0
+
+    def __post_init__(self) -> None:
+        counts = (self.max_connections, self.max_connections_per_peer)
+        if min(*counts, self.max_established_per_peer, self.max_streams) < 1:
+            raise ValueError("connection and stream limits must be >= 1")
+        if self.max_established_per_peer < self.max_connections_per_peer:
+            raise ValueError("max_established_per_peer must be >= max_connections_per_peer")
+        if not isinstance(self.negotiation_timeout, int) or self.negotiation_timeout < 1:
+            raise ValueError("negotiation_timeout must be a whole number of seconds >= 1")
+        if min(self.dial_timeout, self.handshake_timeout) <= 0 or self.dial_retries < 0:
+            raise ValueError("timeouts must be > 0 and dial_retries >= 0")
+        rate = self.connection_rate_per_peer
+        if rate is not None and (rate <= 0 or self.connection_burst_per_peer < 1):
+            raise ValueError("connection rate must be > 0 and its burst >= 1")
+
+
+class _DisabledAutoConnector(AutoConnector):
+    """Defect 6: an auto-connector that never dials (libp2p has no switch for it)."""
+
+    async def start(self) -> None:
+        self._started = False
+
+    async def run_background_task(self, nursery: trio.Nursery) -> None:
+        return
+
+    async def maybe_connect(self) -> None:
+        return
+
+
+#: The nursery of the inbound-connection handler running in the current task (defect 1).
+_INBOUND_HANDLER: ContextVar[trio.Nursery | None] = ContextVar("_INBOUND_HANDLER", default=None)
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+class _BootstrapSwarm(Swarm):
+    """Swarm with the fixes for defects 1 and 6; keeps the limits of its host."""
+
+    bootstrap_limits: HostLimits = HostLimits()
+
+    def _init_connection_management(self) -> None:
+        super()._init_connection_management()
+        self.auto_connector = _DisabledAutoConnector(
+            swarm=self, auto_connect_interval=self.connection_config.auto_connect_interval
+        )
+
+    async def _do_handle_inbound_connection(
+        self, read_write_closer: ReadWriteCloser, maddr: Multiaddr, failure_event: SwarmEvent
+    ) -> None:
+        # libp2p parks this handler (and its ``_inbound_limiter`` slot) on the swarm's lifetime
+        # once the connection is upgraded. Run it in a nursery that ``upgrade_inbound_raw_conn``
+        # below cancels when the muxed connection closes.
+        async with trio.open_nursery() as nursery:
+            token = _INBOUND_HANDLER.set(nursery)
+            try:
+                await super()._do_handle_inbound_connection(read_write_closer, maddr, failure_event)
+            finally:
+                _INBOUND_HANDLER.reset(token)
+                nursery.cancel_scope.cancel()
+
+    async def upgrade_inbound_raw_conn(
+        self, raw_conn: IRawConnection, maddr: Multiaddr
+    ) -> IMuxedConn:
+        muxed_conn = await super().upgrade_inbound_raw_conn(raw_conn, maddr)
+        nursery = _INBOUND_HANDLER.get()
+        closed = getattr(muxed_conn, "event_closed", None)  # yamux and mplex have it
+        if nursery is not None and isinstance(closed, trio.Event):
+            nursery.start_soon(_cancel_when_set, closed, nursery.cancel_scope)
+        return muxed_conn
+
+
+def route_libp2p_logging(level: int = logging.WARNING) -> None:
+    """Defect 7: make libp2p's records flow into standard logging at ``level``.
+
+    ``import libp2p`` gives the ``libp2p`` logger level WARNING, ``propagate=False`` and no
+    handler (its records reach only ``logging.lastResort``), and the auto-connector forces INFO
+    on its own logger. This sets ``level`` and ``propagate=True`` on ``libp2p`` and lets the
+    auto-connector inherit it. Idempotent. Does nothing when ``LIBP2P_DEBUG`` is set: that is a
+    developer's explicit request for libp2p's own log handlers.
+    """
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    root = logging.getLogger("libp2p")
+    root.setLevel(level)
+    root.propagate = True
+    logging.getLogger("libp2p.network.auto_connector").setLevel(logging.NOTSET)
+
+
+def new_bootstrap_host(
+    *, key_pair: KeyPair | None = None, limits: HostLimits | None = None
+) -> IHost:
+    """Build a TCP host with every workaround of this module installed.
+
+    Noise is the only security protocol (defect 3), yamux the only muxer, the connection config
+    and resource manager follow ``limits`` (see :class:`HostLimits`; defect 4 through
+    ``max_connections_per_peer``), inbound connections release their swarm slot when they close
+    (defect 1), the auto-connector never dials (defect 6), and libp2p logging is routed
+    (defect 7). The peer id derives from ``key_pair`` (a new Ed25519 key if ``None``).
+    """
+    route_libp2p_logging()
+    limits = limits or HostLimits()
+    key_pair = key_pair or create_new_key_pair()
+    peer_id = ID.from_pubkey(key_pair.public_key)
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    upgrader = TransportUpgrader(
+        secure_transports_by_protocol={NOISE_PROTOCOL_ID: noise},
+        muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        negotiate_timeout=limits.negotiation_timeout,
+    )
+    peerstore = PeerStore()
+    peerstore.add_key_pair(peer_id, key_pair)
+    config = ConnectionConfig(
+        max_connections=limits.max_connections,
+        min_connections=0,  # the inbound pool is max_connections - min_connections
+        low_watermark=0,
+        high_watermark=limits.max_connections,  # the pruner never fires
+        max_connections_per_peer=limits.max_connections_per_peer,
+        dial_timeout=limits.dial_timeout,
+        inbound_upgrade_timeout=limits.handshake_timeout,
+        outbound_upgrade_timeout=limits.handshake_timeout,
+        inbound_stream_protocol_negotiation_timeout=float(limits.negotiation_timeout),
+        outbound_stream_protocol_negotiation_timeout=float(limits.negotiation_timeout),
+    )
+    swarm = _BootstrapSwarm(
+        peer_id,
+        peerstore,
+        upgrader,
+        transports=[TCP()],
+        retry_config=RetryConfig(max_retries=limits.dial_retries),
+        connection_config=config,
+    )
+    swarm.bootstrap_limits = limits
+    rate = limits.connection_rate_per_peer
+    resource_manager = ResourceManager(
+        # The swarm enforces max_connections itself; the manager also counts connections in
+        # their handshake, so give it room for a full inbound pool on top.
+        limits=ResourceLimits(
+            max_connections=2 * limits.max_connections, max_streams=limits.max_streams
+        ),
+        connection_limits=ConnectionLimits(
+            max_established_inbound=limits.max_connections,
+            max_established_outbound=limits.max_connections,
+            max_established_total=limits.max_connections,
+            max_established_per_peer=limits.max_established_per_peer,
+        ),
+        enable_circuit_breaker=False,  # adaptive behaviour would make the limits above vague
+        enable_graceful_degradation=False,
+        enable_rate_limiting=rate is not None,
+        connections_per_peer_per_sec=rate or 1.0,
+        burst_connections_per_peer=limits.connection_burst_per_peer,
+    )
+    return BasicHost(
+        network=swarm,
+        negotiate_timeout=limits.negotiation_timeout,
+        resource_manager=resource_manager,
+    )
+
+
+def _host_limits(host: IHost) -> HostLimits:
+    limits = getattr(host.get_network(), "bootstrap_limits", None)
+    return limits if isinstance(limits, HostLimits) else HostLimits()
+
+
+async def disconnect_all_peers(host: IHost, *, time_limit: float = 2.0) -> None:
+    """Close every connection of ``host`` in parallel, giving up after ``time_limit`` seconds.
+
+    Each libp2p disconnect takes ~0.2 s (two fixed sleeps). Errors are logged, not raised.
+    """
+
+    async def disconnect(peer: ID) -> None:
+        try:
+            await host.disconnect(peer)
+        except Exception:  # best effort during shutdown
+            logger.warning("disconnecting %s failed", peer, exc_info=True)
+
+    with trio.move_on_after(time_limit):
+        async with trio.open_nursery() as nursery:
+            for peer in host.get_connected_peers():
+                nursery.start_soon(disconnect, peer)
+
+
+@asynccontextmanager
+async def running_host(
+    host: IHost, listen_addrs: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",)
+) -> AsyncIterator[IHost]:
+    """Run ``host`` listening on ``listen_addrs``; on exit disconnect every peer first.
+
+    Defect 5: leaving ``host.run()`` leaves the peers with zombie connections, so every
+    connection is closed (in parallel, within 2 s, shielded from cancellation) before the host
+    stops, whether the block ends normally, by an exception or by cancellation. Raises
+    ``SwarmException`` if an address cannot be listened on (libp2p ignores that failure).
+    Listening sockets use ``SO_REUSEPORT``: two processes can share a port.
+    """
+    addrs = [Multiaddr(a) if isinstance(a, str) else a for a in listen_addrs]
+    async with host.run(addrs):
+        try:
+            if len(host.get_network().listeners) < len(addrs):
+                raise SwarmException(f"could not listen on all of {[str(a) for a in addrs]}")
+            yield host
+        finally:
+            with trio.CancelScope(shield=True):
+                await disconnect_all_peers(host)
+
+
+def host_multiaddrs(host: IHost) -> list[str]:
+    """The listen multiaddrs of a running ``host``, each ending in ``/p2p/<peer id>``."""
+    suffix = f"/p2p/{host.get_id().to_base58()}"
+    return [f"{addr}{suffix}" for addr in host.get_transport_addrs()]
+
+
+def remote_peer_id(stream: INetStream) -> str:
+    """Base58 peer id of the other end of ``stream`` (authenticated: our hosts are Noise-only)."""
+    return stream.muxed_conn.peer_id.to_base58()
+
+
+async def reset_stream(stream: INetStream) -> None:
+    """Reset ``stream`` (both directions), ignoring errors of an already broken stream."""
+    try:
+        await stream.reset()
+    except _STREAM_ERRORS:
+        logger.debug("reset of a broken stream failed", exc_info=True)
+
+
+async def close_stream(stream: INetStream) -> None:
+    """Half-close ``stream`` (we send no more; the peer can still reply), ignoring errors."""
+    try:
+        await stream.close()
+    except _STREAM_ERRORS:
+        logger.debug("close of a broken stream failed", exc_info=True)
+
+
+def set_guarded_stream_handler(
+    host: IHost,
+    protocol_id: TProtocol,
+    handler: StreamHandler,
+    *,
+    on_error: Callable[[INetStream, Exception], None] | None = None,
+) -> None:
+    """Register ``handler`` for ``protocol_id`` behind an error boundary (defect 2).
+
+    An ``Exception`` escaping ``handler`` would stop the whole host. The boundary logs it at
+    ERROR on ``taleus_bootstrap.libp2p``, calls ``on_error(stream, exc)`` (whose own exceptions
+    are logged and dropped) and resets the stream. Cancellation and other ``BaseException``\\ s
+    pass through. When ``handler`` returns, the stream is closed (a no-op if it already was),
+    since a peer would otherwise wait forever for the end of the stream.
+    """
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:
+            logger.error(
+                "handler of %s failed for peer %s",
+                protocol_id,
+                remote_peer_id(stream),
+                exc_info=exc,
+            )
+            if on_error is not None:
+                try:
+                    on_error(stream, exc)
+                except Exception:
+                    logger.exception("on_error callback of %s failed", protocol_id)
+            await reset_stream(stream)
+        else:
+            await close_stream(stream)
+
+    host.set_stream_handler(protocol_id, guarded)
+
+
+async def open_bootstrap_stream(
+    host: IHost, addr: str | Multiaddr, *, protocol_id: TProtocol = PROTOCOL_ID
+) -> INetStream:
+    """Connect to ``addr`` (a multiaddr ending in ``/p2p/<peer id>``) and open a stream.
+
+    The address is added to the peerstore, the peer is removed from libp2p's 60 s negative dial
+    cache (an explicit request always dials), and the connection must be up within the host's
+    ``dial_timeout``. Raises ``ValueError`` for a malformed address and a ``BaseLibp2pError``
+    (e.g. ``SwarmException``, ``StreamFailure``) when the peer cannot be reached, cannot be
+    authenticated or does not speak ``protocol_id``.
+    """
+    info = info_from_p2p_addr(Multiaddr(addr) if isinstance(addr, str) else addr)
+    network = host.get_network()
+    unblock = getattr(network, "unblock_peer", None)
+    if callable(unblock):
+        unblock(info.peer_id)
+    timeout = _host_limits(host).dial_timeout
+    with trio.move_on_after(timeout) as scope:
+        await host.connect(info)
+    if scope.cancelled_caught:
+        raise SwarmException(f"dialing {info.peer_id} took more than {timeout} s")
+    return await host.new_stream(info.peer_id, [protocol_id])

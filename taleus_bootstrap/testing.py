@@ -1,0 +1,69 @@
+"""Helpers for testing code that uses taleus-bootstrap without a network.
+
+:func:`memory_stream_pair` gives two connected in-memory byte streams with the ``read`` /
+``write`` / ``close`` / ``reset`` interface sessions use, so a :class:`~taleus_bootstrap.
+SessionManager` can be driven with ``manager.handle_stream(stream, peer_id)`` under trio's
+``MockClock``.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from ._codec import AnyFrame, FrameDecoder, encode_frame
+
+__all__ = ["MemoryByteStream", "memory_stream_pair", "read_frame", "write_frame"]
+
+
+class MemoryByteStream:
+    """One end of an in-memory stream, with py-libp2p's stream method names."""
+
+    def __init__(self, stream: trio.StapledStream[trio.abc.SendStream, trio.abc.ReceiveStream]) -> None:
+        self._stream = stream
+        self.was_reset = False
+        self.was_closed = False
+
+    async def read(self, n: int | None = None) -> bytes:
+        """Up to ``n`` bytes; ``b""`` at end of stream or after a reset."""
+        try:
+            return await self._stream.receive_some(n)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data``; raises ``trio.BrokenResourceError`` if the peer reset."""
+        await self._stream.send_all(data)
+
+    async def close(self) -> None:
+        """Half-close (send EOF)."""
+        self.was_closed = True
+        await self._stream.send_eof()
+
+    async def reset(self) -> None:
+        """Close both directions."""
+        self.was_reset = True
+        await self._stream.aclose()
+
+
+def memory_stream_pair() -> tuple[MemoryByteStream, MemoryByteStream]:
+    """Two connected :class:`MemoryByteStream` ends."""
+    left, right = trio.testing.memory_stream_pair()
+    return MemoryByteStream(left), MemoryByteStream(right)
+
+
+async def write_frame(stream: MemoryByteStream, frame: AnyFrame) -> None:
+    """Write one frame to ``stream``."""
+    await stream.write(encode_frame(frame))
+
+
+async def read_frame(stream: MemoryByteStream, *, max_frame_bytes: int = 16 * 1024) -> AnyFrame | None:
+    """Read one frame, or None at end of stream."""
+    decoder = FrameDecoder(max_frame_bytes)
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        if decoder.at_eof:
+            return None
+        decoder.feed(await stream.read(decoder.bytes_needed))
