@@ -8,7 +8,7 @@ Reads never go past the frame in progress, so nothing is buffered between frames
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
@@ -16,7 +16,10 @@ from ._codec import AnyFrame, FrameDecoder, encode_frame
 from ._errors import RejectionCode, RemoteProtocolError
 from ._frames import Rejected
 
-__all__ = ["ByteStream", "FrameChannel", "PeerGone"]
+__all__ = ["REJECTION_LINGER", "ByteStream", "FrameChannel", "PeerGone"]
+
+REJECTION_LINGER: Final = 1.0
+"""Seconds a peer gets to read a final ``rejected`` frame before the stream is reset."""
 
 logger = logging.getLogger("taleus_bootstrap.channel")
 
@@ -113,6 +116,35 @@ class FrameChannel:
             raise
         except Exception as exc:
             logger.debug("close failed: %s", type(exc).__name__)
+
+    async def end_after_rejection(self, linger: float, max_drain_bytes: int = 64 * 1024) -> None:
+        """Close our side after a final ``rejected`` frame, then reset.
+
+        A yamux reset right after a write can destroy the unread frame on the peer's side, so
+        the stream is half-closed first and the peer given up to ``linger`` seconds to read it
+        and end its side (what it still sends is drained and dropped, at most
+        ``max_drain_bytes``); then the stream is reset so no entry stays behind.
+        """
+        if not self.closed:
+            try:
+                await self.stream.close()
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                logger.debug("close failed: %s", type(exc).__name__)
+            with trio.move_on_after(linger):
+                drained = 0
+                while drained <= max_drain_bytes:
+                    try:
+                        data = await self.stream.read(4096)
+                    except trio.Cancelled:
+                        raise
+                    except Exception:
+                        break
+                    if not data:
+                        break
+                    drained += len(data)
+        await self.reset()
 
     async def reset(self) -> None:
         """Abort the stream (after a timeout or an error); never raises but Cancelled."""

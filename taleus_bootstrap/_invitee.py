@@ -18,7 +18,7 @@ import trio
 from libp2p.abc import IHost
 from pydantic import JsonValue
 
-from ._channel import FrameChannel
+from ._channel import REJECTION_LINGER, FrameChannel
 from ._config import InviteeConfig
 from ._driver import (
     HookFailure,
@@ -313,11 +313,15 @@ class _InviteeRun:
         received = isinstance(error, _Rejected)
         with trio.CancelScope(shield=True):
             if self.channel is not None:
+                sent = False
                 if send and not received:
                     with trio.move_on_after(bound):
-                        await self.channel.send_rejection(error.code)
+                        sent = await self.channel.send_rejection(error.code)
                 with trio.move_on_after(bound):
-                    await self.channel.reset()
+                    if sent:
+                        await self.channel.end_after_rejection(REJECTION_LINGER)
+                    else:
+                        await self.channel.reset()
             provision, self.own_provision = self.own_provision, None
             if provision is not None:
                 with trio.move_on_after(bound):

@@ -53,12 +53,23 @@ class SessionManager:
     """
 
     def __init__(
-        self, host: IHost, hooks: SessionHooks, config: ManagerConfig | None = None
+        self,
+        host: IHost | None,
+        hooks: SessionHooks,
+        config: ManagerConfig | None = None,
+        *,
+        local_peer_id: str | None = None,
     ) -> None:
+        """``host=None`` runs the manager without a libp2p handler: streams are then handed in
+        with :meth:`handle_stream` (tests, other transports) and ``local_peer_id`` is required."""
         self.host = host
         self.hooks = hooks
         self.config = config or ManagerConfig()
-        self.local_peer_id = host.get_id().to_base58()
+        if host is not None:
+            local_peer_id = host.get_id().to_base58()
+        if local_peer_id is None:
+            raise ValueError("local_peer_id is required when no host is given")
+        self.local_peer_id = local_peer_id
         cfg = self.config
         self._peer_limiter = KeyedRateLimiter(
             Gcra(cfg.peer_rate, cfg.peer_rate_period, cfg.peer_burst), cfg.max_tracked_peers
@@ -87,9 +98,10 @@ class SessionManager:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._cleanup_loop)
-                set_guarded_stream_handler(
-                    self.host, PROTOCOL_ID, self._handle_stream, on_error=self._on_handler_error
-                )
+                if self.host is not None:
+                    set_guarded_stream_handler(
+                        self.host, PROTOCOL_ID, self._handle_stream, on_error=self._on_handler_error
+                    )
                 self._accepting = True
                 task_status.started(self)
                 await self._close_requested.wait()
@@ -97,10 +109,11 @@ class SessionManager:
                 nursery.cancel_scope.cancel()
         finally:
             self._accepting = False
-            try:
-                self.host.remove_stream_handler(PROTOCOL_ID)
-            except Exception:  # the host may already be gone
-                logger.debug("remove_stream_handler failed", exc_info=True)
+            if self.host is not None:
+                try:
+                    self.host.remove_stream_handler(PROTOCOL_ID)
+                except Exception:  # the host may already be gone
+                    logger.debug("remove_stream_handler failed", exc_info=True)
             self._stopped.set()
 
     async def aclose(self) -> None:

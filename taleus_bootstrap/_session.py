@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ._channel import ByteStream, FrameChannel
+from ._channel import REJECTION_LINGER, ByteStream, FrameChannel
 from ._config import ManagerConfig
 from ._driver import (
     HookFailure,
@@ -372,11 +372,15 @@ class BootstrapSession:
         logger.log(level, "session %s failed: %s (%s)", self.session_id, error.code, error.detail)
         bound = self.config.cleanup_timeout
         with trio.CancelScope(shield=True):
+            sent = False
             if not received:
                 with trio.move_on_after(bound):
-                    await self.channel.send_rejection(error.code, error.retry_after_s)
+                    sent = await self.channel.send_rejection(error.code, error.retry_after_s)
             with trio.move_on_after(bound):
-                await self.channel.reset()
+                if sent:
+                    await self.channel.end_after_rejection(REJECTION_LINGER)
+                else:
+                    await self.channel.reset()
             await self._release(bound)
             with trio.move_on_after(bound):
                 await self._tracked.audit(

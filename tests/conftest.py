@@ -1,0 +1,99 @@
+"""Shared fixtures: in-memory reference hooks, managers checked for leaks, libp2p hosts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+
+from taleus_bootstrap import (
+    InviteeHooks,
+    ManagerConfig,
+    SessionHooks,
+    SessionManager,
+    new_bootstrap_host,
+    running_host,
+)
+from taleus_hooks.memory import (
+    MemoryAuditSink,
+    MemoryIdentityValidator,
+    MemoryProvisioner,
+    MemoryTokenStore,
+)
+
+# A syntactically valid peer id for the inviter in memory-stream tests.
+INVITER_PEER = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
+INVITEE_PEER = "12D3KooWDUuAp3AUT2pT3UiMHbgqsdtSsvD7Et8Hoc6Rzp3yoc56"
+
+
+@dataclass
+class Backend:
+    """One party's reference hooks."""
+
+    tokens: MemoryTokenStore = field(default_factory=MemoryTokenStore)
+    provisioner: MemoryProvisioner = field(default_factory=MemoryProvisioner)
+    identity: MemoryIdentityValidator = field(default_factory=MemoryIdentityValidator)
+    audit: MemoryAuditSink = field(default_factory=MemoryAuditSink)
+
+    def hooks(self, **overrides: Any) -> SessionHooks:
+        """Inviter hooks, with any of token/database/identity/audit replaced."""
+        parts: dict[str, Any] = {
+            "token": self.tokens,
+            "database": self.provisioner,
+            "identity": self.identity,
+            "audit": self.audit,
+        }
+        parts.update(overrides)
+        return SessionHooks(**parts)
+
+    def invitee_hooks(self, **overrides: Any) -> InviteeHooks:
+        """Invitee hooks."""
+        parts: dict[str, Any] = {"database": self.provisioner, "audit": self.audit}
+        parts.update(overrides)
+        return InviteeHooks(**parts)
+
+
+@pytest.fixture
+def inviter_backend() -> Backend:
+    return Backend()
+
+
+@pytest.fixture
+def invitee_backend() -> Backend:
+    return Backend()
+
+
+@pytest.fixture
+def managers() -> Iterator[list[SessionManager]]:
+    """Managers registered here must end every test with zero active sessions."""
+    created: list[SessionManager] = []
+    yield created
+    for manager in created:
+        assert manager.statistics().active_sessions == 0
+
+
+@pytest.fixture
+async def memory_manager(
+    nursery: trio.Nursery, inviter_backend: Backend, managers: list[SessionManager]
+) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: a running host-less manager fed with memory streams."""
+
+    async def start(config: ManagerConfig | None = None, **hook_overrides: Any) -> SessionManager:
+        manager = SessionManager(
+            None, inviter_backend.hooks(**hook_overrides), config, local_peer_id=INVITER_PEER
+        )
+        await nursery.start(manager.run)
+        managers.append(manager)
+        return manager
+
+    yield start
+
+
+@pytest.fixture
+async def host_pair() -> AsyncIterator[tuple[Any, Any]]:
+    """Two running libp2p hosts on 127.0.0.1: (inviter, invitee)."""
+    async with running_host(new_bootstrap_host()) as a, running_host(new_bootstrap_host()) as b:
+        yield a, b

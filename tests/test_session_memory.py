@@ -1,0 +1,438 @@
+"""The inviter's sessions over in-memory streams, under trio's autojump clock.
+
+These drive :meth:`SessionManager.handle_stream` with a scripted invitee written frame by frame,
+so every rejection path, timeout and hook failure is exercised in virtual time.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import trio
+
+from taleus_bootstrap import (
+    Accepted,
+    Ack,
+    Contact,
+    ManagerConfig,
+    Provisioned,
+    Rejected,
+    RejectionCode,
+    SessionRecord,
+    encode_frame,
+)
+from taleus_bootstrap.testing import MemoryByteStream, memory_stream_pair, read_frame, write_frame
+
+from .conftest import INVITEE_PEER, INVITER_PEER, Backend
+
+
+class Running:
+    """A session in progress: the invitee's end of the stream and, later, the inviter's record."""
+
+    def __init__(self, client: MemoryByteStream) -> None:
+        self.client = client
+        self.record: SessionRecord | None = None
+        self.done = trio.Event()
+
+
+async def start(nursery: trio.Nursery, manager: Any, peer_id: str = INVITEE_PEER) -> Running:
+    client, server = memory_stream_pair()
+    running = Running(client)
+
+    async def serve() -> None:
+        running.record = await manager.handle_stream(server, peer_id)
+        running.done.set()
+
+    nursery.start_soon(serve)
+    await trio.testing.wait_all_tasks_blocked()
+    return running
+
+
+def contact(token: str, **fields: Any) -> Contact:
+    values: dict[str, Any] = {
+        "token": token,
+        "party_id": INVITEE_PEER,
+        "identity": {"name": "Bob"},
+        "cadre_addrs": ["/ip4/127.0.0.1/tcp/4001"],
+    }
+    values.update(fields)
+    return Contact(**values)
+
+
+async def finish(running: Running) -> SessionRecord:
+    await running.done.wait()
+    assert running.record is not None
+    return running.record
+
+
+def kinds(backend: Backend, session_id: str) -> list[str]:
+    return [event.kind for event in backend.audit.for_session(session_id)]
+
+
+def states(record: SessionRecord) -> list[str]:
+    return [record.transitions[0].from_state] + [t.to_state for t in record.transitions]
+
+
+def rejection_events(backend: Backend, session_id: str) -> list[Any]:
+    return [e for e in backend.audit.for_session(session_id) if e.kind == "rejection"]
+
+
+# -- happy paths ---------------------------------------------------------------------------
+
+
+async def test_stock_session_completes_and_commits_the_token(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager()
+    token = inviter_backend.tokens.mint("stock")
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted)
+    assert accepted.inviter_role == "stock" and accepted.party_id == INVITER_PEER
+    assert accepted.provision is not None
+    tally = accepted.provision.tally
+    assert (tally.stock_party_id, tally.foil_party_id) == (INVITER_PEER, INVITEE_PEER)
+    await write_frame(running.client, Ack(session_id=accepted.session_id))
+    assert await read_frame(running.client) is None  # the inviter closed its side
+    record = await finish(running)
+    assert record.final_state == "COMPLETED" and record.tally_id == tally.tally_id
+    assert states(record) == [
+        "CREATED",
+        "READING_REQUEST",
+        "VALIDATING_TOKEN",
+        "PROVISIONING_DB",
+        "SENDING_RESPONSE",
+        "AWAITING_ACK",
+        "COMPLETED",
+    ]
+    assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
+    assert inviter_backend.tokens.reservations_held == 0
+    assert tally.tally_id in inviter_backend.provisioner.tallies
+    assert kinds(inviter_backend, accepted.session_id) == [
+        "session_started",
+        "state_changed",
+        "contact_received",
+        "state_changed",
+        "state_changed",
+        "state_changed",
+        "state_changed",
+        "state_changed",
+        "session_outcome",
+    ]
+
+
+async def test_foil_session_with_identity_requirements(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager()
+    token = inviter_backend.tokens.mint("foil", identity_requirements={"name": True})
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted) and accepted.provision is None
+    invitee_side = Backend()
+    from taleus_bootstrap import ProvisionRequest
+    from taleus_bootstrap._driver import utc_now
+
+    provision = await invitee_side.provisioner.provision(
+        ProvisionRequest(
+            session_id=accepted.session_id,
+            tally_id="tly_test_foil",
+            provisioner_role="stock",
+            stock_party_id=INVITEE_PEER,
+            foil_party_id=INVITER_PEER,
+            created_at=utc_now(),
+        )
+    )
+    await write_frame(
+        running.client, Provisioned(session_id=accepted.session_id, provision=provision)
+    )
+    ack = await read_frame(running.client)
+    assert ack == Ack(session_id=accepted.session_id)
+    record = await finish(running)
+    assert record.final_state == "COMPLETED"
+    assert states(record) == [
+        "CREATED",
+        "READING_REQUEST",
+        "VALIDATING_TOKEN",
+        "VALIDATING_IDENTITY",
+        "SENDING_RESPONSE",
+        "AWAITING_ACK",
+        "COMPLETED",
+    ]
+    assert "tly_test_foil" in inviter_backend.provisioner.accepted
+    assert inviter_backend.provisioner.tallies == {}  # the inviter provisioned nothing
+
+
+# -- rejections ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x05hello", RejectionCode.MALFORMED),
+        (b"\x02[]", RejectionCode.MALFORMED),
+        (b"\xff\xff\xff\xff\x01", RejectionCode.MALFORMED),
+        (b"\xff\xff\x03", RejectionCode.FRAME_TOO_LARGE),
+        (encode_frame(Ack(session_id="a" * 20)), RejectionCode.MALFORMED),
+        (b'\x1e{"type":"contact","token":"x"}', RejectionCode.MALFORMED),
+    ],
+    ids=["not-json", "not-object", "long-varint", "too-large", "wrong-type", "missing-fields"],
+)
+async def test_bad_first_frame_is_rejected_with_its_code(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    payload: bytes,
+    code: RejectionCode,
+) -> None:
+    manager = await memory_manager()
+    running = await start(nursery, manager)
+    await running.client.write(payload)
+    assert await read_frame(running.client) == Rejected(code=code, retry_after_s=None)
+    record = await finish(running)
+    assert (record.final_state, record.code) == ("FAILED", code)
+    [event] = rejection_events(inviter_backend, record.session_id)
+    assert event.code == code and event.direction == "sent"
+    assert manager.statistics().by_rejection[code.value] == 1
+
+
+async def test_unknown_expired_revoked_and_spent_tokens_look_identical(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager(ManagerConfig(peer_burst=20, peer_rate=20))
+    tokens = inviter_backend.tokens
+    expired = tokens.mint("stock", ttl=timedelta(seconds=-1))
+    revoked = tokens.mint("stock")
+    tokens.revoke(revoked)
+    spent = tokens.mint("stock")
+    await tokens.validate(spent, session_id="s" * 16, peer_id=INVITEE_PEER)
+    await tokens.mark_used(spent, session_id="s" * 16)
+    replies = []
+    for token in ("never-minted", expired, revoked, spent):
+        running = await start(nursery, manager)
+        await write_frame(running.client, contact(token))
+        replies.append(await running.client.read(1000))
+        assert (await finish(running)).code == RejectionCode.INVALID_TOKEN
+    assert len({bytes(r) for r in replies}) == 1
+    assert replies[0] == encode_frame(
+        Rejected(code=RejectionCode.INVALID_TOKEN, retry_after_s=None)
+    )
+    assert tokens.reservations_held == 0
+
+
+async def test_party_id_must_match_the_authenticated_peer(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager()
+    token = inviter_backend.tokens.mint("stock")
+    running = await start(nursery, manager, peer_id=INVITER_PEER)  # authenticated as another peer
+    await write_frame(running.client, contact(token))
+    reply = await read_frame(running.client)
+    assert reply == Rejected(code=RejectionCode.IDENTITY_REJECTED, retry_after_s=None)
+    assert (await finish(running)).code == RejectionCode.IDENTITY_REJECTED
+    assert inviter_backend.tokens.get(token).used == 0  # type: ignore[union-attr]
+    assert inviter_backend.tokens.reservations_held == 0
+
+
+async def test_identity_hook_refusal_releases_the_reservation(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager()
+    token = inviter_backend.tokens.mint("stock", identity_requirements={"country": "NZ"})
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token, identity={"country": "AU"}))
+    reply = await read_frame(running.client)
+    assert reply == Rejected(code=RejectionCode.IDENTITY_REJECTED, retry_after_s=None)
+    record = await finish(running)
+    assert states(record)[-2:] == ["VALIDATING_IDENTITY", "FAILED"]
+    assert inviter_backend.tokens.reservations_held == 0
+    assert inviter_backend.provisioner.tallies == {}
+
+
+async def test_invitee_rejection_is_recorded_and_releases_everything(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager()
+    token = inviter_backend.tokens.mint("stock")
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted)
+    await write_frame(
+        running.client, Rejected(code=RejectionCode.ROLE_MISMATCH, retry_after_s=None)
+    )
+    assert await read_frame(running.client) is None  # nothing is sent back
+    record = await finish(running)
+    assert (record.final_state, record.code) == ("FAILED", RejectionCode.ROLE_MISMATCH)
+    [event] = rejection_events(inviter_backend, record.session_id)
+    assert event.direction == "received"
+    assert inviter_backend.tokens.reservations_held == 0
+    assert inviter_backend.provisioner.tallies == {}
+    assert inviter_backend.provisioner.released == [accepted.provision.tally.tally_id]  # type: ignore[union-attr]
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+async def test_silence_times_out_after_the_step_timeout(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager(ManagerConfig(step_timeout=2, session_timeout=30))
+    t0 = trio.current_time()
+    running = await start(nursery, manager)
+    assert await read_frame(running.client) == Rejected(
+        code=RejectionCode.TIMEOUT, retry_after_s=None
+    )
+    record = await finish(running)
+    assert record.final_state == "TIMEOUT"
+    assert math.isclose(trio.current_time() - t0, 2.0, abs_tol=1.1)  # + rejection linger
+    assert running.client.was_reset is False
+
+
+async def test_session_timeout_cuts_across_steps(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager(ManagerConfig(step_timeout=4, provision_timeout=4, session_timeout=6))
+    token = inviter_backend.tokens.mint("stock")
+    t0 = trio.current_time()
+    running = await start(nursery, manager)
+    await trio.sleep(3.5)  # within the step timeout
+    await write_frame(running.client, contact(token))
+    assert isinstance(await read_frame(running.client), Accepted)
+    # Never ack: the step would allow until t=7.5, the session ends at t=6.
+    assert await read_frame(running.client) == Rejected(
+        code=RejectionCode.TIMEOUT, retry_after_s=None
+    )
+    assert math.isclose(trio.current_time() - t0, 6.0, abs_tol=0.01)
+    record = await finish(running)
+    assert record.final_state == "TIMEOUT"
+    [event] = rejection_events(inviter_backend, record.session_id)
+    assert "session exceeded" in event.detail
+    assert inviter_backend.tokens.reservations_held == 0
+    assert inviter_backend.provisioner.tallies == {}  # the unacknowledged database was released
+
+
+async def test_truncated_frame_then_silence_times_out(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any
+) -> None:
+    manager = await memory_manager(ManagerConfig(step_timeout=1))
+    running = await start(nursery, manager)
+    await running.client.write(b'\x40{"type":')  # promises 64 bytes, sends 9
+    assert await read_frame(running.client) == Rejected(
+        code=RejectionCode.TIMEOUT, retry_after_s=None
+    )
+    assert (await finish(running)).final_state == "TIMEOUT"
+
+
+async def test_reset_mid_frame_is_malformed(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any
+) -> None:
+    manager = await memory_manager()
+    running = await start(nursery, manager)
+    await running.client.write(b'\x40{"type":')
+    await running.client.reset()
+    record = await finish(running)
+    assert (record.final_state, record.code) == ("FAILED", RejectionCode.MALFORMED)
+
+
+# -- hooks that misbehave ------------------------------------------------------------------
+
+
+class Misbehaving:
+    """Wraps a hook object, making one method raise, hang or return garbage."""
+
+    def __init__(self, inner: Any, method: str, mode: str) -> None:
+        self._inner, self._method, self._mode = inner, method, mode
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            if self._mode == "raise":
+                raise RuntimeError("hook exploded: password=hunter2")
+            if self._mode == "hang":
+                await trio.sleep_forever()
+            return {"garbage": True}
+
+        return broken
+
+
+@pytest.mark.parametrize(
+    ("hook", "method", "mode", "code"),
+    [
+        ("token", "validate", "raise", RejectionCode.INTERNAL_ERROR),
+        ("token", "validate", "hang", RejectionCode.TIMEOUT),
+        ("token", "validate", "garbage", RejectionCode.INTERNAL_ERROR),
+        ("identity", "validate", "raise", RejectionCode.INTERNAL_ERROR),
+        ("identity", "validate", "garbage", RejectionCode.INTERNAL_ERROR),
+        ("database", "provision", "raise", RejectionCode.PROVISION_FAILED),
+        ("database", "provision", "hang", RejectionCode.TIMEOUT),
+        ("database", "provision", "garbage", RejectionCode.PROVISION_FAILED),
+        ("audit", "log_session", "raise", RejectionCode.INTERNAL_ERROR),
+    ],
+)
+async def test_a_failing_hook_ends_only_its_session(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    hook: str,
+    method: str,
+    mode: str,
+    code: RejectionCode,
+) -> None:
+    parts = {
+        "token": inviter_backend.tokens,
+        "identity": inviter_backend.identity,
+        "database": inviter_backend.provisioner,
+        "audit": inviter_backend.audit,
+    }
+    manager = await memory_manager(**{hook: Misbehaving(parts[hook], method, mode)})
+    token = inviter_backend.tokens.mint("stock", identity_requirements={"name": True})
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    raw = await running.client.read(1000)
+    assert raw == encode_frame(Rejected(code=code, retry_after_s=None))  # nothing else on the wire
+    record = await finish(running)
+    assert record.code == code
+    assert record.final_state == ("TIMEOUT" if code == RejectionCode.TIMEOUT else "FAILED")
+    assert inviter_backend.tokens.reservations_held == 0
+    assert inviter_backend.provisioner.tallies == {}
+    if hook != "audit" and mode == "raise":
+        [event] = rejection_events(inviter_backend, record.session_id)
+        assert event.error_type == "RuntimeError" and "exploded" in (event.error_message or "")
+    # The manager still serves: a healthy session afterwards completes.
+    assert manager.statistics().active_sessions == 0
+
+
+async def test_unacknowledged_session_releases_token_and_database(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager(ManagerConfig(step_timeout=1))
+    token = inviter_backend.tokens.mint("stock")
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted) and accepted.provision is not None
+    assert inviter_backend.tokens.reservations_held == 1
+    record = await finish(running)  # no ack: step timeout
+    assert record.final_state == "TIMEOUT"
+    assert inviter_backend.tokens.reservations_held == 0
+    assert inviter_backend.tokens.get(token).used == 0  # type: ignore[union-attr]
+    assert inviter_backend.provisioner.released == [accepted.provision.tally.tally_id]
+    # The token still works for a new session.
+    again = await start(nursery, manager)
+    await write_frame(again.client, contact(token))
+    second = await read_frame(again.client)
+    assert isinstance(second, Accepted)
+    await write_frame(again.client, Ack(session_id=second.session_id))
+    assert (await finish(again)).final_state == "COMPLETED"
+    assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
