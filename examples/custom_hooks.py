@@ -1,0 +1,177 @@
+"""Writing your own hooks: no base classes, just objects with the right async methods.
+
+* ``SignedTokens`` — stateless HMAC-signed tokens carrying role and expiry, with a set of spent
+  token digests and the reservations of live sessions (so a one-time token is used once).
+* ``EmailDomainIdentity`` — accepts identities whose ``email`` is in an allowed domain.
+* ``JsonFileTallies`` — writes each draft tally to its own JSON file in a directory.
+* ``PrintingAudit`` — prints each audit event (events never hold the token, only its digest).
+
+Run: ``python examples/custom_hooks.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import trio
+from pydantic import JsonValue
+
+from taleus_bootstrap import (
+    AuditEvent,
+    BootstrapLink,
+    DatabaseInfo,
+    InviteeHooks,
+    Provision,
+    ProvisionRequest,
+    Role,
+    SessionHooks,
+    TokenInfo,
+    host_multiaddrs,
+    initiate_bootstrap,
+    new_bootstrap_host,
+    open_session_manager,
+    running_host,
+    token_digest,
+)
+
+
+class SignedTokens:
+    """Token hook: ``<payload>.<signature>`` tokens; spent ones are remembered by digest."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._spent: set[str] = set()
+        self._reserved: dict[str, str] = {}  # digest -> session id
+
+    def mint(self, role: Role, ttl: timedelta, requirements: dict[str, JsonValue]) -> str:
+        payload = json.dumps({
+            "role": role,
+            "exp": (datetime.now(UTC) + ttl).timestamp(),
+            "req": requirements,
+            "nonce": secrets.token_hex(8),
+        }).encode()
+        body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        return f"{body}.{self._sign(body)}"
+
+    def _sign(self, body: str) -> str:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def validate(self, token: str, *, session_id: str, peer_id: str) -> TokenInfo | None:
+        body, _, signature = token.partition(".")
+        if not hmac.compare_digest(signature, self._sign(body)):
+            return None
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        expires = datetime.fromtimestamp(claims["exp"], UTC)
+        digest = token_digest(token)
+        if expires <= datetime.now(UTC) or digest in self._spent or digest in self._reserved:
+            return None
+        self._reserved[digest] = session_id  # no await since the check: atomic under trio
+        return TokenInfo(
+            inviter_role=claims["role"], expires_at=expires, identity_requirements=claims["req"]
+        )
+
+    async def mark_used(self, token: str, *, session_id: str) -> None:
+        digest = token_digest(token)
+        if self._reserved.get(digest) == session_id:
+            del self._reserved[digest]
+            self._spent.add(digest)
+
+    async def release(self, token: str, *, session_id: str) -> None:
+        digest = token_digest(token)
+        if self._reserved.get(digest) == session_id:
+            del self._reserved[digest]
+
+
+class EmailDomainIdentity:
+    """Identity hook: the identity's ``email`` must end in one of ``requirements['domains']``."""
+
+    async def validate(
+        self,
+        identity: Mapping[str, JsonValue],
+        requirements: Mapping[str, JsonValue],
+        *,
+        peer_id: str,
+        session_id: str,
+    ) -> bool:
+        email, domains = identity.get("email"), requirements.get("domains")
+        if not isinstance(email, str) or not isinstance(domains, list):
+            return False
+        return any(email.endswith("@" + str(domain)) for domain in domains)
+
+
+class JsonFileTallies:
+    """Database hook: one JSON file per draft tally; a real deployment would create a database."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def provision(self, request: ProvisionRequest) -> Provision:
+        tally = {k: v for k, v in request.model_dump(mode="json").items() if k != "session_id"}
+        path = self.directory / f"{request.tally_id}.json"
+        await trio.Path(path).write_text(json.dumps(tally, indent=2))
+        return Provision.model_validate({
+            "tally": tally,
+            "database": DatabaseInfo(endpoint=f"file://{path}", credentials_ref="none"),
+        })
+
+    async def release(self, result: Provision, *, session_id: str) -> None:
+        await trio.Path(self.directory / f"{result.tally.tally_id}.json").unlink(missing_ok=True)
+
+    async def accept(self, result: Provision, *, session_id: str) -> bool:
+        path = self.directory / f"accepted-{result.tally.tally_id}.json"
+        await trio.Path(path).write_text(result.model_dump_json(indent=2))
+        return True
+
+
+class PrintingAudit:
+    """Audit hook: one line per event."""
+
+    async def log_session(self, session_id: str, event: AuditEvent) -> None:
+        detail = getattr(event, "to_state", None) or getattr(event, "code", None) or ""
+        print(f"  audit {event.side:7} {session_id[:8]} {event.kind:16} {detail}")
+
+
+async def main() -> None:
+    tokens = SignedTokens(secrets.token_bytes(32))
+    with tempfile.TemporaryDirectory() as tmp:
+        inviter_dir, invitee_dir = Path(tmp, "a"), Path(tmp, "b")
+        inviter_dir.mkdir()
+        invitee_dir.mkdir()
+        hooks = SessionHooks(
+            token=tokens,
+            database=JsonFileTallies(inviter_dir),
+            identity=EmailDomainIdentity(),
+            audit=PrintingAudit(),
+        )
+        async with (
+            running_host(new_bootstrap_host()) as a,
+            running_host(new_bootstrap_host()) as b,
+            open_session_manager(a, hooks),
+        ):
+            link = BootstrapLink(
+                responder_addrs=host_multiaddrs(a),
+                token=tokens.mint("stock", timedelta(minutes=5), {"domains": ["example.org"]}),
+                expires_at=datetime.now(UTC) + timedelta(minutes=5),
+                inviter_role="stock",
+            )
+            result = await initiate_bootstrap(
+                link,
+                b,
+                hooks=InviteeHooks(database=JsonFileTallies(invitee_dir), audit=PrintingAudit()),
+                identity={"email": "bob@example.org"},
+            )
+            print(f"tally {result.tally.tally_id} at {result.database.endpoint}")
+            print(f"inviter's files: {sorted(p.name for p in inviter_dir.iterdir())}")
+            print(f"invitee's files: {sorted(p.name for p in invitee_dir.iterdir())}")
+
+
+if __name__ == "__main__":
+    trio.run(main)

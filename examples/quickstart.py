@@ -1,0 +1,92 @@
+"""Quickstart: a real stock and a real foil bootstrap between two libp2p hosts in one process.
+
+Run it with ``python examples/quickstart.py``. Host A (the inviter) serves bootstraps with the
+in-memory reference hooks and mints two one-time links; host B (the invitee) dials each one.
+Both sides' results are printed, then a replay of the first link is shown being refused.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+from taleus_bootstrap import (
+    BootstrapLink,
+    BootstrapRejected,
+    InviteeHooks,
+    ManagerConfig,
+    SessionHooks,
+    host_multiaddrs,
+    initiate_bootstrap,
+    new_bootstrap_host,
+    open_session_manager,
+    running_host,
+)
+from taleus_hooks.memory import (
+    MemoryAuditSink,
+    MemoryIdentityValidator,
+    MemoryProvisioner,
+    MemoryTokenStore,
+)
+
+
+async def main() -> None:
+    tokens = MemoryTokenStore()
+    inviter_db, inviter_audit = MemoryProvisioner(), MemoryAuditSink()
+    inviter_hooks = SessionHooks(
+        token=tokens, database=inviter_db, identity=MemoryIdentityValidator(), audit=inviter_audit
+    )
+    invitee_db = MemoryProvisioner()
+    invitee_hooks = InviteeHooks(database=invitee_db, audit=MemoryAuditSink())
+
+    async with (
+        running_host(new_bootstrap_host()) as host_a,
+        running_host(new_bootstrap_host()) as host_b,
+        open_session_manager(
+            host_a, inviter_hooks, ManagerConfig(cadre_addrs=("/dns4/a.example/tcp/65430",))
+        ) as manager,
+    ):
+        print(f"inviter A {host_a.get_id().to_base58()} listening on {host_multiaddrs(host_a)[0]}")
+        print(f"invitee B {host_b.get_id().to_base58()}")
+        links = []
+        for role in ("stock", "foil"):
+            link = BootstrapLink(
+                responder_addrs=host_multiaddrs(host_a),
+                token=tokens.mint(role, uses=1, identity_requirements={"name": True}),
+                expires_at=datetime.now(UTC) + timedelta(minutes=10),
+                inviter_role=role,
+            )
+            links.append(link)
+            text = link.encode()
+            print(f"\n[{role}] link ({len(text)} chars): {text[:60]}...")
+            result = await initiate_bootstrap(
+                text, host_b, hooks=invitee_hooks, identity={"name": "Bob's Bakery"}
+            )
+            print(f"[{role}] B: tally {result.tally.tally_id} formed with A as {result.inviter_role}")
+            print(f"[{role}] B: stock={result.tally.stock_party_id[-8:]} "
+                  f"foil={result.tally.foil_party_id[-8:]} provisioned by {result.provisioned_by}")
+            print(f"[{role}] B: database {result.database.endpoint} "
+                  f"(credentials: {result.database.credentials_ref})")
+            await trio.sleep(0.05)
+            record = manager.history()[-1]
+            print(f"[{role}] A: session {record.session_id} {record.final_state} "
+                  f"tally {record.tally_id} in {record.duration_s * 1000:.1f} ms")
+            print(f"[{role}] A: " + " -> ".join(
+                [record.transitions[0].from_state] + [t.to_state for t in record.transitions]))
+
+        print("\nreplaying the stock link...")
+        try:
+            await initiate_bootstrap(links[0], host_b, hooks=invitee_hooks)
+        except BootstrapRejected as exc:
+            print(f"refused as expected: {exc.code}")
+        await trio.sleep(0.05)
+        stats = manager.statistics()
+        print(f"\nA statistics: {dict(stats.by_state)}, rejections {dict(stats.by_rejection)}, "
+              f"active {stats.active_sessions}")
+        print(f"A audit events: {len(inviter_audit.events)}; "
+              f"tallies A provisioned: {len(inviter_db.tallies)}, accepted: {len(inviter_db.accepted)}")
+
+
+if __name__ == "__main__":
+    trio.run(main)

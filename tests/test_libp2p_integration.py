@@ -1,0 +1,355 @@
+"""Regression tests of the py-libp2p workarounds in ``taleus_bootstrap._libp2p``.
+
+Real hosts on 127.0.0.1. Each test fails if its workaround is removed; the "control" assertions
+fail if libp2p itself changes the defect (then revisit the workaround).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+from multiaddr import Multiaddr
+
+from taleus_bootstrap._libp2p import (
+    PROTOCOL_ID,
+    HostLimits,
+    close_stream,
+    host_multiaddrs,
+    new_bootstrap_host,
+    open_bootstrap_stream,
+    remote_peer_id,
+    reset_stream,
+    route_libp2p_logging,
+    running_host,
+    set_guarded_stream_handler,
+)
+
+pytestmark = pytest.mark.libp2p
+
+ECHO = TProtocol("/taleus/test/echo/1.0.0")
+BOOM = TProtocol("/taleus/test/boom/1.0.0")
+
+
+async def echo(stream: INetStream) -> None:
+    await stream.write(await stream.read(1024))
+
+
+async def roundtrip(host: IHost, addr: str, payload: bytes = b"ping") -> None:
+    stream = await open_bootstrap_stream(host, addr, protocol_id=ECHO)
+    await stream.write(payload)
+    assert await stream.read(1024) == payload
+    await close_stream(stream)
+
+
+@asynccontextmanager
+async def echo_server(limits: HostLimits | None = None) -> AsyncIterator[tuple[IHost, str]]:
+    host = new_bootstrap_host(limits=limits)
+    set_guarded_stream_handler(host, ECHO, echo)
+    async with running_host(host) as running:
+        yield running, host_multiaddrs(running)[0]
+
+
+@asynccontextmanager
+async def clients(count: int) -> AsyncIterator[list[IHost]]:
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(running_host(new_bootstrap_host(), ()))
+            for _ in range(count)
+        ]
+
+
+async def wait_until_disconnected(host: IHost, time_limit: float) -> float:
+    """Seconds until ``host`` has no connected peer; ``inf`` if not within ``time_limit``."""
+    start = time.perf_counter()
+    with trio.move_on_after(time_limit):
+        while host.get_connected_peers():
+            await trio.sleep(0.01)
+        return time.perf_counter() - start
+    return float("inf")
+
+
+def count_tasks() -> int:
+    tasks, stack = 0, [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        tasks += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return tasks
+
+
+# Defect 1 ---------------------------------------------------------------------------------
+
+
+async def test_inbound_slots_are_released_when_connections_close() -> None:
+    # libp2p's pool is max_connections - min_connections (250 by default, here 40). Without the
+    # fix every inbound connection keeps its slot until the swarm stops: connection 41 fails.
+    pool, total = 40, 200
+    async with echo_server(HostLimits(max_connections=pool)) as (server, addr):
+        swarm = server.get_network()
+        assert swarm._inbound_limiter.total_tokens == pool
+        async with clients(8) as hosts, trio.open_nursery() as nursery:
+            tasks_before = count_tasks()
+            idle = [trio.Event() for _ in hosts]
+            for event in idle:
+                event.set()
+
+            async def disconnect(host: IHost, done: trio.Event) -> None:
+                await host.disconnect(server.get_id())  # ~0.2 s: overlap them
+                done.set()
+
+            for i in range(total):  # sequential connections, rotating over the clients
+                k = i % len(hosts)
+                await idle[k].wait()
+                idle[k] = trio.Event()
+                await roundtrip(hosts[k], addr)
+                nursery.start_soon(disconnect, hosts[k], idle[k])
+            for event in idle:
+                await event.wait()
+            assert await wait_until_disconnected(server, 2.0) < 2.0
+            await trio.sleep(0.2)  # let the last handlers return
+            assert swarm._inbound_limiter.borrowed_tokens == 0
+            assert count_tasks() - tasks_before < 10  # not one parked task per connection
+
+
+# Defect 2 ---------------------------------------------------------------------------------
+
+
+async def test_raising_handler_resets_its_stream_and_host_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures: list[tuple[str, Exception]] = []
+
+    async def boom(stream: INetStream) -> None:
+        await stream.read(1024)
+        raise ValueError("boom")
+
+    def on_error(stream: INetStream, exc: Exception) -> None:
+        failures.append((remote_peer_id(stream), exc))
+        raise RuntimeError("on_error itself fails")  # must be contained too
+
+    server = new_bootstrap_host()
+    set_guarded_stream_handler(server, ECHO, echo)
+    set_guarded_stream_handler(server, BOOM, boom, on_error=on_error)
+    async with running_host(server), clients(1) as (client,):
+        addr = host_multiaddrs(server)[0]
+        for _ in range(2):
+            stream = await open_bootstrap_stream(client, addr, protocol_id=BOOM)
+            await stream.write(b"x")
+            with trio.fail_after(5), pytest.raises((StreamEOF, StreamReset)):
+                await stream.read(1024)
+            await roundtrip(client, addr)  # same host, same connection: still serving
+    assert [(peer, type(exc)) for peer, exc in failures] == [
+        (client.get_id().to_base58(), ValueError)
+    ] * 2
+    errors = [r for r in caplog.records if r.name == "taleus_bootstrap.libp2p"]
+    assert [r.levelno for r in errors] == [logging.ERROR] * 4  # handler, on_error, twice
+    assert errors[0].exc_info is not None and errors[0].exc_info[0] is ValueError
+
+
+async def test_handler_returning_without_close_ends_the_stream() -> None:
+    async def forgetful(stream: INetStream) -> None:
+        await stream.write(b"bye")  # neither close() nor reset(): libp2p would leave it open
+
+    server = new_bootstrap_host()
+    set_guarded_stream_handler(server, BOOM, forgetful)
+    async with running_host(server), clients(1) as (client,):
+        stream = await open_bootstrap_stream(client, host_multiaddrs(server)[0], protocol_id=BOOM)
+        with trio.fail_after(5):
+            assert await stream.read(1024) == b"bye"
+            with pytest.raises(StreamEOF):
+                await stream.read(1024)
+
+
+# Defect 3 ---------------------------------------------------------------------------------
+
+
+def plaintext_only_host() -> IHost:
+    key_pair = create_new_key_pair()
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key_pair)},
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+
+
+async def test_plaintext_peer_cannot_connect() -> None:
+    async with echo_server() as (server, addr), running_host(plaintext_only_host(), ()) as client:
+        upgrader = server.get_network().upgrader  # type: ignore[attr-defined]
+        assert list(upgrader.security_multistream.transports) == ["/noise"]
+        with trio.fail_after(10), pytest.raises(BaseLibp2pError):
+            await client.connect(info_from_p2p_addr(Multiaddr(addr)))
+        assert server.get_connected_peers() == []
+        # Control: libp2p's default host still accepts plaintext (else revisit defect 3).
+        default_server = new_host(connection_config=ConnectionConfig(max_connections_per_peer=1))
+        async with running_host(default_server) as other:
+            await client.connect(info_from_p2p_addr(Multiaddr(host_multiaddrs(other)[0])))
+            with trio.fail_after(2):
+                while other.get_connected_peers() != [client.get_id()]:
+                    await trio.sleep(0.01)
+
+
+# Defect 4 ---------------------------------------------------------------------------------
+
+
+async def connect_seconds(client: IHost, server: IHost, addr: str) -> float:
+    start = time.perf_counter()
+    await client.connect(info_from_p2p_addr(Multiaddr(addr)))
+    elapsed = time.perf_counter() - start
+    await client.disconnect(server.get_id())
+    return elapsed
+
+
+async def test_connect_does_not_wait_for_happy_eyeballs() -> None:
+    async with echo_server() as (server, addr), clients(1) as (client,):
+        median = statistics.median([await connect_seconds(client, server, addr) for _ in range(7)])
+        print(f"median connect on loopback: {median * 1000:.1f} ms")
+        assert median < 0.150
+        # Control: with libp2p's default of 3 connections per peer, connect() waits 250 ms.
+        limits = HostLimits(max_connections_per_peer=3)
+        async with running_host(new_bootstrap_host(limits=limits), ()) as slow:
+            assert await connect_seconds(slow, server, addr) >= 0.250
+
+
+# Defect 5 ---------------------------------------------------------------------------------
+
+
+async def test_leaving_running_host_closes_connections_on_both_sides() -> None:
+    async with clients(1) as (client,):
+        async with echo_server() as (_server, addr):
+            await roundtrip(client, addr)
+        seconds = await wait_until_disconnected(client, 2.0)
+        print(f"client saw the server leave after {seconds * 1000:.1f} ms")
+        assert seconds < 2.0
+
+    async with echo_server() as (server, addr):
+        async with running_host(new_bootstrap_host(), ()) as leaving:
+            await roundtrip(leaving, addr)
+        seconds = await wait_until_disconnected(server, 2.0)
+        print(f"server saw the client leave after {seconds * 1000:.1f} ms")
+        assert seconds < 2.0
+        # Control: a dialer leaving plain host.run() leaves a zombie on the server side.
+        plain = new_bootstrap_host()
+        async with plain.run([]):
+            await roundtrip(plain, addr)
+        assert await wait_until_disconnected(server, 1.0) == float("inf")
+
+
+# Defect 6 ---------------------------------------------------------------------------------
+
+
+async def test_auto_connector_never_redials() -> None:
+    async with echo_server() as (server, addr), clients(1) as (client,):
+        await roundtrip(client, addr)
+        await client.disconnect(server.get_id())
+        swarm = client.get_network()
+        auto_connector = swarm.auto_connector  # type: ignore[attr-defined]
+        auto_connector.clear_all_cooldowns()  # as if the 60 s redial backoff had elapsed
+        await auto_connector.maybe_connect()  # what its periodic task and disconnects trigger
+        swarm._last_auto_connect_trigger = 0.0  # type: ignore[attr-defined]
+        swarm._schedule_auto_connect()  # type: ignore[attr-defined]
+        await trio.sleep(0.3)
+        assert client.get_connected_peers() == []
+        assert server.get_connected_peers() == []
+
+
+# Defect 7 ---------------------------------------------------------------------------------
+
+
+def test_libp2p_records_reach_standard_logging(caplog: pytest.LogCaptureFixture) -> None:
+    new_bootstrap_host()
+    route_libp2p_logging()  # idempotent
+    caplog.set_level(logging.DEBUG)  # the root accepts everything: libp2p's level must filter
+    logging.getLogger("libp2p.something").warning("visible")
+    logging.getLogger("libp2p.something").debug("filtered")
+    logging.getLogger("libp2p.network.auto_connector").info("filtered too")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("libp2p.something", "visible")]
+    assert logging.getLogger("libp2p").handlers == []
+
+
+# Other helpers ----------------------------------------------------------------------------
+
+
+async def test_remote_peer_id_is_the_authenticated_client() -> None:
+    seen: list[str] = []
+
+    async def record(stream: INetStream) -> None:
+        seen.append(remote_peer_id(stream))
+
+    server = new_bootstrap_host()
+    set_guarded_stream_handler(server, PROTOCOL_ID, record)
+    async with running_host(server), clients(1) as (client,):
+        stream = await open_bootstrap_stream(client, host_multiaddrs(server)[0])
+        with trio.fail_after(5), pytest.raises(StreamEOF):
+            await stream.read(1)
+        assert remote_peer_id(stream) == server.get_id().to_base58()
+    assert seen == [client.get_id().to_base58()]
+
+
+async def test_failed_dial_does_not_block_the_next_attempt() -> None:
+    # libp2p refuses to redial a peer for 60 s after a failed dial (negative cache).
+    key_pair = create_new_key_pair()
+    async with running_host(new_bootstrap_host(key_pair=key_pair)) as gone:
+        addr = host_multiaddrs(gone)[0]  # a port that is closed once we leave
+    listen = addr.rsplit("/p2p/", 1)[0]
+    async with clients(1) as (client,):
+        with pytest.raises(BaseLibp2pError):
+            await open_bootstrap_stream(client, addr, protocol_id=ECHO)
+        server = new_bootstrap_host(key_pair=key_pair)
+        set_guarded_stream_handler(server, ECHO, echo)
+        async with running_host(server, [listen]):
+            assert host_multiaddrs(server) == [addr]
+            with pytest.raises(BaseLibp2pError):  # control: libp2p's own dial is refused
+                await client.connect(info_from_p2p_addr(Multiaddr(addr)))
+            await roundtrip(client, addr)
+
+
+async def test_running_host_raises_when_it_cannot_listen() -> None:
+    with pytest.raises(BaseLibp2pError, match="could not listen"):
+        async with running_host(new_bootstrap_host(), ["/ip4/192.0.2.1/tcp/0"]):
+            pass
+
+
+def test_host_limits_reject_sub_second_negotiation_timeout() -> None:
+    with pytest.raises(ValueError, match="whole number"):
+        HostLimits(negotiation_timeout=0)
+
+
+# yamux semantics that decide how the protocol sends its last frame --------------------------
+
+
+@pytest.mark.parametrize("ending", ["close", "reset"])
+async def test_final_frame_survives_close_but_not_reset(ending: str) -> None:
+    async def final_frame(stream: INetStream) -> None:
+        await stream.write(encode_varint_prefixed(b"rejected"))
+        await (close_stream(stream) if ending == "close" else reset_stream(stream))
+
+    server = new_bootstrap_host()
+    set_guarded_stream_handler(server, BOOM, final_frame)
+    async with running_host(server), clients(1) as (client,):
+        stream = await open_bootstrap_stream(client, host_multiaddrs(server)[0], protocol_id=BOOM)
+        await trio.sleep(0.05)  # both frames have arrived before we read
+        with trio.fail_after(5):
+            if ending == "close":
+                assert await read_varint_prefixed_bytes_limited(stream, 64) == b"rejected"
+                with pytest.raises(StreamEOF):
+                    await stream.read(1)
+            else:  # the reset discards the unread frame
+                with pytest.raises(StreamReset):
+                    await read_varint_prefixed_bytes_limited(stream, 64)
