@@ -164,7 +164,8 @@ class FrameDecoder:
         if self._body_length is None:
             decoded = decode_varint(self._buffer)
             if decoded is None:
-                return self._need_more()
+                self._check_truncation()
+                return None
             length, used = decoded
             if length > self.max_frame_bytes:
                 raise RemoteProtocolError(
@@ -174,7 +175,8 @@ class FrameDecoder:
             del self._buffer[:used]
             self._body_length = length
         if len(self._buffer) < self._body_length:
-            return self._need_more()
+            self._check_truncation()
+            return None
         body = bytes(self._buffer[: self._body_length])
         del self._buffer[: self._body_length]
         self._body_length = None
@@ -182,7 +184,6 @@ class FrameDecoder:
             raise RemoteProtocolError(RejectionCode.MALFORMED, "empty frame body")
         return decode_frame_body(body)
 
-    def _need_more(self) -> None:
+    def _check_truncation(self) -> None:
         if self._eof and (self._buffer or self._body_length is not None):
             raise RemoteProtocolError(RejectionCode.MALFORMED, "stream ended inside a frame")
-        return None

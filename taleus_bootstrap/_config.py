@@ -119,3 +119,9 @@ class InviteeConfig(_Timeouts):
     """Wait before the second attempt; doubles each further attempt up to ``dial_backoff_max``."""
     dial_backoff_max: Annotated[float, Field(ge=0, le=600)] = DEFAULT_DIAL_BACKOFF_MAX
     """Cap on the wait between attempts."""
+
+    @model_validator(mode="after")
+    def _backoff_within_cap(self) -> InviteeConfig:
+        if self.dial_backoff > self.dial_backoff_max:
+            raise ValueError("dial_backoff must not exceed dial_backoff_max")
+        return self

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -18,12 +19,12 @@ from ._errors import LocalProtocolError, ProtocolError, RejectionCode
 from ._events import AuditEvent, Rejection, SessionOutcome, Side, StateChanged
 from ._frames import Role
 from ._hooks import AuditHook
-from ._states import InviteeState, InviterState, StateMachine, TransitionRecord, Trigger
+from ._states import StateMachine, TransitionRecord, Trigger
 
 __all__ = ["SessionRecord", "StepTimeout", "TrackedMachine", "call_hook", "utc_now"]
 
 logger = logging.getLogger("taleus_bootstrap.session")
-S = TypeVar("S", InviterState, InviteeState)
+S = TypeVar("S", bound=StrEnum)
 T = TypeVar("T")
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "Contact",
     "DatabaseInfo",
     "Frame",
+    "IdentityObject",
     "FRAME_ADAPTER",
     "PeerIdStr",
     "Provision",
@@ -142,13 +143,18 @@ def _depth(value: Any, limit: int) -> int:
 def _check_identity(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     if _depth(value, MAX_IDENTITY_DEPTH) > MAX_IDENTITY_DEPTH:
         raise ValueError(f"identity nests deeper than {MAX_IDENTITY_DEPTH} levels")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("identity holds NaN or infinity, which JSON does not allow") from None
+    size = len(text.encode())
     if size > MAX_IDENTITY_BYTES:
         raise ValueError(f"identity is {size} bytes serialized, over {MAX_IDENTITY_BYTES}")
     return value
 
 
 IdentityObject = Annotated[dict[str, JsonValue], AfterValidator(_check_identity)]
+"""A JSON object of at most MAX_IDENTITY_BYTES serialized and MAX_IDENTITY_DEPTH levels, finite."""
 
 
 class _Model(BaseModel):

@@ -1,16 +1,13 @@
 """Every py-libp2p (0.8.1) workaround of taleus_bootstrap, in one module.
 
-The defect numbers refer to ``LIBP2P-NOTES.md``; each workaround has a regression test in
-``tests/test_libp2p_integration.py`` so that a libp2p release that changes the behaviour is noticed.
-
-1. Inbound connections hold a swarm slot until the swarm stops (cap of 250 per lifetime):
-   :class:`_BootstrapSwarm` ends the inbound handler when its muxed connection closes.
-2. An exception escaping a stream handler kills the host: :func:`set_guarded_stream_handler`.
-3. The default host accepts ``/plaintext/2.0.0`` (spoofable peer ids): hosts are Noise-only.
-4. ``connect()`` waits 250 ms (happy eyeballs) unless ``max_connections_per_peer=1``.
-5. Leaving ``host.run()`` leaves zombie connections: :func:`running_host` disconnects first.
-6. The auto-connector re-dials known peers: replaced by :class:`_DisabledAutoConnector`.
-7. libp2p's records bypass standard logging: :func:`route_libp2p_logging`.
+Defect numbers refer to LIBP2P-NOTES.md; each workaround has a regression test in
+tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until the swarm stops
+(:class:`_BootstrapSwarm`). 2: a raising stream handler kills the host
+(:func:`set_guarded_stream_handler`). 3: plaintext accepted (hosts are Noise-only). 4: 250 ms
+``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
+listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
+(:func:`route_libp2p_logging`). Also: libp2p's 60 s negative dial cache
+(:func:`open_bootstrap_stream`).
 """
 
 from __future__ import annotations
@@ -50,22 +47,6 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
 
-__all__ = [
-    "PROTOCOL_ID",
-    "HostLimits",
-    "StreamHandler",
-    "close_stream",
-    "disconnect_all_peers",
-    "host_multiaddrs",
-    "new_bootstrap_host",
-    "open_bootstrap_stream",
-    "remote_peer_id",
-    "reset_stream",
-    "route_libp2p_logging",
-    "running_host",
-    "set_guarded_stream_handler",
-]
-
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
@@ -73,37 +54,25 @@ StreamHandler = Callable[[INetStream], Awaitable[None]]
 logger = logging.getLogger("taleus_bootstrap.libp2p")
 
 #: Errors that closing or resetting a stream may raise once the peer or connection is gone.
-_STREAM_ERRORS: Final = (
-    BaseLibp2pError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-)
+_STREAM_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass(frozen=True)
 class HostLimits:
-    """Explicit limits of a bootstrap host (libp2p's defaults are listed in LIBP2P-NOTES.md).
+    """Explicit limits of a bootstrap host (libp2p's own defaults in parentheses).
 
-    * ``max_connections``: established connections, both directions; also the size of the
-      swarm's inbound-handler pool (libp2p's default: 300 minus ``min_connections`` 50).
-    * ``max_connections_per_peer``: libp2p dials at most this many connections per peer; 1 also
-      avoids the 250 ms happy-eyeballs wait of ``connect()`` (defect 4). Extra connections of a
-      peer older than libp2p's 20 s grace period are trimmed.
-    * ``max_established_per_peer``: hard per-peer cap of the resource manager (libp2p: 8). Above
-      1 so that a client reconnecting before the server has reaped its previous connection
-      (which takes libp2p ~0.2 s) is not refused.
-    * ``max_streams``: concurrent streams, all peers and both directions (libp2p: 10 000);
-      streams beyond it queue, they are not refused.
-    * ``connection_rate_per_peer``/``connection_burst_per_peer``: token bucket on new
-      connections per peer id (libp2p: 10/s, burst 50, which refuses a load test from one
-      peer); ``None`` disables it. Peer ids are free, so this is no defence against floods.
-    * ``dial_timeout``: bound on ``connect()`` in :func:`open_bootstrap_stream` (libp2p only
-      applies its own to the auto-connector, which is disabled).
-    * ``handshake_timeout``: Noise + yamux upgrade of a connection, both directions.
-    * ``negotiation_timeout``: multistream-select of a stream, in whole seconds >= 1 (libp2p
-      truncates to ``int`` and silently replaces values under 1 s by 30 s).
-    * ``dial_retries``: libp2p's retries of a failed dial (libp2p: 3, ~0.7 s of backoff).
+    ``max_connections``: established connections, both directions, and the swarm's pool of
+    inbound handlers (300, pool 250). ``max_connections_per_peer``: connections libp2p dials to
+    a peer (3); 1 avoids the 250 ms happy-eyeballs wait (defect 4). ``max_established_per_peer``:
+    the resource manager's hard cap (8), above 1 so a client reconnecting before the server has
+    reaped its previous connection (~0.2 s) is not refused. ``max_streams``: concurrent
+    streams, all peers (10 000); more queue. ``connection_rate_per_peer`` and its burst: new
+    connections per second per peer id (10, burst 50, which refuses a load test from one peer);
+    ``None`` disables it (peer ids are free: no flood defence). ``dial_timeout``: bound on the
+    connect of :func:`open_bootstrap_stream` (libp2p applies it only to the auto-connector).
+    ``handshake_timeout``: Noise + yamux upgrade (10 s). ``negotiation_timeout``:
+    multistream-select, whole seconds >= 1 (libp2p truncates to int and replaces 0 by 30 s).
+    ``dial_retries``: libp2p's retries of a failed dial (3, ~0.7 s of backoff).
     """
 
     max_connections: int = 1024
@@ -191,13 +160,11 @@ class _BootstrapSwarm(Swarm):
 
 
 def route_libp2p_logging(level: int = logging.WARNING) -> None:
-    """Defect 7: make libp2p's records flow into standard logging at ``level``.
+    """Defect 7: make libp2p's records flow into standard logging at ``level``. Idempotent.
 
-    ``import libp2p`` gives the ``libp2p`` logger level WARNING, ``propagate=False`` and no
-    handler (its records reach only ``logging.lastResort``), and the auto-connector forces INFO
-    on its own logger. This sets ``level`` and ``propagate=True`` on ``libp2p`` and lets the
-    auto-connector inherit it. Idempotent. Does nothing when ``LIBP2P_DEBUG`` is set: that is a
-    developer's explicit request for libp2p's own log handlers.
+    ``import libp2p`` sets ``propagate=False`` and no handler on ``libp2p`` (records reach only
+    ``logging.lastResort``) and the auto-connector forces INFO on itself. Does nothing when
+    ``LIBP2P_DEBUG`` is set: that is a developer's request for libp2p's own log handlers.
     """
     if os.environ.get("LIBP2P_DEBUG"):
         return
@@ -210,13 +177,11 @@ def route_libp2p_logging(level: int = logging.WARNING) -> None:
 def new_bootstrap_host(
     *, key_pair: KeyPair | None = None, limits: HostLimits | None = None
 ) -> IHost:
-    """Build a TCP host with every workaround of this module installed.
+    """Build a TCP host (peer id from ``key_pair``, else a new Ed25519 key) with the fixes.
 
-    Noise is the only security protocol (defect 3), yamux the only muxer, the connection config
-    and resource manager follow ``limits`` (see :class:`HostLimits`; defect 4 through
-    ``max_connections_per_peer``), inbound connections release their swarm slot when they close
-    (defect 1), the auto-connector never dials (defect 6), and libp2p logging is routed
-    (defect 7). The peer id derives from ``key_pair`` (a new Ed25519 key if ``None``).
+    Noise-only (defect 3), yamux-only, connection config and resource manager from ``limits``
+    (defect 4), inbound slots released on close (defect 1), no auto-connector (defect 6),
+    libp2p logging routed (defect 7).
     """
     route_libp2p_logging()
     limits = limits or HostLimits()
@@ -252,7 +217,7 @@ def new_bootstrap_host(
     )
     swarm.bootstrap_limits = limits
     rate = limits.connection_rate_per_peer
-    resource_manager = ResourceManager(
+    rm = ResourceManager(
         # The swarm enforces max_connections itself; the manager also counts connections in
         # their handshake, so give it room for a full inbound pool on top.
         limits=ResourceLimits(
@@ -270,11 +235,7 @@ def new_bootstrap_host(
         connections_per_peer_per_sec=rate or 1.0,
         burst_connections_per_peer=limits.connection_burst_per_peer,
     )
-    return BasicHost(
-        network=swarm,
-        negotiate_timeout=limits.negotiation_timeout,
-        resource_manager=resource_manager,
-    )
+    return BasicHost(swarm, negotiate_timeout=limits.negotiation_timeout, resource_manager=rm)
 
 
 def _host_limits(host: IHost) -> HostLimits:
@@ -300,27 +261,44 @@ async def disconnect_all_peers(host: IHost, *, time_limit: float = 2.0) -> None:
                 nursery.start_soon(disconnect, peer)
 
 
+async def _stop_listening(host: IHost) -> None:
+    for listener in list(host.get_network().listeners.values()):
+        try:
+            await listener.close()
+        except Exception:  # best effort during shutdown
+            logger.warning("closing listener failed", exc_info=True)
+
+
 @asynccontextmanager
 async def running_host(
     host: IHost, listen_addrs: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",)
 ) -> AsyncIterator[IHost]:
-    """Run ``host`` listening on ``listen_addrs``; on exit disconnect every peer first.
+    """Run ``host`` listening on ``listen_addrs``; on exit stop listening and disconnect.
 
-    Defect 5: leaving ``host.run()`` leaves the peers with zombie connections, so every
-    connection is closed (in parallel, within 2 s, shielded from cancellation) before the host
-    stops, whether the block ends normally, by an exception or by cancellation. Raises
-    ``SwarmException`` if an address cannot be listened on (libp2p ignores that failure).
+    Defect 5: leaving ``host.run()`` leaves the peers' connections open (zombies on the remote
+    side) and even the listening socket, which keeps accepting and handshaking. So on exit
+    (normal, exception or cancellation; shielded, bounded to ~3 s) the listeners are closed and
+    every peer is disconnected in parallel before the host stops. An ``Exception`` from the
+    block is re-raised as is, not wrapped in the ExceptionGroups of libp2p's nurseries.
+    Raises ``SwarmException`` if an address cannot be listened on (libp2p ignores that).
     Listening sockets use ``SO_REUSEPORT``: two processes can share a port.
     """
     addrs = [Multiaddr(a) if isinstance(a, str) else a for a in listen_addrs]
+    failure: Exception | None = None
     async with host.run(addrs):
         try:
             if len(host.get_network().listeners) < len(addrs):
                 raise SwarmException(f"could not listen on all of {[str(a) for a in addrs]}")
             yield host
+        except Exception as exc:
+            failure = exc
         finally:
             with trio.CancelScope(shield=True):
+                with trio.move_on_after(1.0):
+                    await _stop_listening(host)
                 await disconnect_all_peers(host)
+    if failure is not None:
+        raise failure
 
 
 def host_multiaddrs(host: IHost) -> list[str]:
@@ -361,7 +339,7 @@ def set_guarded_stream_handler(
 
     An ``Exception`` escaping ``handler`` would stop the whole host. The boundary logs it at
     ERROR on ``taleus_bootstrap.libp2p``, calls ``on_error(stream, exc)`` (whose own exceptions
-    are logged and dropped) and resets the stream. Cancellation and other ``BaseException``\\ s
+    are logged and dropped) and resets the stream. Cancellation and other ``BaseException``s
     pass through. When ``handler`` returns, the stream is closed (a no-op if it already was),
     since a peer would otherwise wait forever for the end of the stream.
     """
@@ -370,12 +348,8 @@ def set_guarded_stream_handler(
         try:
             await handler(stream)
         except Exception as exc:
-            logger.error(
-                "handler of %s failed for peer %s",
-                protocol_id,
-                remote_peer_id(stream),
-                exc_info=exc,
-            )
+            peer = remote_peer_id(stream)
+            logger.error("handler of %s failed for peer %s", protocol_id, peer, exc_info=exc)
             if on_error is not None:
                 try:
                     on_error(stream, exc)

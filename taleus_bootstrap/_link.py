@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Annotated, Final
 
 import multiaddr
-from pydantic import AfterValidator, Field, JsonValue, StringConstraints, ValidationError
+from pydantic import AfterValidator, Field, StringConstraints, ValidationError, model_validator
 
 from ._errors import LinkContentError, LinkFormatError
-from ._frames import MAX_TOKEN_CHARS, MultiaddrStr, Role, UtcDatetime, _Model
+from ._frames import MAX_TOKEN_CHARS, IdentityObject, MultiaddrStr, Role, UtcDatetime, _Model
 
 __all__ = ["LINK_PREFIX", "MAX_LINK_CHARS", "BootstrapLink"]
 
@@ -46,7 +46,16 @@ class BootstrapLink(_Model):
     token: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOKEN_CHARS)]
     expires_at: UtcDatetime
     inviter_role: Role
-    identity_requirements: dict[str, JsonValue] | None = None
+    identity_requirements: IdentityObject | None = None
+
+    @model_validator(mode="after")
+    def _one_peer_and_fits_its_text_form(self) -> BootstrapLink:
+        peers = {multiaddr.Multiaddr(a).value_for_protocol("p2p") for a in self.responder_addrs}
+        if len(peers) != 1:
+            raise ValueError("responder_addrs must all name the same peer")
+        if len(self.encode()) > MAX_LINK_CHARS:
+            raise ValueError(f"the link's text form would exceed {MAX_LINK_CHARS} characters")
+        return self
 
     @property
     def invitee_role(self) -> Role:
@@ -90,7 +99,4 @@ class BootstrapLink(_Model):
             first = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(part) for part in first["loc"]) or "link"
             raise LinkContentError(f"invalid link: {where}: {first['msg']}") from None
-        peers = {multiaddr.Multiaddr(a).value_for_protocol("p2p") for a in link.responder_addrs}
-        if len(peers) != 1:
-            raise LinkContentError("invalid link: responder_addrs name different peers")
         return link

@@ -85,7 +85,7 @@ class Trigger(StrEnum):
     TIMED_OUT = "timed_out"
 
 
-S = TypeVar("S", InviterState, InviteeState)
+S = TypeVar("S", bound=StrEnum)
 
 _I = InviterState
 _INVITER_HAPPY: Final[dict[tuple[InviterState, Trigger], InviterState]] = {

@@ -19,7 +19,7 @@ __all__ = ["MemoryByteStream", "memory_stream_pair", "read_frame", "write_frame"
 class MemoryByteStream:
     """One end of an in-memory stream, with py-libp2p's stream method names."""
 
-    def __init__(self, stream: trio.StapledStream[trio.abc.SendStream, trio.abc.ReceiveStream]) -> None:
+    def __init__(self, stream: trio.StapledStream) -> None:
         self._stream = stream
         self.was_reset = False
         self.was_closed = False
