@@ -206,10 +206,12 @@ class MemoryProvisioner:
         )
 
     async def release(self, result: ProvisionResult, *, session_id: str) -> None:
-        """Forget a tally whose session never completed."""
+        """Forget a tally whose session never completed (provisioned or accepted here)."""
         await trio.lowlevel.checkpoint()
-        if self.tallies.pop(result.tally.tally_id, None) is not None:
-            self.released.append(result.tally.tally_id)
+        tally_id = result.tally.tally_id
+        found = self.tallies.pop(tally_id, None) or self.accepted.pop(tally_id, None)
+        if found is not None:
+            self.released.append(tally_id)
 
     async def accept(self, result: ProvisionResult, *, session_id: str) -> bool:
         """Record the other party's provision."""

@@ -34,6 +34,7 @@ from ._errors import (
 from ._events import (
     AuditEvent,
     ContactReceived,
+    HookError,
     Rejection,
     SessionOutcome,
     SessionStarted,
@@ -115,6 +116,7 @@ __all__ = [
     "DatabaseInfo",
     "Frame",
     "FrameDecoder",
+    "HookError",
     "HostLimits",
     "IdentityHook",
     "IllegalTransition",

@@ -18,6 +18,7 @@ from ._frames import Role, UtcDatetime, _Model
 __all__ = [
     "AuditEvent",
     "ContactReceived",
+    "HookError",
     "Rejection",
     "SessionOutcome",
     "SessionStarted",
@@ -83,6 +84,16 @@ class Rejection(_Event):
     error_message: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None = None
 
 
+class HookError(_Event):
+    """A hook failed where the session could not fail any more (after completion)."""
+
+    kind: Literal["hook_error"] = "hook_error"
+    hook: str
+    detail: str
+    error_type: str | None = None
+    error_message: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None = None
+
+
 class SessionOutcome(_Event):
     """The terminal record of a session: its final state and, on success, the tally."""
 
@@ -95,7 +106,7 @@ class SessionOutcome(_Event):
 
 
 AuditEvent = Annotated[
-    SessionStarted | StateChanged | ContactReceived | Rejection | SessionOutcome,
+    SessionStarted | StateChanged | ContactReceived | Rejection | HookError | SessionOutcome,
     Field(discriminator="kind"),
 ]
 """Any audit event, discriminated on ``kind``."""

@@ -212,7 +212,9 @@ class _InviteeRun:
         await self._step("send contact", cfg.step_timeout, lambda: channel.send(contact))
         await tracked.fire(Trigger.CONTACT_SENT)
 
-        frame = await self._step("await response", cfg.step_timeout, channel.receive)
+        # A validates the token and the identity, then may provision, before it answers.
+        wait = 2 * cfg.step_timeout + cfg.provision_timeout
+        frame = await self._step("await response", wait, channel.receive)
         if isinstance(frame, Rejected):
             raise _Rejected(frame)
         if not isinstance(frame, Accepted):
@@ -249,7 +251,9 @@ class _InviteeRun:
             await self._step("send provisioned", cfg.step_timeout, lambda: channel.send(
                 Provisioned(session_id=frame.session_id, provision=provision)))
             await tracked.fire(Trigger.PROVISIONED_SENT)
-            reply = await self._step("await ack", cfg.step_timeout, channel.receive)
+            # A accepts the provision and commits the token before it acknowledges.
+            wait = 2 * cfg.step_timeout + cfg.provision_timeout
+            reply = await self._step("await ack", wait, channel.receive)
             if isinstance(reply, Rejected):
                 raise _Rejected(reply)
             if not isinstance(reply, Ack) or reply.session_id != frame.session_id:

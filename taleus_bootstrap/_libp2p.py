@@ -6,7 +6,7 @@ tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until
 (:func:`set_guarded_stream_handler`). 3: plaintext accepted (hosts are Noise-only). 4: 250 ms
 ``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
-(:func:`route_libp2p_logging`). Also: libp2p's 60 s negative dial cache
+(:func:`route_libp2p_logging`). Also: the negative dial cache and stale peerstore addresses
 (:func:`open_bootstrap_stream`).
 """
 
@@ -367,17 +367,19 @@ async def open_bootstrap_stream(
 ) -> INetStream:
     """Connect to ``addr`` (a multiaddr ending in ``/p2p/<peer id>``) and open a stream.
 
-    The address is added to the peerstore, the peer is removed from libp2p's 60 s negative dial
-    cache (an explicit request always dials), and the connection must be up within the host's
-    ``dial_timeout``. Raises ``ValueError`` for a malformed address and a ``BaseLibp2pError``
+    Unless already connected, ``addr`` replaces the peer's addresses in the peerstore (libp2p
+    dials only one TCP address per peer, so a stale one would be dialled forever) and the peer
+    leaves libp2p's 60 s negative dial cache (an explicit request always dials); the connection
+    must be up within the host's ``dial_timeout``. Raises ``ValueError`` for a malformed address and a ``BaseLibp2pError``
     (e.g. ``SwarmException``, ``StreamFailure``) when the peer cannot be reached, cannot be
     authenticated or does not speak ``protocol_id``.
     """
     info = info_from_p2p_addr(Multiaddr(addr) if isinstance(addr, str) else addr)
-    network = host.get_network()
-    unblock = getattr(network, "unblock_peer", None)
-    if callable(unblock):
-        unblock(info.peer_id)
+    if info.peer_id not in host.get_connected_peers():
+        host.get_peerstore().clear_addrs(info.peer_id)
+        unblock = getattr(host.get_network(), "unblock_peer", None)
+        if callable(unblock):
+            unblock(info.peer_id)
     timeout = _host_limits(host).dial_timeout
     with trio.move_on_after(timeout) as scope:
         await host.connect(info)

@@ -27,7 +27,7 @@ from ._driver import (
     utc_now,
 )
 from ._errors import LocalProtocolError, ProtocolError, RejectionCode, RemoteProtocolError
-from ._events import ContactReceived, SessionStarted, token_digest
+from ._events import ContactReceived, HookError, SessionStarted, token_digest
 from ._frames import Accepted, Ack, Contact, Provision, Provisioned, Rejected, Role
 from ._hooks import ProvisionRequest, ProvisionResult, SessionHooks, TokenInfo
 from ._states import INVITER_TRANSITIONS, InviterState, StateMachine, Trigger
@@ -88,6 +88,7 @@ class BootstrapSession:
         self.tally_id: str | None = None
         self._token: str | None = None  # set while a reservation may be held
         self._own_provision: ProvisionResult | None = None  # provisioned here, not yet acked
+        self._accepted_provision: ProvisionResult | None = None  # accepted here, ack not sent
 
     @property
     def state(self) -> InviterState:
@@ -173,8 +174,14 @@ class BootstrapSession:
             raise StepTimeout(name, timeout)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _receive(self, name: str) -> Any:
-        return await self._step(name, self.config.step_timeout, self.channel.receive)
+    async def _receive(self, name: str, timeout: float | None = None) -> Any:
+        timeout = self.config.step_timeout if timeout is None else timeout
+        return await self._step(name, timeout, self.channel.receive)
+
+    @property
+    def _peer_work_timeout(self) -> float:
+        """How long to wait for a frame the peer sends after a database hook call of its own."""
+        return self.config.provision_timeout + self.config.step_timeout
 
     async def _send(self, name: str, frame: Any) -> None:
         await self._step(name, self.config.step_timeout, lambda: self.channel.send(frame))
@@ -184,6 +191,8 @@ class BootstrapSession:
         await tracked.fire(Trigger.STREAM_ADMITTED)
 
         contact = await self._receive("read contact")
+        if isinstance(contact, Rejected):
+            raise _PeerRejected(contact)
         if not isinstance(contact, Contact):
             raise RemoteProtocolError(
                 RejectionCode.MALFORMED, f"expected contact, got {contact.type}"
@@ -265,10 +274,10 @@ class BootstrapSession:
 
         if stock:
             await self._await_ack()
+            await self._commit_after_ack()
         else:
             await self._receive_provision(contact)
-        await self._commit_token()
-        # Committed: from here nothing may turn the session into a failure.
+        # Complete: from here nothing may turn the session into a failure.
         await tracked.fire(
             Trigger.ACK_RECEIVED if stock else Trigger.PROVISION_ACCEPTED_ACK_SENT, strict=False
         )
@@ -312,14 +321,14 @@ class BootstrapSession:
         self.tally_id = tally.tally_id
 
     async def _await_ack(self) -> None:
-        frame = await self._receive("await ack")
+        frame = await self._receive("await ack", self._peer_work_timeout)
         if isinstance(frame, Rejected):
             raise _PeerRejected(frame)
         if not isinstance(frame, Ack) or frame.session_id != self.session_id:
             raise RemoteProtocolError(RejectionCode.MALFORMED, "expected ack for this session")
 
     async def _receive_provision(self, contact: Contact) -> None:
-        frame = await self._receive("await provisioned")
+        frame = await self._receive("await provisioned", self._peer_work_timeout)
         if isinstance(frame, Rejected):
             raise _PeerRejected(frame)
         if not isinstance(frame, Provisioned) or frame.session_id != self.session_id:
@@ -346,8 +355,13 @@ class BootstrapSession:
             raise LocalProtocolError(
                 RejectionCode.PROVISION_FAILED, "database hook refused the provision"
             )
+        self._accepted_provision = frame.provision  # voided (released) unless the ack goes out
         self.tally_id = tally.tally_id
+        # Commit before the ack: if the commit fails, the invitee never completes and nothing
+        # is burnt. (If the ack write then fails, the token stays spent: see docs/protocol.md.)
+        await self._commit_token()
         await self._send("send ack", Ack(session_id=self.session_id))
+        self._accepted_provision = None
 
     async def _commit_token(self) -> None:
         token = self._token
@@ -360,7 +374,31 @@ class BootstrapSession:
             validate=expect_none,
         )
         self._token = None
+
+    async def _commit_after_ack(self) -> None:
+        """Stock: the invitee acknowledged, so the tally exists on both sides. A failing commit
+        cannot undo that: it is audited and logged, and the reservation is left held (not
+        released), so the token cannot be redeemed again through this store."""
         self._own_provision = None  # acknowledged: it belongs to the tally now
+        try:
+            await self._commit_token()
+        except ProtocolError as exc:
+            self._token = None
+            cause = getattr(exc, "error", None)
+            logger.error(
+                "session %s completed but token.mark_used failed: %s", self.session_id, exc.detail
+            )
+            await self._tracked.audit(
+                HookError(
+                    at=utc_now(),
+                    side="inviter",
+                    hook="token.mark_used",
+                    detail=f"{exc.detail}; the reservation is left held",
+                    error_type=type(cause).__name__ if cause is not None else None,
+                    error_message=str(cause)[:500] if cause is not None else None,
+                ),
+                strict=False,
+            )
 
     # -- failure --------------------------------------------------------------------------
 
@@ -402,8 +440,9 @@ class BootstrapSession:
         self.tally_id = None
 
     async def _release(self, bound: float) -> None:
-        token, provision = self._token, self._own_provision
-        self._token = self._own_provision = None
+        token = self._token
+        provision = self._own_provision or self._accepted_provision
+        self._token = self._own_provision = self._accepted_provision = None
         if token is not None:
             with trio.move_on_after(bound) as scope:
                 try:

@@ -370,6 +370,23 @@ async def test_failed_dial_does_not_block_the_next_attempt() -> None:
             await roundtrip(client, addr)
 
 
+async def test_stale_address_does_not_hide_the_given_one() -> None:
+    # libp2p keeps every address it was given and dials only one TCP address per peer.
+    key_pair = create_new_key_pair()
+    async with running_host(new_bootstrap_host(key_pair=key_pair)) as gone:
+        stale = host_multiaddrs(gone)[0]
+    server = new_bootstrap_host(key_pair=key_pair)
+    set_guarded_stream_handler(server, ECHO, echo)
+    async with running_host(server), clients(1) as (client,):
+        with pytest.raises(BaseLibp2pError):
+            await open_bootstrap_stream(client, stale, protocol_id=ECHO)
+        addr = host_multiaddrs(server)[0]
+        client.get_network().unblock_peer(server.get_id())  # type: ignore[attr-defined]
+        with pytest.raises(BaseLibp2pError):  # control: libp2p dials the stale address again
+            await client.connect(info_from_p2p_addr(Multiaddr(addr)))
+        await roundtrip(client, addr)
+
+
 async def test_running_host_raises_when_it_cannot_listen() -> None:
     with pytest.raises(BaseLibp2pError, match="could not listen"):
         async with running_host(new_bootstrap_host(), ["/ip4/192.0.2.1/tcp/0"]):

@@ -436,3 +436,103 @@ async def test_unacknowledged_session_releases_token_and_database(
     await write_frame(again.client, Ack(session_id=second.session_id))
     assert (await finish(again)).final_state == "COMPLETED"
     assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
+
+
+async def test_a_rejected_first_frame_gets_no_reply(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager()
+    running = await start(nursery, manager)
+    await write_frame(
+        running.client, Rejected(code=RejectionCode.IDENTITY_REJECTED, retry_after_s=None)
+    )
+    assert await running.client.read(100) == b""  # closed without a frame
+    record = await finish(running)
+    assert record.code == RejectionCode.IDENTITY_REJECTED
+    [event] = rejection_events(inviter_backend, record.session_id)
+    assert event.direction == "received"
+
+
+async def test_rejections_never_disclose_the_inviters_identity_or_cadre(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    cadre = "/ip4/10.20.30.40/tcp/7777"
+    manager = await memory_manager(ManagerConfig(cadre_addrs=(cadre,), step_timeout=1))
+    good = inviter_backend.tokens.mint("stock", identity_requirements={"name": "Alice"})
+    attempts: list[bytes] = [
+        b"\x05hello",
+        b"\xff\xff\x03",
+        encode_frame(contact("unknown-token")),
+        encode_frame(contact(good)),  # identity "Bob" does not meet the requirement
+        b"",  # silence: timeout
+    ]
+    for payload in attempts:
+        running = await start(nursery, manager)
+        if payload:
+            await running.client.write(payload)
+        raw = bytes(await running.client.read(4096))
+        assert b'"type":"rejected"' in raw
+        for secret in (INVITER_PEER.encode(), cadre.encode(), good.encode()):
+            assert secret not in raw
+        await finish(running)
+
+
+async def test_stock_commit_failure_after_the_ack_still_completes(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    manager = await memory_manager(
+        token=Misbehaving(inviter_backend.tokens, "mark_used", "raise")
+    )
+    token = inviter_backend.tokens.mint("stock")
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted) and accepted.provision is not None
+    await write_frame(running.client, Ack(session_id=accepted.session_id))
+    assert await read_frame(running.client) is None  # no rejection after the ack
+    record = await finish(running)
+    assert record.final_state == "COMPLETED"
+    [error] = [e for e in inviter_backend.audit.for_session(record.session_id)
+               if e.kind == "hook_error"]
+    assert error.hook == "token.mark_used" and error.error_type == "RuntimeError"
+    # The tally stays, and the reservation stays held: the token cannot be redeemed again.
+    assert accepted.provision.tally.tally_id in inviter_backend.provisioner.tallies
+    assert inviter_backend.tokens.reservations_held == 1
+    again = await start(nursery, manager)
+    await write_frame(again.client, contact(token))
+    reply = await read_frame(again.client)
+    assert reply == Rejected(code=RejectionCode.INVALID_TOKEN, retry_after_s=None)
+    await finish(again)
+
+
+async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    from taleus_bootstrap import ProvisionRequest
+    from taleus_bootstrap._driver import utc_now
+
+    manager = await memory_manager(
+        token=Misbehaving(inviter_backend.tokens, "mark_used", "raise")
+    )
+    token = inviter_backend.tokens.mint("foil")
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted)
+    provision = await Backend().provisioner.provision(
+        ProvisionRequest(
+            session_id=accepted.session_id, tally_id="tly_commit_fails",
+            provisioner_role="stock", stock_party_id=INVITEE_PEER,
+            foil_party_id=INVITER_PEER, created_at=utc_now(),
+        )
+    )
+    await write_frame(
+        running.client, Provisioned(session_id=accepted.session_id, provision=provision)
+    )
+    reply = await read_frame(running.client)
+    assert reply == Rejected(code=RejectionCode.INTERNAL_ERROR, retry_after_s=None)
+    record = await finish(running)
+    assert record.final_state == "FAILED"
+    assert inviter_backend.provisioner.accepted == {}
+    assert inviter_backend.provisioner.released == ["tly_commit_fails"]
+    assert inviter_backend.tokens.reservations_held == 0
