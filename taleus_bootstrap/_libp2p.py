@@ -370,9 +370,9 @@ async def open_bootstrap_stream(
     Unless already connected, ``addr`` replaces the peer's addresses in the peerstore (libp2p
     dials only one TCP address per peer, so a stale one would be dialled forever) and the peer
     leaves libp2p's 60 s negative dial cache (an explicit request always dials); the connection
-    must be up within the host's ``dial_timeout``. Raises ``ValueError`` for a malformed address and a ``BaseLibp2pError``
-    (e.g. ``SwarmException``, ``StreamFailure``) when the peer cannot be reached, cannot be
-    authenticated or does not speak ``protocol_id``.
+    must be up within the host's ``dial_timeout``. Raises ``ValueError`` for a malformed address
+    and a ``BaseLibp2pError`` (e.g. ``SwarmException``, ``StreamFailure``) when the peer cannot
+    be reached, cannot be authenticated or does not speak ``protocol_id``.
     """
     info = info_from_p2p_addr(Multiaddr(addr) if isinstance(addr, str) else addr)
     if info.peer_id not in host.get_connected_peers():

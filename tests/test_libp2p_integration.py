@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -104,9 +105,9 @@ def count_tasks() -> int:
 
 
 async def test_inbound_slots_are_released_when_connections_close() -> None:
-    # libp2p's pool is max_connections - min_connections (250 by default, here 40). Without the
-    # fix every inbound connection keeps its slot until the swarm stops: connection 41 fails.
-    pool, total = 40, 200
+    # libp2p's pool is max_connections - min_connections (250 by default, here 100). Without the
+    # fix every inbound connection keeps its slot until the swarm stops: connection 101 fails.
+    pool, total = 100, 400
     async with echo_server(HostLimits(max_connections=pool)) as (server, addr):
         swarm = server.get_network()
         assert isinstance(swarm, Swarm)
@@ -385,6 +386,23 @@ async def test_stale_address_does_not_hide_the_given_one() -> None:
         with pytest.raises(BaseLibp2pError):  # control: libp2p dials the stale address again
             await client.connect(info_from_p2p_addr(Multiaddr(addr)))
         await roundtrip(client, addr)
+
+
+async def test_dial_timeout_bounds_a_stalled_handshake() -> None:
+    async def mute(socket_stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()  # accepts TCP, never answers multistream-select
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        peer = new_bootstrap_host().get_id().to_base58()
+        limits = HostLimits(dial_timeout=0.5)
+        async with running_host(new_bootstrap_host(limits=limits), ()) as client:
+            start = time.perf_counter()
+            with pytest.raises(BaseLibp2pError, match="took more than"):
+                await open_bootstrap_stream(client, f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
+            assert time.perf_counter() - start < 2.0
+        nursery.cancel_scope.cancel()
 
 
 async def test_running_host_raises_when_it_cannot_listen() -> None:
