@@ -52,12 +52,14 @@ class SignedTokens:
         self._reserved: dict[str, str] = {}  # digest -> session id
 
     def mint(self, role: Role, ttl: timedelta, requirements: dict[str, JsonValue]) -> str:
-        payload = json.dumps({
-            "role": role,
-            "exp": (datetime.now(UTC) + ttl).timestamp(),
-            "req": requirements,
-            "nonce": secrets.token_hex(8),
-        }).encode()
+        payload = json.dumps(
+            {
+                "role": role,
+                "exp": (datetime.now(UTC) + ttl).timestamp(),
+                "req": requirements,
+                "nonce": secrets.token_hex(8),
+            }
+        ).encode()
         body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
         return f"{body}.{self._sign(body)}"
 
@@ -117,10 +119,12 @@ class JsonFileTallies:
         tally = {k: v for k, v in request.model_dump(mode="json").items() if k != "session_id"}
         path = self.directory / f"{request.tally_id}.json"
         await trio.Path(path).write_text(json.dumps(tally, indent=2))
-        return Provision.model_validate({
-            "tally": tally,
-            "database": DatabaseInfo(endpoint=f"file://{path}", credentials_ref="none"),
-        })
+        return Provision.model_validate(
+            {
+                "tally": tally,
+                "database": DatabaseInfo(endpoint=f"file://{path}", credentials_ref="none"),
+            }
+        )
 
     async def release(self, result: Provision, *, session_id: str) -> None:
         await trio.Path(self.directory / f"{result.tally.tally_id}.json").unlink(missing_ok=True)
@@ -143,8 +147,8 @@ async def main() -> None:
     tokens = SignedTokens(secrets.token_bytes(32))
     with tempfile.TemporaryDirectory() as tmp:
         inviter_dir, invitee_dir = Path(tmp, "a"), Path(tmp, "b")
-        inviter_dir.mkdir()
-        invitee_dir.mkdir()
+        await trio.Path(inviter_dir).mkdir()
+        await trio.Path(invitee_dir).mkdir()
         hooks = SessionHooks(
             token=tokens,
             database=JsonFileTallies(inviter_dir),
@@ -169,8 +173,9 @@ async def main() -> None:
                 identity={"email": "bob@example.org"},
             )
             print(f"tally {result.tally.tally_id} at {result.database.endpoint}")
-            print(f"inviter's files: {sorted(p.name for p in inviter_dir.iterdir())}")
-            print(f"invitee's files: {sorted(p.name for p in invitee_dir.iterdir())}")
+            for who, directory in (("inviter", inviter_dir), ("invitee", invitee_dir)):
+                names = sorted(p.name for p in await trio.Path(directory).iterdir())
+                print(f"{who}'s files: {names}")
 
 
 if __name__ == "__main__":

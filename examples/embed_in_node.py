@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.net_stream import INetStream
+from taleus_hooks.memory import MemoryAuditSink, MemoryProvisioner, MemoryTokenStore
 
 from taleus_bootstrap import (
     BootstrapLink,
@@ -21,10 +22,10 @@ from taleus_bootstrap import (
     host_multiaddrs,
     initiate_bootstrap,
     new_bootstrap_host,
+    open_bootstrap_stream,
     running_host,
+    set_guarded_stream_handler,
 )
-from taleus_bootstrap._libp2p import open_bootstrap_stream, set_guarded_stream_handler
-from taleus_hooks.memory import MemoryAuditSink, MemoryProvisioner, MemoryTokenStore
 
 TIME_PROTOCOL = TProtocol("/example/time/1.0.0")
 
@@ -38,9 +39,10 @@ async def serve_time(stream: INetStream) -> None:
 async def main() -> None:
     tokens = MemoryTokenStore()
     hooks = SessionHooks(token=tokens, database=MemoryProvisioner(), audit=MemoryAuditSink())
-    async with running_host(new_bootstrap_host()) as node, running_host(
-        new_bootstrap_host()
-    ) as client:
+    async with (
+        running_host(new_bootstrap_host()) as node,
+        running_host(new_bootstrap_host()) as client,
+    ):
         set_guarded_stream_handler(node, TIME_PROTOCOL, serve_time)
         manager = SessionManager(node, hooks)
         async with trio.open_nursery() as nursery:

@@ -10,6 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import trio
+from taleus_hooks.memory import (
+    MemoryAuditSink,
+    MemoryIdentityValidator,
+    MemoryProvisioner,
+    MemoryTokenStore,
+)
 
 from taleus_bootstrap import (
     BootstrapLink,
@@ -22,12 +28,6 @@ from taleus_bootstrap import (
     new_bootstrap_host,
     open_session_manager,
     running_host,
-)
-from taleus_hooks.memory import (
-    MemoryAuditSink,
-    MemoryIdentityValidator,
-    MemoryProvisioner,
-    MemoryTokenStore,
 )
 
 
@@ -63,17 +63,29 @@ async def main() -> None:
             result = await initiate_bootstrap(
                 text, host_b, hooks=invitee_hooks, identity={"name": "Bob's Bakery"}
             )
-            print(f"[{role}] B: tally {result.tally.tally_id} formed with A as {result.inviter_role}")
-            print(f"[{role}] B: stock={result.tally.stock_party_id[-8:]} "
-                  f"foil={result.tally.foil_party_id[-8:]} provisioned by {result.provisioned_by}")
-            print(f"[{role}] B: database {result.database.endpoint} "
-                  f"(credentials: {result.database.credentials_ref})")
+            print(
+                f"[{role}] B: tally {result.tally.tally_id} formed with A as {result.inviter_role}"
+            )
+            print(
+                f"[{role}] B: stock={result.tally.stock_party_id[-8:]} "
+                f"foil={result.tally.foil_party_id[-8:]} provisioned by {result.provisioned_by}"
+            )
+            print(
+                f"[{role}] B: database {result.database.endpoint} "
+                f"(credentials: {result.database.credentials_ref})"
+            )
             await trio.sleep(0.05)
             record = manager.history()[-1]
-            print(f"[{role}] A: session {record.session_id} {record.final_state} "
-                  f"tally {record.tally_id} in {record.duration_s * 1000:.1f} ms")
-            print(f"[{role}] A: " + " -> ".join(
-                [record.transitions[0].from_state] + [t.to_state for t in record.transitions]))
+            print(
+                f"[{role}] A: session {record.session_id} {record.final_state} "
+                f"tally {record.tally_id} in {record.duration_s * 1000:.1f} ms"
+            )
+            print(
+                f"[{role}] A: "
+                + " -> ".join(
+                    [record.transitions[0].from_state] + [t.to_state for t in record.transitions]
+                )
+            )
 
         print("\nreplaying the stock link...")
         try:
@@ -82,10 +94,14 @@ async def main() -> None:
             print(f"refused as expected: {exc.code}")
         await trio.sleep(0.05)
         stats = manager.statistics()
-        print(f"\nA statistics: {dict(stats.by_state)}, rejections {dict(stats.by_rejection)}, "
-              f"active {stats.active_sessions}")
-        print(f"A audit events: {len(inviter_audit.events)}; "
-              f"tallies A provisioned: {len(inviter_db.tallies)}, accepted: {len(inviter_db.accepted)}")
+        print(
+            f"\nA statistics: {dict(stats.by_state)}, rejections {dict(stats.by_rejection)}, "
+            f"active {stats.active_sessions}"
+        )
+        print(
+            f"A audit events: {len(inviter_audit.events)}; tallies A provisioned: "
+            f"{len(inviter_db.tallies)}, accepted: {len(inviter_db.accepted)}"
+        )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ from ._libp2p import (
     HostLimits,
     host_multiaddrs,
     new_bootstrap_host,
+    open_bootstrap_stream,
+    remote_peer_id,
     running_host,
+    set_guarded_stream_handler,
 )
 from ._link import LINK_PREFIX, BootstrapLink
 from ._manager import ManagerStatistics, SessionManager, open_session_manager
@@ -161,7 +164,10 @@ __all__ = [
     "host_multiaddrs",
     "initiate_bootstrap",
     "new_bootstrap_host",
+    "open_bootstrap_stream",
     "open_session_manager",
+    "remote_peer_id",
     "running_host",
+    "set_guarded_stream_handler",
     "token_digest",
 ]

@@ -83,7 +83,7 @@ class LinkExpiredError(LinkError):
 
 
 class BootstrapError(Exception):
-    """Base of every error :func:`~taleus_bootstrap.initiate_bootstrap` raises for a failed exchange.
+    """Base of the errors :func:`~taleus_bootstrap.initiate_bootstrap` raises for a failed exchange.
 
     ``code`` is the rejection code involved (received or sent), or ``None`` when the inviter
     could not be reached at all.
@@ -101,11 +101,18 @@ class BootstrapRejected(BootstrapError):
     """The inviter answered with a ``rejected`` frame."""
 
     def __init__(
-        self, code: RejectionCode, retry_after_s: float | None = None, *, session_id: str | None = None
+        self,
+        code: RejectionCode,
+        retry_after_s: float | None = None,
+        *,
+        session_id: str | None = None,
     ) -> None:
         suffix = f" (retry after {retry_after_s:g} s)" if retry_after_s is not None else ""
-        super().__init__(f"inviter rejected the bootstrap: {code.value}{suffix}", code=code,
-                         session_id=session_id)
+        super().__init__(
+            f"inviter rejected the bootstrap: {code.value}{suffix}",
+            code=code,
+            session_id=session_id,
+        )
         self.retry_after_s = retry_after_s
 
 

@@ -108,7 +108,6 @@ UtcDatetime = Annotated[
 """An aware UTC timestamp, serialized as RFC 3339 with ``Z``."""
 
 
-
 def _check_multiaddr(value: str) -> str:
     try:
         multiaddr.Multiaddr(value)
@@ -171,7 +170,6 @@ class Tally(_Model):
     stock_party_id: PeerIdStr
     foil_party_id: PeerIdStr
     created_at: UtcDatetime
-
 
 
 class DatabaseInfo(_Model):
@@ -240,9 +238,7 @@ class Rejected(_Model):
     retry_after_s: Annotated[float, Field(ge=0, le=MAX_RETRY_AFTER_S)] | None
 
 
-Frame = Annotated[
-    Contact | Accepted | Provisioned | Ack | Rejected, Field(discriminator="type")
-]
+Frame = Annotated[Contact | Accepted | Provisioned | Ack | Rejected, Field(discriminator="type")]
 """Any frame, discriminated on its ``type`` field."""
 
 FRAME_ADAPTER: Final[TypeAdapter[Contact | Accepted | Provisioned | Ack | Rejected]] = TypeAdapter(

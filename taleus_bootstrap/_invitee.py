@@ -42,7 +42,17 @@ from ._errors import (
     RemoteProtocolError,
 )
 from ._events import SessionStarted
-from ._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned, Rejected, Role, Tally
+from ._frames import (
+    Accepted,
+    Ack,
+    Contact,
+    DatabaseInfo,
+    Provision,
+    Provisioned,
+    Rejected,
+    Role,
+    Tally,
+)
 from ._hooks import InviteeHooks, ProvisionRequest
 from ._libp2p import open_bootstrap_stream, remote_peer_id
 from ._link import BootstrapLink
@@ -75,8 +85,9 @@ class BootstrapResult:
 
 class _Rejected(RemoteProtocolError):
     def __init__(self, frame: Rejected) -> None:
-        super().__init__(frame.code, f"inviter rejected: {frame.code.value}",
-                         retry_after_s=frame.retry_after_s)
+        super().__init__(
+            frame.code, f"inviter rejected: {frame.code.value}", retry_after_s=frame.retry_after_s
+        )
 
 
 async def initiate_bootstrap(
@@ -98,8 +109,9 @@ async def initiate_bootstrap(
         link = BootstrapLink.decode(link)
     if link.is_expired(utc_now()):
         raise LinkExpiredError("the link has expired")
-    run = _InviteeRun(link, host, hooks, dict(identity or {}), tuple(cadre_addrs),
-                      config or InviteeConfig())
+    run = _InviteeRun(
+        link, host, hooks, dict(identity or {}), tuple(cadre_addrs), config or InviteeConfig()
+    )
     return await run.run()
 
 
@@ -139,8 +151,9 @@ class _InviteeRun:
             )
             await self._fail(error, Trigger.TIMED_OUT)
         except BootstrapUnreachable as exc:
-            await self._fail(ProtocolError(RejectionCode.INTERNAL_ERROR, str(exc)),
-                             Trigger.REJECTED, send=False)
+            await self._fail(
+                ProtocolError(RejectionCode.INTERNAL_ERROR, str(exc)), Trigger.REJECTED, send=False
+            )
             raise
         except StepTimeout as exc:
             error = exc
@@ -153,8 +166,9 @@ class _InviteeRun:
             error = HookFailure(RejectionCode.INTERNAL_ERROR, "invitee", exc)
             await self._fail(error, Trigger.REJECTED)
         except BaseException:
-            await self._fail(LocalProtocolError(RejectionCode.INTERNAL_ERROR, "cancelled"),
-                             Trigger.REJECTED)
+            await self._fail(
+                LocalProtocolError(RejectionCode.INTERNAL_ERROR, "cancelled"), Trigger.REJECTED
+            )
             raise
         raise self._exception(error)
 
@@ -199,16 +213,21 @@ class _InviteeRun:
 
     async def _exchange(self) -> BootstrapResult:
         cfg, link, tracked = self.config, self.link, self.tracked
-        await tracked.audit(SessionStarted(at=utc_now(), side="invitee",
-                                           peer_id=link.inviter_peer_id))
+        await tracked.audit(
+            SessionStarted(at=utc_now(), side="invitee", peer_id=link.inviter_peer_id)
+        )
         stream, addr = await self._dial()
         self.channel = channel = FrameChannel(stream, max_frame_bytes=cfg.max_frame_bytes)
         if remote_peer_id(stream) != link.inviter_peer_id:
             raise RemoteProtocolError(RejectionCode.IDENTITY_REJECTED, "dialed the wrong peer")
         await tracked.fire(Trigger.STREAM_OPENED)
 
-        contact = Contact(token=link.token, party_id=self.local_peer_id, identity=self.identity,
-                          cadre_addrs=list(self.cadre_addrs))
+        contact = Contact(
+            token=link.token,
+            party_id=self.local_peer_id,
+            identity=self.identity,
+            cadre_addrs=list(self.cadre_addrs),
+        )
         await self._step("send contact", cfg.step_timeout, lambda: channel.send(contact))
         await tracked.fire(Trigger.CONTACT_SENT)
 
@@ -218,14 +237,18 @@ class _InviteeRun:
         if isinstance(frame, Rejected):
             raise _Rejected(frame)
         if not isinstance(frame, Accepted):
-            raise RemoteProtocolError(RejectionCode.MALFORMED, f"expected accepted, got {frame.type}")
+            raise RemoteProtocolError(
+                RejectionCode.MALFORMED, f"expected accepted, got {frame.type}"
+            )
         self.remote_session_id = frame.session_id
         if frame.party_id != link.inviter_peer_id:
-            raise RemoteProtocolError(RejectionCode.IDENTITY_REJECTED,
-                                      "accepted.party_id differs from the dialed peer")
+            raise RemoteProtocolError(
+                RejectionCode.IDENTITY_REJECTED, "accepted.party_id differs from the dialed peer"
+            )
         if frame.inviter_role != link.inviter_role:
-            raise RemoteProtocolError(RejectionCode.ROLE_MISMATCH,
-                                      "accepted.inviter_role differs from the link")
+            raise RemoteProtocolError(
+                RejectionCode.ROLE_MISMATCH, "accepted.inviter_role differs from the link"
+            )
 
         if frame.provision is not None:
             provision = frame.provision
@@ -239,17 +262,22 @@ class _InviteeRun:
                 validate=expect_bool,
             )
             if not accepted:
-                raise LocalProtocolError(RejectionCode.PROVISION_FAILED,
-                                         "database hook refused the provision")
-            await self._step("send ack", cfg.step_timeout,
-                             lambda: channel.send(Ack(session_id=frame.session_id)))
+                raise LocalProtocolError(
+                    RejectionCode.PROVISION_FAILED, "database hook refused the provision"
+                )
+            await self._step(
+                "send ack", cfg.step_timeout, lambda: channel.send(Ack(session_id=frame.session_id))
+            )
             await tracked.fire(Trigger.ACK_SENT, strict=False)
             provisioned_by: Literal["inviter", "invitee"] = "inviter"
         else:
             await tracked.fire(Trigger.ACCEPTED_WITHOUT_PROVISION)
             provision = await self._provision(frame.session_id)
-            await self._step("send provisioned", cfg.step_timeout, lambda: channel.send(
-                Provisioned(session_id=frame.session_id, provision=provision)))
+            await self._step(
+                "send provisioned",
+                cfg.step_timeout,
+                lambda: channel.send(Provisioned(session_id=frame.session_id, provision=provision)),
+            )
             await tracked.fire(Trigger.PROVISIONED_SENT)
             # A accepts the provision and commits the token before it acknowledges.
             wait = 2 * cfg.step_timeout + cfg.provision_timeout
@@ -262,9 +290,15 @@ class _InviteeRun:
             await tracked.fire(Trigger.ACK_RECEIVED, strict=False)
             provisioned_by = "invitee"
 
-        await tracked.audit(tracked.outcome_event(
-            code=None, role=link.invitee_role, tally_id=provision.tally.tally_id,
-            started=self.started), strict=False)
+        await tracked.audit(
+            tracked.outcome_event(
+                code=None,
+                role=link.invitee_role,
+                tally_id=provision.tally.tally_id,
+                started=self.started,
+            ),
+            strict=False,
+        )
         await channel.close()
         return BootstrapResult(
             session_id=frame.session_id,
@@ -282,10 +316,13 @@ class _InviteeRun:
 
     def _check_tally(self, tally: Tally, *, stock_party: str) -> None:
         if (tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
-            "stock", stock_party, self.local_peer_id
+            "stock",
+            stock_party,
+            self.local_peer_id,
         ):
-            raise RemoteProtocolError(RejectionCode.MALFORMED,
-                                      "provisioned tally names the wrong parties")
+            raise RemoteProtocolError(
+                RejectionCode.MALFORMED, "provisioned tally names the wrong parties"
+            )
 
     async def _provision(self, session_id: str) -> Provision:
         request = ProvisionRequest(
@@ -306,10 +343,16 @@ class _InviteeRun:
         self.own_provision = result
         tally = result.tally
         if (tally.tally_id, tally.stock_party_id, tally.foil_party_id, tally.provisioner_role) != (
-            request.tally_id, request.stock_party_id, request.foil_party_id, "stock"
+            request.tally_id,
+            request.stock_party_id,
+            request.foil_party_id,
+            "stock",
         ):
-            raise HookFailure(RejectionCode.PROVISION_FAILED, "database.provision",
-                              ValueError("provisioned tally does not match the request"))
+            raise HookFailure(
+                RejectionCode.PROVISION_FAILED,
+                "database.provision",
+                ValueError("provisioned tally does not match the request"),
+            )
         return result
 
     async def _fail(self, error: ProtocolError, trigger: Trigger, *, send: bool = True) -> None:
@@ -330,21 +373,29 @@ class _InviteeRun:
             if provision is not None:
                 with trio.move_on_after(bound):
                     try:
-                        await self.hooks.database.release(provision,
-                                                          session_id=provision_session(self))
+                        await self.hooks.database.release(
+                            provision, session_id=provision_session(self)
+                        )
                     except Exception:
                         logger.exception("database.release failed")
             with trio.move_on_after(bound):
                 direction = "received" if received else ("sent" if send else "none")
-                await self.tracked.audit(self.tracked.rejection_event(error, direction),
-                                         strict=False)
+                await self.tracked.audit(
+                    self.tracked.rejection_event(error, direction), strict=False
+                )
             if not self.tracked.machine.is_terminal:
                 with trio.move_on_after(bound):
                     await self.tracked.fire(trigger, strict=False)
             with trio.move_on_after(bound):
-                await self.tracked.audit(self.tracked.outcome_event(
-                    code=error.code, role=self.link.invitee_role, tally_id=None,
-                    started=self.started), strict=False)
+                await self.tracked.audit(
+                    self.tracked.outcome_event(
+                        code=error.code,
+                        role=self.link.invitee_role,
+                        tally_id=None,
+                        started=self.started,
+                    ),
+                    strict=False,
+                )
 
 
 def provision_session(run: _InviteeRun) -> str:

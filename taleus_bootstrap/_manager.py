@@ -159,7 +159,11 @@ class SessionManager:
         )
         refusal = self._admission(peer_id)
         if refusal is not None or self._nursery is None:
-            code, retry_after, detail = refusal or (RejectionCode.SHUTTING_DOWN, None, "not running")
+            code, retry_after, detail = refusal or (
+                RejectionCode.SHUTTING_DOWN,
+                None,
+                "not running",
+            )
             await session.refuse(code, retry_after, detail)
             self._record(session.record())
             return session.record()
@@ -212,6 +216,12 @@ class SessionManager:
             done.set()
             if not self._sessions:
                 self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no session is running (e.g. after a client saw its result, for the
+        inviter's side to finish recording)."""
+        while self._sessions:
+            await self._idle.wait()
 
     def _record(self, record: SessionRecord) -> None:
         self._finished += 1

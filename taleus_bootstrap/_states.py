@@ -188,11 +188,13 @@ class StateMachine(Generic[S]):
         return (self._state, trigger) in self._table
 
     def fire(self, trigger: Trigger, *, monotonic: float, wall_time: datetime) -> TransitionRecord:
-        """Take the transition for ``trigger``; raises :class:`IllegalTransition` if there is none."""
+        """Take the transition for ``trigger``; :class:`IllegalTransition` if there is none."""
         try:
             target = self._table[(self._state, trigger)]
         except KeyError:
-            raise IllegalTransition(f"{trigger.value} is not allowed in {self._state.value}") from None
+            raise IllegalTransition(
+                f"{trigger.value} is not allowed in {self._state.value}"
+            ) from None
         record = TransitionRecord(
             seq=len(self._records) + 1,
             from_state=self._state.value,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from ._codec import AnyFrame, FrameDecoder, encode_frame
+from ._codec import DEFAULT_MAX_FRAME_BYTES, AnyFrame, FrameDecoder, encode_frame
 
 __all__ = ["MemoryByteStream", "memory_stream_pair", "read_frame", "write_frame"]
 
@@ -57,7 +57,9 @@ async def write_frame(stream: MemoryByteStream, frame: AnyFrame) -> None:
     await stream.write(encode_frame(frame))
 
 
-async def read_frame(stream: MemoryByteStream, *, max_frame_bytes: int = 16 * 1024) -> AnyFrame | None:
+async def read_frame(
+    stream: MemoryByteStream, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> AnyFrame | None:
     """Read one frame, or None at end of stream."""
     decoder = FrameDecoder(max_frame_bytes)
     while True:

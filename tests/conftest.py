@@ -8,6 +8,12 @@ from typing import Any
 
 import pytest
 import trio
+from taleus_hooks.memory import (
+    MemoryAuditSink,
+    MemoryIdentityValidator,
+    MemoryProvisioner,
+    MemoryTokenStore,
+)
 
 from taleus_bootstrap import (
     InviteeHooks,
@@ -16,12 +22,6 @@ from taleus_bootstrap import (
     SessionManager,
     new_bootstrap_host,
     running_host,
-)
-from taleus_hooks.memory import (
-    MemoryAuditSink,
-    MemoryIdentityValidator,
-    MemoryProvisioner,
-    MemoryTokenStore,
 )
 
 # A syntactically valid peer id for the inviter in memory-stream tests.

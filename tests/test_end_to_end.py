@@ -94,16 +94,24 @@ async def test_bootstrap_completes_on_both_sides(
     # Audit trails, in order, on both sides.
     middle = ["PROVISIONING_DB"] if role == "stock" else []
     assert to_states(inviter_backend, record.session_id) == [
-        "READING_REQUEST", "VALIDATING_TOKEN", *middle, "SENDING_RESPONSE", "AWAITING_ACK",
+        "READING_REQUEST",
+        "VALIDATING_TOKEN",
+        *middle,
+        "SENDING_RESPONSE",
+        "AWAITING_ACK",
         "COMPLETED",
     ]
     assert event_kinds(inviter_backend, record.session_id)[-1] == "session_outcome"
     b_middle = ["SENDING_ACK"] if role == "stock" else ["PROVISIONING_DB", "AWAITING_ACK"]
     assert to_states(invitee_backend, result.local_session_id) == [
-        "SENDING_CONTACT", "AWAITING_RESPONSE", *b_middle, "COMPLETED",
+        "SENDING_CONTACT",
+        "AWAITING_RESPONSE",
+        *b_middle,
+        "COMPLETED",
     ]
     [outcome] = [
-        e for e in invitee_backend.audit.for_session(result.local_session_id)
+        e
+        for e in invitee_backend.audit.for_session(result.local_session_id)
         if e.kind == "session_outcome"
     ]
     assert outcome.final_state == "COMPLETED" and outcome.tally_id == result.tally.tally_id
@@ -136,12 +144,12 @@ async def test_role_mismatch_is_refused_by_the_invitee(
             await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks())
         assert caught.value.code == RejectionCode.ROLE_MISMATCH
         with trio.fail_after(5):
-            while manager.statistics().active_sessions:
-                await trio.sleep(0.01)
+            await manager.wait_idle()
         [record] = manager.history()
     assert (record.final_state, record.code) == ("FAILED", RejectionCode.ROLE_MISMATCH)
-    [event] = [e for e in inviter_backend.audit.for_session(record.session_id)
-               if e.kind == "rejection"]
+    [event] = [
+        e for e in inviter_backend.audit.for_session(record.session_id) if e.kind == "rejection"
+    ]
     assert event.direction == "received"
     assert inviter_backend.tokens.reservations_held == 0
     assert inviter_backend.tokens.get(token).used == 0  # type: ignore[union-attr]
@@ -205,12 +213,13 @@ async def test_invitee_provision_failure_in_foil_role(
         token = inviter_backend.tokens.mint("foil")
         with pytest.raises(BootstrapProvisionError) as caught:
             await initiate_bootstrap(
-                make_link(a, token, "foil"), b, hooks=invitee_backend.invitee_hooks(database=Broken())
+                make_link(a, token, "foil"),
+                b,
+                hooks=invitee_backend.invitee_hooks(database=Broken()),
             )
         assert caught.value.code == RejectionCode.PROVISION_FAILED
         with trio.fail_after(5):
-            while manager.statistics().active_sessions:
-                await trio.sleep(0.01)
+            await manager.wait_idle()
         [record] = manager.history()
     assert record.code == RejectionCode.PROVISION_FAILED
     assert inviter_backend.tokens.reservations_held == 0
@@ -267,8 +276,7 @@ async def test_one_time_token_under_100_concurrent_redemptions(
             for _ in range(100):
                 nursery.start_soon(redeem)
         with trio.fail_after(5):
-            while manager.statistics().active_sessions:
-                await trio.sleep(0.01)
+            await manager.wait_idle()
         stats = manager.statistics()
     successes = [o for o in outcomes if o.startswith("ok:")]
     assert len(successes) == 1

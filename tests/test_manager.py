@@ -80,8 +80,14 @@ async def test_limiter_state_is_bounded_and_pruned(
     autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any
 ) -> None:
     manager = await memory_manager(
-        ManagerConfig(max_tracked_peers=5, cleanup_interval=1, peer_rate_period=2, peer_rate=1,
-                      peer_burst=1, step_timeout=1)
+        ManagerConfig(
+            max_tracked_peers=5,
+            cleanup_interval=1,
+            peer_rate_period=2,
+            peer_rate=1,
+            peer_burst=1,
+            step_timeout=1,
+        )
     )
     import base58
 

@@ -298,7 +298,8 @@ async def test_silence_times_out_after_the_step_timeout(
 async def test_session_timeout_cuts_across_steps(
     autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
 ) -> None:
-    manager = await memory_manager(ManagerConfig(step_timeout=4, provision_timeout=4, session_timeout=6))
+    config = ManagerConfig(step_timeout=4, provision_timeout=4, session_timeout=6)
+    manager = await memory_manager(config)
     token = inviter_backend.tokens.mint("stock")
     t0 = trio.current_time()
     running = await start(nursery, manager)
@@ -480,9 +481,7 @@ async def test_rejections_never_disclose_the_inviters_identity_or_cadre(
 async def test_stock_commit_failure_after_the_ack_still_completes(
     autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
 ) -> None:
-    manager = await memory_manager(
-        token=Misbehaving(inviter_backend.tokens, "mark_used", "raise")
-    )
+    manager = await memory_manager(token=Misbehaving(inviter_backend.tokens, "mark_used", "raise"))
     token = inviter_backend.tokens.mint("stock")
     running = await start(nursery, manager)
     await write_frame(running.client, contact(token))
@@ -492,8 +491,9 @@ async def test_stock_commit_failure_after_the_ack_still_completes(
     assert await read_frame(running.client) is None  # no rejection after the ack
     record = await finish(running)
     assert record.final_state == "COMPLETED"
-    [error] = [e for e in inviter_backend.audit.for_session(record.session_id)
-               if e.kind == "hook_error"]
+    [error] = [
+        e for e in inviter_backend.audit.for_session(record.session_id) if e.kind == "hook_error"
+    ]
     assert error.hook == "token.mark_used" and error.error_type == "RuntimeError"
     # The tally stays, and the reservation stays held: the token cannot be redeemed again.
     assert accepted.provision.tally.tally_id in inviter_backend.provisioner.tallies
@@ -511,9 +511,7 @@ async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance
     from taleus_bootstrap import ProvisionRequest
     from taleus_bootstrap._driver import utc_now
 
-    manager = await memory_manager(
-        token=Misbehaving(inviter_backend.tokens, "mark_used", "raise")
-    )
+    manager = await memory_manager(token=Misbehaving(inviter_backend.tokens, "mark_used", "raise"))
     token = inviter_backend.tokens.mint("foil")
     running = await start(nursery, manager)
     await write_frame(running.client, contact(token))
@@ -521,9 +519,12 @@ async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance
     assert isinstance(accepted, Accepted)
     provision = await Backend().provisioner.provision(
         ProvisionRequest(
-            session_id=accepted.session_id, tally_id="tly_commit_fails",
-            provisioner_role="stock", stock_party_id=INVITEE_PEER,
-            foil_party_id=INVITER_PEER, created_at=utc_now(),
+            session_id=accepted.session_id,
+            tally_id="tly_commit_fails",
+            provisioner_role="stock",
+            stock_party_id=INVITEE_PEER,
+            foil_party_id=INVITER_PEER,
+            created_at=utc_now(),
         )
     )
     await write_frame(
