@@ -67,12 +67,39 @@ def invitee_backend() -> Backend:
 
 
 @pytest.fixture
-def managers() -> Iterator[list[SessionManager]]:
-    """Managers registered here must end every test with zero active sessions."""
+def managers() -> list[SessionManager]:
+    """Managers a test starts itself (all are checked by ``_every_session_accounted_for``)."""
+    return []
+
+
+@pytest.fixture(autouse=True)
+def _every_session_accounted_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After every test, every SessionManager it created has zero active sessions, and (with a
+    memory audit sink) each finished session has exactly one outcome event matching its record
+    and a rejection event carrying its code."""
     created: list[SessionManager] = []
-    yield created
+    original = SessionManager.__init__
+
+    def tracking_init(self: SessionManager, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(SessionManager, "__init__", tracking_init)
+    yield
     for manager in created:
         assert manager.statistics().active_sessions == 0
+        audit = manager.hooks.audit
+        if not isinstance(audit, MemoryAuditSink):
+            continue
+        for record in manager.history():
+            events = audit.for_session(record.session_id)
+            outcomes = [e for e in events if e.kind == "session_outcome"]
+            assert len(outcomes) == 1, record
+            assert outcomes[0].final_state == record.final_state
+            assert outcomes[0].code == record.code
+            assert events[-1] is outcomes[0]
+            if record.code is not None:
+                assert record.code in {e.code for e in events if e.kind == "rejection"}
 
 
 @pytest.fixture
