@@ -110,6 +110,9 @@ class FrameChannel:
         if self.closed:
             return
         self.closed = True
+        await self._half_close()
+
+    async def _half_close(self) -> None:
         try:
             await self.stream.close()
         except trio.Cancelled:
@@ -126,12 +129,7 @@ class FrameChannel:
         ``max_drain_bytes``); then the stream is reset so no entry stays behind.
         """
         if not self.closed:
-            try:
-                await self.stream.close()
-            except trio.Cancelled:
-                raise
-            except Exception as exc:
-                logger.debug("close failed: %s", type(exc).__name__)
+            await self._half_close()
             with trio.move_on_after(linger):
                 drained = 0
                 while drained <= max_drain_bytes:

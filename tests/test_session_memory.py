@@ -7,7 +7,7 @@ so every rejection path, timeout and hook failure is exercised in virtual time.
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from taleus_bootstrap import (
     Contact,
     ManagerConfig,
     Provisioned,
+    ProvisionRequest,
     Rejected,
     RejectionCode,
     SessionRecord,
@@ -66,6 +67,21 @@ async def finish(running: Running) -> SessionRecord:
     await running.done.wait()
     assert running.record is not None
     return running.record
+
+
+async def send_invitee_provision(running: Running, session_id: str, tally_id: str) -> None:
+    """Play the stock invitee: provision a tally (stock = invitee) and send ``provisioned``."""
+    provision = await Backend().provisioner.provision(
+        ProvisionRequest(
+            session_id=session_id,
+            tally_id=tally_id,
+            provisioner_role="stock",
+            stock_party_id=INVITEE_PEER,
+            foil_party_id=INVITER_PEER,
+            created_at=datetime.now(UTC),
+        )
+    )
+    await write_frame(running.client, Provisioned(session_id=session_id, provision=provision))
 
 
 def kinds(backend: Backend, session_id: str) -> list[str]:
@@ -134,23 +150,7 @@ async def test_foil_session_with_identity_requirements(
     await write_frame(running.client, contact(token))
     accepted = await read_frame(running.client)
     assert isinstance(accepted, Accepted) and accepted.provision is None
-    invitee_side = Backend()
-    from taleus_bootstrap import ProvisionRequest
-    from taleus_bootstrap._driver import utc_now
-
-    provision = await invitee_side.provisioner.provision(
-        ProvisionRequest(
-            session_id=accepted.session_id,
-            tally_id="tly_test_foil",
-            provisioner_role="stock",
-            stock_party_id=INVITEE_PEER,
-            foil_party_id=INVITER_PEER,
-            created_at=utc_now(),
-        )
-    )
-    await write_frame(
-        running.client, Provisioned(session_id=accepted.session_id, provision=provision)
-    )
+    await send_invitee_provision(running, accepted.session_id, "tly_test_foil")
     ack = await read_frame(running.client)
     assert ack == Ack(session_id=accepted.session_id)
     record = await finish(running)
@@ -508,28 +508,13 @@ async def test_stock_commit_failure_after_the_ack_still_completes(
 async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance(
     autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
 ) -> None:
-    from taleus_bootstrap import ProvisionRequest
-    from taleus_bootstrap._driver import utc_now
-
     manager = await memory_manager(token=Misbehaving(inviter_backend.tokens, "mark_used", "raise"))
     token = inviter_backend.tokens.mint("foil")
     running = await start(nursery, manager)
     await write_frame(running.client, contact(token))
     accepted = await read_frame(running.client)
     assert isinstance(accepted, Accepted)
-    provision = await Backend().provisioner.provision(
-        ProvisionRequest(
-            session_id=accepted.session_id,
-            tally_id="tly_commit_fails",
-            provisioner_role="stock",
-            stock_party_id=INVITEE_PEER,
-            foil_party_id=INVITER_PEER,
-            created_at=utc_now(),
-        )
-    )
-    await write_frame(
-        running.client, Provisioned(session_id=accepted.session_id, provision=provision)
-    )
+    await send_invitee_provision(running, accepted.session_id, "tly_commit_fails")
     reply = await read_frame(running.client)
     assert reply == Rejected(code=RejectionCode.INTERNAL_ERROR, retry_after_s=None)
     record = await finish(running)
