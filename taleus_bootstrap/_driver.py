@@ -21,7 +21,14 @@ from ._frames import Role
 from ._hooks import AuditHook
 from ._states import StateMachine, TransitionRecord, Trigger
 
-__all__ = ["SessionRecord", "StepTimeout", "TrackedMachine", "call_hook", "utc_now"]
+__all__ = [
+    "SessionRecord",
+    "StepTimeout",
+    "TrackedMachine",
+    "bounded_cleanup",
+    "call_hook",
+    "utc_now",
+]
 
 logger = logging.getLogger("taleus_bootstrap.session")
 S = TypeVar("S", bound=StrEnum)
@@ -88,6 +95,22 @@ async def call_hook(
         return validate(result)
     except (ValidationError, TypeError, ValueError) as exc:
         raise HookFailure(failure_code, hook, exc) from exc
+
+
+async def bounded_cleanup(
+    what: str, fn: Callable[[], Awaitable[Any]], *, bound: float, session_id: str
+) -> None:
+    """Run one cleanup action (a release) within ``bound`` seconds; log, never raise, a failure.
+
+    Callers run it inside a shielded cancel scope, so cancellation cannot skip it.
+    """
+    with trio.move_on_after(bound) as scope:
+        try:
+            await fn()
+        except Exception:
+            logger.exception("%s failed for session %s", what, session_id)
+    if scope.cancelled_caught:
+        logger.error("%s timed out after %g s for session %s", what, bound, session_id)
 
 
 def expect_bool(value: Any) -> bool:

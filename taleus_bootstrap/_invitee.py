@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import trio
@@ -24,6 +24,7 @@ from ._driver import (
     HookFailure,
     StepTimeout,
     TrackedMachine,
+    bounded_cleanup,
     call_hook,
     expect_bool,
     utc_now,
@@ -140,37 +141,62 @@ class _InviteeRun:
         self.channel: FrameChannel | None = None
         self.remote_session_id: str | None = None
         self.own_provision: Provision | None = None
+        self.result: BootstrapResult | None = None  # set once the exchange is complete
 
     async def run(self) -> BootstrapResult:
+        error: ProtocolError | None = None
+        trigger = Trigger.REJECTED
         try:
-            with trio.move_on_after(self.config.session_timeout) as scope:
-                return await self._exchange()
-            assert scope.cancelled_caught
-            error: ProtocolError = ProtocolError(
-                RejectionCode.TIMEOUT, f"session exceeded {self.config.session_timeout:g} s"
-            )
-            await self._fail(error, Trigger.TIMED_OUT)
+            with trio.move_on_after(self.config.session_timeout):
+                await self._exchange()
+            if self.result is None:
+                error = ProtocolError(
+                    RejectionCode.TIMEOUT, f"session exceeded {self.config.session_timeout:g} s"
+                )
+                trigger = Trigger.TIMED_OUT
         except BootstrapUnreachable as exc:
             await self._fail(
                 ProtocolError(RejectionCode.INTERNAL_ERROR, str(exc)), Trigger.REJECTED, send=False
             )
             raise
         except StepTimeout as exc:
-            error = exc
-            await self._fail(exc, Trigger.TIMED_OUT)
+            error, trigger = exc, Trigger.TIMED_OUT
         except ProtocolError as exc:
             error = exc
-            await self._fail(exc, Trigger.REJECTED, send=not isinstance(exc, _Rejected))
         except Exception as exc:
             logger.exception("invitee session %s crashed", self.local_session_id)
             error = HookFailure(RejectionCode.INTERNAL_ERROR, "invitee", exc)
-            await self._fail(error, Trigger.REJECTED)
         except BaseException:
-            await self._fail(
-                LocalProtocolError(RejectionCode.INTERNAL_ERROR, "cancelled"), Trigger.REJECTED
-            )
+            if self.result is not None:
+                await self._finish_completed()
+            else:
+                error = LocalProtocolError(RejectionCode.INTERNAL_ERROR, "cancelled")
+                await self._fail(error, Trigger.REJECTED)
             raise
+        if self.result is not None:  # complete: whatever happened afterwards changes nothing
+            await self._finish_completed()
+            return replace(self.result, transitions=self.tracked.machine.records)
+        assert error is not None
+        await self._fail(error, trigger, send=not isinstance(error, _Rejected))
         raise self._exception(error)
+
+    async def _finish_completed(self) -> None:
+        """Audit the outcome and half-close, shielded and bounded."""
+        assert self.result is not None and self.channel is not None
+        bound = self.config.cleanup_timeout
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(bound):
+                await self.tracked.audit(
+                    self.tracked.outcome_event(
+                        code=None,
+                        role=self.link.invitee_role,
+                        tally_id=self.result.tally.tally_id,
+                        started=self.started,
+                    ),
+                    strict=False,
+                )
+            with trio.move_on_after(bound):
+                await self.channel.close()
 
     def _exception(self, error: ProtocolError) -> BootstrapError:
         sid = self.remote_session_id
@@ -211,7 +237,7 @@ class _InviteeRun:
             tuple(attempts),
         )
 
-    async def _exchange(self) -> BootstrapResult:
+    async def _exchange(self) -> None:
         cfg, link, tracked = self.config, self.link, self.tracked
         await tracked.audit(
             SessionStarted(at=utc_now(), side="invitee", peer_id=link.inviter_peer_id)
@@ -268,8 +294,8 @@ class _InviteeRun:
             await self._step(
                 "send ack", cfg.step_timeout, lambda: channel.send(Ack(session_id=frame.session_id))
             )
+            self.result = self._result(frame, provision, "inviter", addr)
             await tracked.fire(Trigger.ACK_SENT, strict=False)
-            provisioned_by: Literal["inviter", "invitee"] = "inviter"
         else:
             await tracked.fire(Trigger.ACCEPTED_WITHOUT_PROVISION)
             provision = await self._provision(frame.session_id)
@@ -287,31 +313,28 @@ class _InviteeRun:
             if not isinstance(reply, Ack) or reply.session_id != frame.session_id:
                 raise RemoteProtocolError(RejectionCode.MALFORMED, "expected ack for this session")
             self.own_provision = None  # acknowledged: it is the tally's now
+            self.result = self._result(frame, provision, "invitee", addr)
             await tracked.fire(Trigger.ACK_RECEIVED, strict=False)
-            provisioned_by = "invitee"
 
-        await tracked.audit(
-            tracked.outcome_event(
-                code=None,
-                role=link.invitee_role,
-                tally_id=provision.tally.tally_id,
-                started=self.started,
-            ),
-            strict=False,
-        )
-        await channel.close()
+    def _result(
+        self,
+        accepted: Accepted,
+        provision: Provision,
+        provisioned_by: Literal["inviter", "invitee"],
+        addr: str,
+    ) -> BootstrapResult:
         return BootstrapResult(
-            session_id=frame.session_id,
+            session_id=accepted.session_id,
             local_session_id=self.local_session_id,
             tally=provision.tally,
             database=provision.database,
-            inviter_role=frame.inviter_role,
-            invitee_role=link.invitee_role,
-            inviter_party_id=frame.party_id,
-            inviter_cadre_addrs=tuple(frame.cadre_addrs),
+            inviter_role=accepted.inviter_role,
+            invitee_role=self.link.invitee_role,
+            inviter_party_id=accepted.party_id,
+            inviter_cadre_addrs=tuple(accepted.cadre_addrs),
             provisioned_by=provisioned_by,
             responder_addr=addr,
-            transitions=tracked.machine.records,
+            transitions=(),
         )
 
     def _check_tally(self, tally: Tally, *, stock_party: str) -> None:
@@ -371,13 +394,13 @@ class _InviteeRun:
                         await self.channel.reset()
             provision, self.own_provision = self.own_provision, None
             if provision is not None:
-                with trio.move_on_after(bound):
-                    try:
-                        await self.hooks.database.release(
-                            provision, session_id=provision_session(self)
-                        )
-                    except Exception:
-                        logger.exception("database.release failed")
+                sid = self.remote_session_id or self.local_session_id
+                await bounded_cleanup(
+                    "database.release",
+                    lambda: self.hooks.database.release(provision, session_id=sid),
+                    bound=bound,
+                    session_id=sid,
+                )
             with trio.move_on_after(bound):
                 direction = "received" if received else ("sent" if send else "none")
                 await self.tracked.audit(
@@ -396,8 +419,3 @@ class _InviteeRun:
                     ),
                     strict=False,
                 )
-
-
-def provision_session(run: _InviteeRun) -> str:
-    """The session id a provision was requested under (the inviter's, once known)."""
-    return run.remote_session_id or run.local_session_id

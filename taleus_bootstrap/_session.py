@@ -21,6 +21,7 @@ from ._driver import (
     SessionRecord,
     StepTimeout,
     TrackedMachine,
+    bounded_cleanup,
     call_hook,
     expect_bool,
     expect_none,
@@ -133,9 +134,10 @@ class BootstrapSession:
                         SessionStarted(at=self._started_wall, side="inviter", peer_id=self.peer_id)
                     )
                     await self._exchange()
-                    return self.record()
                 timed_out_session = session_scope.cancelled_caught
-            if timed_out_session:
+            if self.state is InviterState.COMPLETED:
+                await self._finish_completed()
+            elif timed_out_session:
                 await self._finish_failed(
                     ProtocolError(
                         RejectionCode.TIMEOUT,
@@ -281,13 +283,21 @@ class BootstrapSession:
         await tracked.fire(
             Trigger.ACK_RECEIVED if stock else Trigger.PROVISION_ACCEPTED_ACK_SENT, strict=False
         )
-        await tracked.audit(
-            tracked.outcome_event(
-                code=None, role=self.role, tally_id=self.tally_id, started=self._started
-            ),
-            strict=False,
-        )
-        await self.channel.close()
+
+    async def _finish_completed(self) -> None:
+        """Audit the outcome and half-close, shielded and bounded (also when a timeout or a
+        cancellation arrives after the last frame: the session is complete all the same)."""
+        bound = self.config.cleanup_timeout
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(bound):
+                await self._tracked.audit(
+                    self._tracked.outcome_event(
+                        code=None, role=self.role, tally_id=self.tally_id, started=self._started
+                    ),
+                    strict=False,
+                )
+            with trio.move_on_after(bound):
+                await self.channel.close()
 
     async def _provision(self, contact: Contact) -> None:
         request = ProvisionRequest(
@@ -404,6 +414,10 @@ class BootstrapSession:
 
     async def _finish_failed(self, error: ProtocolError, trigger: Trigger) -> None:
         """Send the rejection (unless the peer sent one), reset, release, record. Shielded."""
+        if self.state is InviterState.COMPLETED:
+            # Interrupted after the last frame: the session is complete, nothing to undo.
+            await self._finish_completed()
+            return
         self.code = error.code
         received = isinstance(error, _PeerRejected)
         level = logging.INFO if isinstance(error, RemoteProtocolError) else logging.WARNING
@@ -443,22 +457,21 @@ class BootstrapSession:
         token = self._token
         provision = self._own_provision or self._accepted_provision
         self._token = self._own_provision = self._accepted_provision = None
+        sid = self.session_id
         if token is not None:
-            with trio.move_on_after(bound) as scope:
-                try:
-                    await self.hooks.token.release(token, session_id=self.session_id)
-                except Exception:
-                    logger.exception("token.release failed for session %s", self.session_id)
-            if scope.cancelled_caught:
-                logger.error("token.release timed out for session %s", self.session_id)
+            await bounded_cleanup(
+                "token.release",
+                lambda: self.hooks.token.release(token, session_id=sid),
+                bound=bound,
+                session_id=sid,
+            )
         if provision is not None:
-            with trio.move_on_after(bound) as scope:
-                try:
-                    await self.hooks.database.release(provision, session_id=self.session_id)
-                except Exception:
-                    logger.exception("database.release failed for session %s", self.session_id)
-            if scope.cancelled_caught:
-                logger.error("database.release timed out for session %s", self.session_id)
+            await bounded_cleanup(
+                "database.release",
+                lambda: self.hooks.database.release(provision, session_id=sid),
+                bound=bound,
+                session_id=sid,
+            )
 
 
 class _PeerRejected(RemoteProtocolError):

@@ -522,3 +522,35 @@ async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance
     assert inviter_backend.provisioner.accepted == {}
     assert inviter_backend.provisioner.released == ["tly_commit_fails"]
     assert inviter_backend.tokens.reservations_held == 0
+
+
+async def test_session_timeout_after_the_last_frame_keeps_the_session_complete(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    class SlowOnCompletion:
+        """Audit hook whose write of the COMPLETED transition is slow."""
+
+        async def log_session(self, session_id: str, event: Any) -> None:
+            if getattr(event, "to_state", None) == "COMPLETED":
+                await trio.sleep(4)
+            await inviter_backend.audit.log_session(session_id, event)
+
+    config = ManagerConfig(step_timeout=5, provision_timeout=5, session_timeout=6)
+    manager = await memory_manager(config, audit=SlowOnCompletion())
+    token = inviter_backend.tokens.mint("stock")
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted)
+    await trio.sleep(3)
+    await write_frame(running.client, Ack(session_id=accepted.session_id))
+    assert await read_frame(running.client) is None  # closed, no rejection
+    record = await finish(running)
+    assert (record.final_state, record.code) == ("COMPLETED", None)
+    events = inviter_backend.audit.for_session(record.session_id)
+    assert [e.kind for e in events if e.kind in ("rejection", "session_outcome")] == [
+        "session_outcome"
+    ]
+    assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
+    assert accepted.provision is not None
+    assert accepted.provision.tally.tally_id in inviter_backend.provisioner.tallies
