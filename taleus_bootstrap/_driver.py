@@ -6,7 +6,8 @@ Owns no stream logic; :mod:`._session` (inviter) and :mod:`._invitee` build on i
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,8 +18,8 @@ from pydantic import ValidationError
 
 from ._errors import LocalProtocolError, ProtocolError, RejectionCode
 from ._events import AuditEvent, Rejection, SessionOutcome, Side, StateChanged
-from ._frames import Role
-from ._hooks import AuditHook
+from ._frames import Provision, Role
+from ._hooks import AuditHook, ProvisionRequest
 from ._states import StateMachine, TransitionRecord, Trigger
 
 __all__ = [
@@ -27,6 +28,10 @@ __all__ = [
     "TrackedMachine",
     "bounded_cleanup",
     "call_hook",
+    "check_provision_matches",
+    "expect_provision",
+    "run_step",
+    "stock_provision_request",
     "utc_now",
 ]
 
@@ -69,6 +74,16 @@ class SessionRecord:
     started_at: datetime
     duration_s: float
     transitions: tuple[TransitionRecord, ...]
+
+
+async def run_step(name: str, seconds: float, fn: Callable[[], Awaitable[T]]) -> T:
+    """Await ``fn()`` within ``seconds``; :class:`StepTimeout` if it runs out.
+
+    Its own cancel scope, so a step timeout is told apart from the session's.
+    """
+    with trio.move_on_after(seconds):
+        return await fn()
+    raise StepTimeout(name, seconds)
 
 
 async def call_hook(
@@ -123,6 +138,41 @@ def expect_bool(value: Any) -> bool:
 def expect_none(value: Any) -> None:
     """Validator for hooks whose result is ignored but must be ``None``."""
     return None
+
+
+def expect_provision(value: Any) -> Provision:
+    """Validator for ``database.provision``: a ``Provision`` (or what validates as one)."""
+    return value if isinstance(value, Provision) else Provision.model_validate(value)
+
+
+def stock_provision_request(
+    session_id: str, stock_party_id: str, foil_party_id: str
+) -> ProvisionRequest:
+    """What the stock party asks its database hook for: a new draft tally, made now."""
+    return ProvisionRequest(
+        session_id=session_id,
+        tally_id="tly_" + secrets.token_urlsafe(16),
+        provisioner_role="stock",
+        stock_party_id=stock_party_id,
+        foil_party_id=foil_party_id,
+        created_at=utc_now(),
+    )
+
+
+def check_provision_matches(request: ProvisionRequest, result: Provision) -> None:
+    """A provision whose tally is not the one requested is the hook's failure."""
+    tally = result.tally
+    if (tally.tally_id, tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
+        request.tally_id,
+        request.provisioner_role,
+        request.stock_party_id,
+        request.foil_party_id,
+    ):
+        raise HookFailure(
+            RejectionCode.PROVISION_FAILED,
+            "database.provision",
+            ValueError("provisioned tally does not match the request"),
+        )
 
 
 class TrackedMachine(Generic[S]):
@@ -218,8 +268,3 @@ class TrackedMachine(Generic[S]):
             tally_id=tally_id,
             duration_s=max(0.0, trio.current_time() - started),
         )
-
-
-def mapping_or_empty(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """``value`` or an empty mapping."""
-    return value if value is not None else {}

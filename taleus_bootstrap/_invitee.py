@@ -9,7 +9,6 @@ bootstrap does not complete. A provision it made is released if the exchange fai
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -26,7 +25,11 @@ from ._driver import (
     TrackedMachine,
     bounded_cleanup,
     call_hook,
+    check_provision_matches,
     expect_bool,
+    expect_provision,
+    run_step,
+    stock_provision_request,
     utc_now,
 )
 from ._errors import (
@@ -54,7 +57,7 @@ from ._frames import (
     Role,
     Tally,
 )
-from ._hooks import InviteeHooks, ProvisionRequest
+from ._hooks import InviteeHooks
 from ._libp2p import open_bootstrap_stream, remote_peer_id
 from ._link import BootstrapLink
 from ._session import new_session_id
@@ -210,11 +213,6 @@ class _InviteeRun:
             return BootstrapProtocolError(error.detail, code=error.code, session_id=sid)
         return BootstrapError(error.detail, code=error.code, session_id=sid)
 
-    async def _step(self, name: str, timeout: float, fn: Any) -> Any:
-        with trio.move_on_after(timeout) as scope:
-            return await fn()
-        raise StepTimeout(name, timeout) if scope.cancelled_caught else AssertionError(name)
-
     async def _dial(self) -> tuple[Any, str]:
         cfg = self.config
         attempts: list[tuple[str, str]] = []
@@ -254,12 +252,12 @@ class _InviteeRun:
             identity=self.identity,
             cadre_addrs=list(self.cadre_addrs),
         )
-        await self._step("send contact", cfg.step_timeout, lambda: channel.send(contact))
+        await run_step("send contact", cfg.step_timeout, lambda: channel.send(contact))
         await tracked.fire(Trigger.CONTACT_SENT)
 
         # A validates the token and the identity, then may provision, before it answers.
         wait = 2 * cfg.step_timeout + cfg.provision_timeout
-        frame = await self._step("await response", wait, channel.receive)
+        frame = await run_step("await response", wait, channel.receive)
         if isinstance(frame, Rejected):
             raise _Rejected(frame)
         if not isinstance(frame, Accepted):
@@ -291,7 +289,7 @@ class _InviteeRun:
                 raise LocalProtocolError(
                     RejectionCode.PROVISION_FAILED, "database hook refused the provision"
                 )
-            await self._step(
+            await run_step(
                 "send ack", cfg.step_timeout, lambda: channel.send(Ack(session_id=frame.session_id))
             )
             self.result = self._result(frame, provision, "inviter", addr)
@@ -299,7 +297,7 @@ class _InviteeRun:
         else:
             await tracked.fire(Trigger.ACCEPTED_WITHOUT_PROVISION)
             provision = await self._provision(frame.session_id)
-            await self._step(
+            await run_step(
                 "send provisioned",
                 cfg.step_timeout,
                 lambda: channel.send(Provisioned(session_id=frame.session_id, provision=provision)),
@@ -307,7 +305,7 @@ class _InviteeRun:
             await tracked.fire(Trigger.PROVISIONED_SENT)
             # A accepts the provision and commits the token before it acknowledges.
             wait = 2 * cfg.step_timeout + cfg.provision_timeout
-            reply = await self._step("await ack", wait, channel.receive)
+            reply = await run_step("await ack", wait, channel.receive)
             if isinstance(reply, Rejected):
                 raise _Rejected(reply)
             if not isinstance(reply, Ack) or reply.session_id != frame.session_id:
@@ -348,34 +346,16 @@ class _InviteeRun:
             )
 
     async def _provision(self, session_id: str) -> Provision:
-        request = ProvisionRequest(
-            session_id=session_id,
-            tally_id="tly_" + secrets.token_urlsafe(16),
-            provisioner_role="stock",
-            stock_party_id=self.local_peer_id,
-            foil_party_id=self.link.inviter_peer_id,
-            created_at=utc_now(),
-        )
+        request = stock_provision_request(session_id, self.local_peer_id, self.link.inviter_peer_id)
         result = await call_hook(
             "database.provision",
             lambda: self.hooks.database.provision(request),
             timeout=self.config.provision_timeout,
             failure_code=RejectionCode.PROVISION_FAILED,
-            validate=lambda v: v if isinstance(v, Provision) else Provision.model_validate(v),
+            validate=expect_provision,
         )
-        self.own_provision = result
-        tally = result.tally
-        if (tally.tally_id, tally.stock_party_id, tally.foil_party_id, tally.provisioner_role) != (
-            request.tally_id,
-            request.stock_party_id,
-            request.foil_party_id,
-            "stock",
-        ):
-            raise HookFailure(
-                RejectionCode.PROVISION_FAILED,
-                "database.provision",
-                ValueError("provisioned tally does not match the request"),
-            )
+        self.own_provision = result  # released if the exchange fails from here on
+        check_provision_matches(request, result)
         return result
 
     async def _fail(self, error: ProtocolError, trigger: Trigger, *, send: bool = True) -> None:

@@ -23,14 +23,18 @@ from ._driver import (
     TrackedMachine,
     bounded_cleanup,
     call_hook,
+    check_provision_matches,
     expect_bool,
     expect_none,
+    expect_provision,
+    run_step,
+    stock_provision_request,
     utc_now,
 )
 from ._errors import LocalProtocolError, ProtocolError, RejectionCode, RemoteProtocolError
 from ._events import ContactReceived, HookError, SessionStarted, token_digest
-from ._frames import Accepted, Ack, Contact, Provision, Provisioned, Rejected, Role
-from ._hooks import ProvisionRequest, ProvisionResult, SessionHooks, TokenInfo
+from ._frames import Accepted, Ack, Contact, Provisioned, Rejected, Role
+from ._hooks import ProvisionResult, SessionHooks, TokenInfo
 from ._states import INVITER_TRANSITIONS, InviterState, StateMachine, Trigger
 
 __all__ = ["BootstrapSession", "new_session_id"]
@@ -47,12 +51,6 @@ def _token_info(value: Any) -> TokenInfo | None:
     if value is None or isinstance(value, TokenInfo):
         return value
     return TokenInfo.model_validate(value)
-
-
-def _provision(value: Any) -> ProvisionResult:
-    if isinstance(value, Provision):
-        return value
-    return Provision.model_validate(value)
 
 
 class BootstrapSession:
@@ -169,16 +167,9 @@ class BootstrapSession:
 
     # -- the exchange ---------------------------------------------------------------------
 
-    async def _step(self, name: str, timeout: float, fn: Any) -> Any:
-        with trio.move_on_after(timeout) as scope:
-            return await fn()
-        if scope.cancelled_caught:
-            raise StepTimeout(name, timeout)
-        raise AssertionError("unreachable")  # pragma: no cover
-
     async def _receive(self, name: str, timeout: float | None = None) -> Any:
         timeout = self.config.step_timeout if timeout is None else timeout
-        return await self._step(name, timeout, self.channel.receive)
+        return await run_step(name, timeout, self.channel.receive)
 
     @property
     def _peer_work_timeout(self) -> float:
@@ -186,7 +177,7 @@ class BootstrapSession:
         return self.config.provision_timeout + self.config.step_timeout
 
     async def _send(self, name: str, frame: Any) -> None:
-        await self._step(name, self.config.step_timeout, lambda: self.channel.send(frame))
+        await run_step(name, self.config.step_timeout, lambda: self.channel.send(frame))
 
     async def _exchange(self) -> None:
         cfg, hooks, tracked = self.config, self.hooks, self._tracked
@@ -300,35 +291,17 @@ class BootstrapSession:
                 await self.channel.close()
 
     async def _provision(self, contact: Contact) -> None:
-        request = ProvisionRequest(
-            session_id=self.session_id,
-            tally_id="tly_" + secrets.token_urlsafe(16),
-            provisioner_role="stock",
-            stock_party_id=self.local_peer_id,
-            foil_party_id=contact.party_id,
-            created_at=utc_now(),
-        )
+        request = stock_provision_request(self.session_id, self.local_peer_id, contact.party_id)
         result = await call_hook(
             "database.provision",
             lambda: self.hooks.database.provision(request),
             timeout=self.config.provision_timeout,
             failure_code=RejectionCode.PROVISION_FAILED,
-            validate=_provision,
+            validate=expect_provision,
         )
         self._own_provision = result  # release it unless the ack arrives
-        tally = result.tally
-        if (tally.tally_id, tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
-            request.tally_id,
-            "stock",
-            request.stock_party_id,
-            request.foil_party_id,
-        ):
-            raise HookFailure(
-                RejectionCode.PROVISION_FAILED,
-                "database.provision",
-                ValueError("provisioned tally does not match the request"),
-            )
-        self.tally_id = tally.tally_id
+        check_provision_matches(request, result)
+        self.tally_id = result.tally.tally_id
 
     async def _await_ack(self) -> None:
         frame = await self._receive("await ack", self._peer_work_timeout)
