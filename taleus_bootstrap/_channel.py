@@ -71,8 +71,6 @@ class FrameChannel:
                 raise PeerGone("stream ended before the expected frame")
             try:
                 data = await self.stream.read(self._decoder.bytes_needed)
-            except trio.Cancelled:
-                raise
             except Exception as exc:  # libp2p: StreamEOF, StreamReset, StreamClosed...
                 logger.debug("read ended: %s", type(exc).__name__)
                 data = b""
@@ -87,8 +85,6 @@ class FrameChannel:
             raise PeerGone("stream is no longer writable")
         try:
             await self.stream.write(payload)
-        except trio.Cancelled:
-            raise
         except Exception as exc:
             self.writable = False
             raise PeerGone(f"write failed: {type(exc).__name__}") from None
@@ -115,10 +111,24 @@ class FrameChannel:
     async def _half_close(self) -> None:
         try:
             await self.stream.close()
-        except trio.Cancelled:
-            raise
         except Exception as exc:
             logger.debug("close failed: %s", type(exc).__name__)
+
+    async def fail(
+        self, code: RejectionCode | None, retry_after_s: float | None = None, *, bound: float
+    ) -> None:
+        """End the stream after a failure: ``rejected`` with ``code`` as the last frame (none
+        when ``code`` is None: the peer rejected first, or is gone), then the end of stream.
+        Each part is bounded by ``bound`` seconds; nothing raises but cancellation."""
+        sent = False
+        if code is not None:
+            with trio.move_on_after(bound):
+                sent = await self.send_rejection(code, retry_after_s)
+        with trio.move_on_after(bound):
+            if sent:
+                await self.end_after_rejection(REJECTION_LINGER)
+            else:
+                await self.reset()
 
     async def end_after_rejection(self, linger: float, max_drain_bytes: int = 64 * 1024) -> None:
         """Close our side after a final ``rejected`` frame, then reset.
@@ -135,8 +145,6 @@ class FrameChannel:
                 while drained <= max_drain_bytes:
                     try:
                         data = await self.stream.read(4096)
-                    except trio.Cancelled:
-                        raise
                     except Exception:
                         break
                     if not data:
@@ -152,7 +160,5 @@ class FrameChannel:
         self.closed = True
         try:
             await self.stream.reset()
-        except trio.Cancelled:
-            raise
         except Exception as exc:
             logger.debug("reset failed: %s", type(exc).__name__)

@@ -16,9 +16,9 @@ from typing import Any, Generic, TypeVar
 import trio
 from pydantic import ValidationError
 
-from ._errors import LocalProtocolError, ProtocolError, RejectionCode
+from ._errors import LocalProtocolError, ProtocolError, RejectionCode, RemoteProtocolError
 from ._events import AuditEvent, Rejection, SessionOutcome, Side, StateChanged
-from ._frames import Provision, Role
+from ._frames import Provision, Role, Tally
 from ._hooks import AuditHook, ProvisionRequest
 from ._states import StateMachine, TransitionRecord, Trigger
 
@@ -28,6 +28,7 @@ __all__ = [
     "TrackedMachine",
     "bounded_cleanup",
     "call_hook",
+    "check_received_tally",
     "check_provision_matches",
     "expect_provision",
     "run_step",
@@ -159,6 +160,18 @@ def stock_provision_request(
     )
 
 
+def check_received_tally(tally: Tally, *, stock_party_id: str, foil_party_id: str) -> None:
+    """The tally the other party provisioned must be a stock provision naming both parties."""
+    if (tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
+        "stock",
+        stock_party_id,
+        foil_party_id,
+    ):
+        raise RemoteProtocolError(
+            RejectionCode.MALFORMED, "provisioned tally names the wrong parties"
+        )
+
+
 def check_provision_matches(request: ProvisionRequest, result: Provision) -> None:
     """A provision whose tally is not the one requested is the hook's failure."""
     tally = result.tally
@@ -248,6 +261,42 @@ class TrackedMachine(Generic[S]):
             retry_after_s=error.retry_after_s,
             error_type=type(cause).__name__ if cause is not None else None,
             error_message=str(cause)[:500] if cause is not None else None,
+        )
+
+    async def record_outcome(
+        self,
+        *,
+        code: RejectionCode | None,
+        role: Role | None,
+        tally_id: str | None,
+        started: float,
+        bound: float,
+    ) -> None:
+        """Audit the terminal outcome; a failing or slow audit hook is logged, never raised."""
+        with trio.move_on_after(bound):
+            event = self.outcome_event(code=code, role=role, tally_id=tally_id, started=started)
+            await self.audit(event, strict=False)
+
+    async def record_failure(
+        self,
+        error: ProtocolError,
+        direction: str,
+        trigger: Trigger,
+        *,
+        role: Role | None,
+        started: float,
+        bound: float,
+    ) -> None:
+        """Audit the rejection, move to the terminal state ``trigger`` leads to, audit the
+        outcome. ``fire()`` moves the machine before it awaits the audit hook, so even an audit
+        call cut off by ``bound`` leaves the terminal state recorded."""
+        with trio.move_on_after(bound):
+            await self.audit(self.rejection_event(error, direction), strict=False)
+        if not self.machine.is_terminal:
+            with trio.move_on_after(bound):
+                await self.fire(trigger, strict=False)
+        await self.record_outcome(
+            code=error.code, role=role, tally_id=None, started=started, bound=bound
         )
 
     def outcome_event(

@@ -17,7 +17,7 @@ import trio
 from libp2p.abc import IHost
 from pydantic import JsonValue
 
-from ._channel import REJECTION_LINGER, FrameChannel
+from ._channel import FrameChannel
 from ._config import InviteeConfig
 from ._driver import (
     HookFailure,
@@ -26,6 +26,7 @@ from ._driver import (
     bounded_cleanup,
     call_hook,
     check_provision_matches,
+    check_received_tally,
     expect_bool,
     expect_provision,
     run_step,
@@ -188,16 +189,13 @@ class _InviteeRun:
         assert self.result is not None and self.channel is not None
         bound = self.config.cleanup_timeout
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(bound):
-                await self.tracked.audit(
-                    self.tracked.outcome_event(
-                        code=None,
-                        role=self.link.invitee_role,
-                        tally_id=self.result.tally.tally_id,
-                        started=self.started,
-                    ),
-                    strict=False,
-                )
+            await self.tracked.record_outcome(
+                code=None,
+                role=self.link.invitee_role,
+                tally_id=self.result.tally.tally_id,
+                started=self.started,
+                bound=bound,
+            )
             with trio.move_on_after(bound):
                 await self.channel.close()
 
@@ -277,7 +275,11 @@ class _InviteeRun:
         if frame.provision is not None:
             provision = frame.provision
             await tracked.fire(Trigger.ACCEPTED_WITH_PROVISION)
-            self._check_tally(provision.tally, stock_party=link.inviter_peer_id)
+            check_received_tally(
+                provision.tally,
+                stock_party_id=link.inviter_peer_id,
+                foil_party_id=self.local_peer_id,
+            )
             accepted = await call_hook(
                 "database.accept",
                 lambda: self.hooks.database.accept(provision, session_id=frame.session_id),
@@ -335,16 +337,6 @@ class _InviteeRun:
             transitions=(),
         )
 
-    def _check_tally(self, tally: Tally, *, stock_party: str) -> None:
-        if (tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
-            "stock",
-            stock_party,
-            self.local_peer_id,
-        ):
-            raise RemoteProtocolError(
-                RejectionCode.MALFORMED, "provisioned tally names the wrong parties"
-            )
-
     async def _provision(self, session_id: str) -> Provision:
         request = stock_provision_request(session_id, self.local_peer_id, self.link.inviter_peer_id)
         result = await call_hook(
@@ -363,15 +355,8 @@ class _InviteeRun:
         received = isinstance(error, _Rejected)
         with trio.CancelScope(shield=True):
             if self.channel is not None:
-                sent = False
-                if send and not received:
-                    with trio.move_on_after(bound):
-                        sent = await self.channel.send_rejection(error.code)
-                with trio.move_on_after(bound):
-                    if sent:
-                        await self.channel.end_after_rejection(REJECTION_LINGER)
-                    else:
-                        await self.channel.reset()
+                code = error.code if send and not received else None
+                await self.channel.fail(code, bound=bound)
             provision, self.own_provision = self.own_provision, None
             if provision is not None:
                 sid = self.remote_session_id or self.local_session_id
@@ -381,21 +366,11 @@ class _InviteeRun:
                     bound=bound,
                     session_id=sid,
                 )
-            with trio.move_on_after(bound):
-                direction = "received" if received else ("sent" if send else "none")
-                await self.tracked.audit(
-                    self.tracked.rejection_event(error, direction), strict=False
-                )
-            if not self.tracked.machine.is_terminal:
-                with trio.move_on_after(bound):
-                    await self.tracked.fire(trigger, strict=False)
-            with trio.move_on_after(bound):
-                await self.tracked.audit(
-                    self.tracked.outcome_event(
-                        code=error.code,
-                        role=self.link.invitee_role,
-                        tally_id=None,
-                        started=self.started,
-                    ),
-                    strict=False,
-                )
+            await self.tracked.record_failure(
+                error,
+                "received" if received else ("sent" if send else "none"),
+                trigger,
+                role=self.link.invitee_role,
+                started=self.started,
+                bound=bound,
+            )

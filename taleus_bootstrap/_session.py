@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ._channel import REJECTION_LINGER, ByteStream, FrameChannel
+from ._channel import ByteStream, FrameChannel
 from ._config import ManagerConfig
 from ._driver import (
     HookFailure,
@@ -24,6 +24,7 @@ from ._driver import (
     bounded_cleanup,
     call_hook,
     check_provision_matches,
+    check_received_tally,
     expect_bool,
     expect_none,
     expect_provision,
@@ -280,13 +281,13 @@ class BootstrapSession:
         cancellation arrives after the last frame: the session is complete all the same)."""
         bound = self.config.cleanup_timeout
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(bound):
-                await self._tracked.audit(
-                    self._tracked.outcome_event(
-                        code=None, role=self.role, tally_id=self.tally_id, started=self._started
-                    ),
-                    strict=False,
-                )
+            await self._tracked.record_outcome(
+                code=None,
+                role=self.role,
+                tally_id=self.tally_id,
+                started=self._started,
+                bound=bound,
+            )
             with trio.move_on_after(bound):
                 await self.channel.close()
 
@@ -319,14 +320,9 @@ class BootstrapSession:
                 RejectionCode.MALFORMED, "expected provisioned for this session"
             )
         tally = frame.provision.tally
-        if (tally.provisioner_role, tally.stock_party_id, tally.foil_party_id) != (
-            "stock",
-            contact.party_id,
-            self.local_peer_id,
-        ):
-            raise RemoteProtocolError(
-                RejectionCode.MALFORMED, "provisioned tally names the wrong parties"
-            )
+        check_received_tally(
+            tally, stock_party_id=contact.party_id, foil_party_id=self.local_peer_id
+        )
         accepted = await call_hook(
             "database.accept",
             lambda: self.hooks.database.accept(frame.provision, session_id=self.session_id),
@@ -397,33 +393,17 @@ class BootstrapSession:
         logger.log(level, "session %s failed: %s (%s)", self.session_id, error.code, error.detail)
         bound = self.config.cleanup_timeout
         with trio.CancelScope(shield=True):
-            sent = False
-            if not received:
-                with trio.move_on_after(bound):
-                    sent = await self.channel.send_rejection(error.code, error.retry_after_s)
-            with trio.move_on_after(bound):
-                if sent:
-                    await self.channel.end_after_rejection(REJECTION_LINGER)
-                else:
-                    await self.channel.reset()
+            code = None if received else error.code
+            await self.channel.fail(code, error.retry_after_s, bound=bound)
             await self._release(bound)
-            with trio.move_on_after(bound):
-                await self._tracked.audit(
-                    self._tracked.rejection_event(error, "received" if received else "sent"),
-                    strict=False,
-                )
-            if not self._tracked.machine.is_terminal:
-                # fire() moves the machine before it awaits the audit hook, so even an audit
-                # call cut off by the bound leaves the terminal state recorded.
-                with trio.move_on_after(bound):
-                    await self._tracked.fire(trigger, strict=False)
-            with trio.move_on_after(bound):
-                await self._tracked.audit(
-                    self._tracked.outcome_event(
-                        code=error.code, role=self.role, tally_id=None, started=self._started
-                    ),
-                    strict=False,
-                )
+            await self._tracked.record_failure(
+                error,
+                "received" if received else "sent",
+                trigger,
+                role=self.role,
+                started=self._started,
+                bound=bound,
+            )
         self.tally_id = None
 
     async def _release(self, bound: float) -> None:
