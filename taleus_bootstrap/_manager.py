@@ -165,8 +165,9 @@ class SessionManager:
                 "not running",
             )
             await session.refuse(code, retry_after, detail)
-            self._record(session.record())
-            return session.record()
+            record = session.record()
+            self._record(record)
+            return record
         self._sessions[session.session_id] = session
         self._admitted += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -207,8 +208,8 @@ class SessionManager:
         self, session: BootstrapSession, done: trio.Event, result: list[SessionRecord]
     ) -> None:
         try:
-            record = await session.run()
-        finally:
+            await session.run()
+        finally:  # also when cancelled: run() records the terminal state before it re-raises
             self._sessions.pop(session.session_id, None)
             record = session.record()
             self._record(record)
