@@ -18,7 +18,7 @@ from taleus_bootstrap import (
 from taleus_bootstrap.testing import read_frame, write_frame
 
 from .conftest import INVITEE_PEER, INVITER_PEER, Backend
-from .test_session_memory import contact, finish, start
+from .test_session_memory import contact, finish, start, start_accepted
 
 
 async def test_over_capacity_is_busy_with_retry_after_and_request_unread(
@@ -120,10 +120,7 @@ async def test_graceful_shutdown_finishes_running_sessions_and_refuses_new_ones(
     managers.append(manager)
     await nursery.start(manager.run)
     token = inviter_backend.tokens.mint("stock")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted)
+    running, accepted = await start_accepted(nursery, manager, token)
 
     closed = trio.Event()
 

@@ -52,6 +52,17 @@ async def start(nursery: trio.Nursery, manager: Any, peer_id: str = INVITEE_PEER
     return running
 
 
+async def start_accepted(
+    nursery: trio.Nursery, manager: Any, token: str
+) -> tuple[Running, Accepted]:
+    """Start a session, present ``token``, and read the inviter's ``accepted``."""
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(token))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted)
+    return running, accepted
+
+
 def contact(token: str, **fields: Any) -> Contact:
     values: dict[str, Any] = {
         "token": token,
@@ -104,10 +115,7 @@ async def test_stock_session_completes_and_commits_the_token(
 ) -> None:
     manager = await memory_manager()
     token = inviter_backend.tokens.mint("stock")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted)
+    running, accepted = await start_accepted(nursery, manager, token)
     assert accepted.inviter_role == "stock" and accepted.party_id == INVITER_PEER
     assert accepted.provision is not None
     tally = accepted.provision.tally
@@ -146,10 +154,8 @@ async def test_foil_session_with_identity_requirements(
 ) -> None:
     manager = await memory_manager()
     token = inviter_backend.tokens.mint("foil", identity_requirements={"name": True})
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted) and accepted.provision is None
+    running, accepted = await start_accepted(nursery, manager, token)
+    assert accepted.provision is None
     await send_invitee_provision(running, accepted.session_id, "tly_test_foil")
     ack = await read_frame(running.client)
     assert ack == Ack(session_id=accepted.session_id)
@@ -260,10 +266,7 @@ async def test_invitee_rejection_is_recorded_and_releases_everything(
 ) -> None:
     manager = await memory_manager()
     token = inviter_backend.tokens.mint("stock")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted)
+    running, accepted = await start_accepted(nursery, manager, token)
     await write_frame(
         running.client, Rejected(code=RejectionCode.ROLE_MISMATCH, retry_after_s=None)
     )
@@ -419,10 +422,8 @@ async def test_unacknowledged_session_releases_token_and_database(
 ) -> None:
     manager = await memory_manager(ManagerConfig(step_timeout=1))
     token = inviter_backend.tokens.mint("stock")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted) and accepted.provision is not None
+    running, accepted = await start_accepted(nursery, manager, token)
+    assert accepted.provision is not None
     assert inviter_backend.tokens.reservations_held == 1
     record = await finish(running)  # no ack: step timeout
     assert record.final_state == "TIMEOUT"
@@ -483,10 +484,8 @@ async def test_stock_commit_failure_after_the_ack_still_completes(
 ) -> None:
     manager = await memory_manager(token=Misbehaving(inviter_backend.tokens, "mark_used", "raise"))
     token = inviter_backend.tokens.mint("stock")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted) and accepted.provision is not None
+    running, accepted = await start_accepted(nursery, manager, token)
+    assert accepted.provision is not None
     await write_frame(running.client, Ack(session_id=accepted.session_id))
     assert await read_frame(running.client) is None  # no rejection after the ack
     record = await finish(running)
@@ -510,10 +509,7 @@ async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance
 ) -> None:
     manager = await memory_manager(token=Misbehaving(inviter_backend.tokens, "mark_used", "raise"))
     token = inviter_backend.tokens.mint("foil")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted)
+    running, accepted = await start_accepted(nursery, manager, token)
     await send_invitee_provision(running, accepted.session_id, "tly_commit_fails")
     reply = await read_frame(running.client)
     assert reply == Rejected(code=RejectionCode.INTERNAL_ERROR, retry_after_s=None)
@@ -538,10 +534,7 @@ async def test_session_timeout_after_the_last_frame_keeps_the_session_complete(
     config = ManagerConfig(step_timeout=5, provision_timeout=5, session_timeout=6)
     manager = await memory_manager(config, audit=SlowOnCompletion())
     token = inviter_backend.tokens.mint("stock")
-    running = await start(nursery, manager)
-    await write_frame(running.client, contact(token))
-    accepted = await read_frame(running.client)
-    assert isinstance(accepted, Accepted)
+    running, accepted = await start_accepted(nursery, manager, token)
     await trio.sleep(3)
     await write_frame(running.client, Ack(session_id=accepted.session_id))
     assert await read_frame(running.client) is None  # closed, no rejection
