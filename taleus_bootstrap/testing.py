@@ -11,7 +11,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from ._codec import DEFAULT_MAX_FRAME_BYTES, AnyFrame, FrameDecoder, encode_frame
+from ._channel import FrameChannel, PeerGone
+from ._codec import DEFAULT_MAX_FRAME_BYTES, AnyFrame, encode_frame
 
 __all__ = ["MemoryByteStream", "memory_stream_pair", "read_frame", "write_frame"]
 
@@ -60,12 +61,9 @@ async def write_frame(stream: MemoryByteStream, frame: AnyFrame) -> None:
 async def read_frame(
     stream: MemoryByteStream, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> AnyFrame | None:
-    """Read one frame, or None at end of stream."""
-    decoder = FrameDecoder(max_frame_bytes)
-    while True:
-        frame = decoder.next_frame()
-        if frame is not None:
-            return frame
-        if decoder.at_eof:
-            return None
-        decoder.feed(await stream.read(decoder.bytes_needed))
+    """Read one frame, or None at end of stream (a truncated or bad frame raises
+    :class:`~taleus_bootstrap.RemoteProtocolError`)."""
+    try:
+        return await FrameChannel(stream, max_frame_bytes=max_frame_bytes).receive()
+    except PeerGone:
+        return None

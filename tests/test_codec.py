@@ -13,7 +13,6 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-import base58
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,6 +36,8 @@ from taleus_bootstrap import (
     encode_frame,
 )
 from taleus_bootstrap._codec import decode_varint, encode_varint
+
+from .strategies import base_multiaddrs, peer_ids
 
 PEER_A = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
 PEER_B = "12D3KooWDUuAp3AUT2pT3UiMHbgqsdtSsvD7Et8Hoc6Rzp3yoc56"
@@ -432,26 +433,6 @@ def test_encoding_at_exactly_the_limit_succeeds() -> None:
 
 # --------------------------------------------------------------------------- strategies
 
-_ED25519_PREFIX = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of an Ed25519 public key
-_SHA256_PREFIX = b"\x12\x20"
-
-peer_ids = st.one_of(
-    st.binary(min_size=32, max_size=32).map(
-        lambda key: base58.b58encode(_ED25519_PREFIX + key).decode()
-    ),
-    st.binary(min_size=32, max_size=32).map(
-        lambda digest: base58.b58encode(_SHA256_PREFIX + digest).decode()
-    ),
-)
-ports = st.integers(min_value=0, max_value=65535)
-# No "--": the multiaddr library refuses labels like "a0--0" (IDNA reserves hyphen pairs).
-_LABEL = r"[a-z]([a-z0-9]{0,6}(-[a-z0-9]{1,6})?)?"
-hostnames = st.from_regex(rf"{_LABEL}(\.{_LABEL}){{0,3}}", fullmatch=True)
-base_multiaddrs = st.one_of(
-    st.builds(lambda ip, port: f"/ip4/{ip}/tcp/{port}", st.ip_addresses(v=4), ports),
-    st.builds(lambda ip, port: f"/ip6/{ip}/udp/{port}/quic-v1", st.ip_addresses(v=6), ports),
-    st.builds(lambda host, port: f"/dns4/{host}/tcp/{port}/wss", hostnames, ports),
-)
 multiaddrs = st.one_of(
     base_multiaddrs,
     st.builds(lambda base, peer: f"{base}/p2p/{peer}", base_multiaddrs, peer_ids),

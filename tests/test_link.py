@@ -8,7 +8,6 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import base58
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +21,8 @@ from taleus_bootstrap import (
     LinkFormatError,
 )
 from taleus_bootstrap._link import MAX_LINK_CHARS
+
+from .strategies import base_multiaddrs, peer_ids
 
 PEER_A = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
 PEER_B = "12D3KooWDUuAp3AUT2pT3UiMHbgqsdtSsvD7Et8Hoc6Rzp3yoc56"
@@ -82,24 +83,6 @@ def test_surrounding_whitespace_is_tolerated() -> None:
     assert BootstrapLink.decode(f"  {text}\n") == make_link()
 
 
-_ED25519_PREFIX = b"\x00\x24\x08\x01\x12\x20"
-peer_ids = st.one_of(
-    st.binary(min_size=32, max_size=32).map(
-        lambda k: base58.b58encode(_ED25519_PREFIX + k).decode()
-    ),
-    st.binary(min_size=32, max_size=32).map(lambda d: base58.b58encode(b"\x12\x20" + d).decode()),
-)
-ports = st.integers(min_value=0, max_value=65535)
-_LABEL = r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?"
-base_addrs = st.one_of(
-    st.builds(lambda ip, port: f"/ip4/{ip}/tcp/{port}", st.ip_addresses(v=4), ports),
-    st.builds(lambda ip, port: f"/ip6/{ip}/udp/{port}/quic-v1", st.ip_addresses(v=6), ports),
-    st.builds(
-        lambda host, port: f"/dns4/{host}/tcp/{port}/ws",
-        st.from_regex(rf"{_LABEL}(\.{_LABEL}){{0,2}}", fullmatch=True),
-        ports,
-    ),
-)
 json_values = st.recursive(
     st.one_of(
         st.none(),
@@ -118,7 +101,7 @@ json_values = st.recursive(
 @st.composite
 def links(draw: st.DrawFn) -> BootstrapLink:
     peer = draw(peer_ids)
-    bases = draw(st.lists(base_addrs, min_size=1, max_size=8))
+    bases = draw(st.lists(base_multiaddrs, min_size=1, max_size=8))
     return BootstrapLink(
         responder_addrs=[f"{base}/p2p/{peer}" for base in bases],
         # Sizes keep every drawn link well inside MAX_LINK_CHARS once encoded.
