@@ -177,13 +177,16 @@ class MemoryProvisioner:
     """Database hook: keeps draft tallies in dictionaries.
 
     ``tallies`` holds what this side provisioned and was not released; ``accepted`` what the
-    other side provisioned and this side accepted; ``released`` the tally ids given back.
+    other side provisioned and this side accepted and did not release; ``committed`` the
+    provisions of completed sessions (each also stays in ``tallies`` or ``accepted``: ``release``
+    of a committed tally removes nothing); ``released`` the tally ids given back.
     """
 
     def __init__(self, *, endpoint_prefix: str = "memory://tallies/") -> None:
         self.endpoint_prefix = endpoint_prefix
         self.tallies: dict[str, Tally] = {}
         self.accepted: dict[str, Provision] = {}
+        self.committed: dict[str, Provision] = {}
         self.released: list[str] = []
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
@@ -206,9 +209,14 @@ class MemoryProvisioner:
         )
 
     async def release(self, result: ProvisionResult, *, session_id: str) -> None:
-        """Forget a tally whose session never completed (provisioned or accepted here)."""
+        """Forget a tally whose session never completed (provisioned or accepted here).
+
+        A committed tally is permanent: releasing it is a no-op (the sessions never do that).
+        """
         await trio.lowlevel.checkpoint()
         tally_id = result.tally.tally_id
+        if tally_id in self.committed:
+            return
         found = self.tallies.pop(tally_id, None) or self.accepted.pop(tally_id, None)
         if found is not None:
             self.released.append(tally_id)
@@ -218,6 +226,16 @@ class MemoryProvisioner:
         await trio.lowlevel.checkpoint()
         self.accepted[result.tally.tally_id] = result
         return True
+
+    async def commit(self, result: ProvisionResult, *, session_id: str) -> None:
+        """Record the tally of a completed session in ``committed`` (it stays in ``tallies`` or
+        ``accepted``). Raises ``LookupError`` for a tally neither provisioned nor accepted here
+        (or already released); committing it again is a no-op."""
+        await trio.lowlevel.checkpoint()
+        tally_id = result.tally.tally_id
+        if tally_id not in self.tallies and tally_id not in self.accepted:
+            raise LookupError(f"no provision of tally {tally_id!r} to commit")
+        self.committed.setdefault(tally_id, result)
 
 
 class MemoryAuditSink:

@@ -4,6 +4,12 @@
 ``write`` / ``close`` / ``reset`` interface sessions use, so a :class:`~taleus_bootstrap.
 SessionManager` can be driven with ``manager.handle_stream(stream, peer_id)`` under trio's
 ``MockClock``.
+
+The hook conformance kit checks user-written hooks against the hook contracts, like trio's
+``check_two_way_stream``: :func:`check_token_hook`, :func:`check_audit_hook`,
+:func:`check_database_hook` and :func:`check_identity_hook`, driven through the harnesses
+:class:`TokenHookHarness`, :class:`AuditHookHarness` and :class:`DatabaseHookHarness`, with a
+:class:`ManualClock` for stores that take a clock.
 """
 
 from __future__ import annotations
@@ -13,8 +19,31 @@ import trio.testing
 
 from ._channel import FrameChannel, PeerGone
 from ._codec import DEFAULT_MAX_FRAME_BYTES, AnyFrame, encode_frame
+from ._conformance import (
+    AuditHookHarness,
+    DatabaseHookHarness,
+    ManualClock,
+    TokenHookHarness,
+    check_audit_hook,
+    check_database_hook,
+    check_identity_hook,
+    check_token_hook,
+)
 
-__all__ = ["MemoryByteStream", "memory_stream_pair", "read_frame", "write_frame"]
+__all__ = [
+    "AuditHookHarness",
+    "DatabaseHookHarness",
+    "ManualClock",
+    "MemoryByteStream",
+    "TokenHookHarness",
+    "check_audit_hook",
+    "check_database_hook",
+    "check_identity_hook",
+    "check_token_hook",
+    "memory_stream_pair",
+    "read_frame",
+    "write_frame",
+]
 
 
 class MemoryByteStream:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from taleus_hooks.memory import (
     MemoryProvisioner,
     MemoryTokenStore,
 )
+from taleus_hooks.sqlite import SqlAuditLog
 
 from taleus_bootstrap import (
     InviteeHooks,
@@ -23,6 +25,8 @@ from taleus_bootstrap import (
     new_bootstrap_host,
     running_host,
 )
+
+from .pgserver import drop_schema, fresh_schema, postgres_server
 
 # A syntactically valid peer id for the inviter in memory-stream tests.
 INVITER_PEER = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
@@ -56,6 +60,49 @@ class Backend:
         return InviteeHooks(**parts)
 
 
+BACKEND_KINDS = ("memory", "sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A superuser DSN of the session's PostgreSQL (embedded, or ``TALEUS_TEST_PG_DSN``)."""
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def backend_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make(kind, **options)`` gives a fresh memory / SQLite / PostgreSQL backend
+    (SQLite in its own data dir, PostgreSQL in its own schema); all closed and dropped after."""
+    made: list[tuple[Any, str | None]] = []
+
+    def make(kind: str, **options: Any) -> Any:
+        if kind == "memory":
+            return Backend(**options)
+        if kind == "sqlite":
+            from taleus_hooks.sqlite import SqliteBackend
+
+            sqlite_backend = SqliteBackend(tmp_path / f"node{len(made)}", **options)
+            made.append((sqlite_backend, None))
+            return sqlite_backend
+        if kind == "postgres":
+            from taleus_hooks.postgres import PostgresBackend
+
+            dsn, schema = request.getfixturevalue("pg_dsn"), fresh_schema()
+            pg_backend = PostgresBackend(dsn, schema=schema, **options)
+            made.append((pg_backend, schema))
+            return pg_backend
+        raise ValueError(kind)
+
+    yield make
+    for backend, schema in made:
+        backend.close()
+        if schema is not None:
+            drop_schema(request.getfixturevalue("pg_dsn"), schema)
+
+
 @pytest.fixture
 def inviter_backend() -> Backend:
     return Backend()
@@ -73,10 +120,13 @@ def managers() -> list[SessionManager]:
 
 
 @pytest.fixture(autouse=True)
-def _every_session_accounted_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """After every test, every SessionManager it created has zero active sessions, and (with a
-    memory audit sink) each finished session has exactly one outcome event matching its record
-    and a rejection event carrying its code."""
+def _every_session_accounted_for(
+    monkeypatch: pytest.MonkeyPatch, backend_factory: Callable[..., Any]
+) -> Iterator[None]:
+    """After every test, every SessionManager it created has zero active sessions, and (with an
+    audit hook that can be read back) each finished session has exactly one outcome event
+    matching its record and a rejection event carrying its code. (It asks for
+    ``backend_factory`` so that the backends a test made are closed only after this check.)"""
     created: list[SessionManager] = []
     original = SessionManager.__init__
 
@@ -89,7 +139,7 @@ def _every_session_accounted_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     for manager in created:
         assert manager.statistics().active_sessions == 0
         audit = manager.hooks.audit
-        if not isinstance(audit, MemoryAuditSink):
+        if not isinstance(audit, MemoryAuditSink | SqlAuditLog):
             continue
         for record in manager.history():
             events = audit.for_session(record.session_id)

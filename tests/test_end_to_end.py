@@ -1,4 +1,7 @@
-"""Both roles end to end over real py-libp2p hosts on 127.0.0.1, asserting both sides."""
+"""Both roles end to end over real py-libp2p hosts on 127.0.0.1, asserting both sides.
+
+Every test runs once per reference backend (memory, SQLite, PostgreSQL) on both sides.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +27,25 @@ from taleus_bootstrap import (
     open_session_manager,
 )
 
-from .conftest import Backend
+from .conftest import BACKEND_KINDS, Backend
+from .hook_spies import DatabaseSpy
 
 pytestmark = pytest.mark.libp2p
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def inviter_backend(backend_kind: str, backend_factory: Any) -> Any:
+    return backend_factory(backend_kind)
+
+
+@pytest.fixture
+def invitee_backend(backend_kind: str, backend_factory: Any) -> Any:
+    return backend_factory(backend_kind)
 
 CADRE = ("/ip4/10.1.2.3/tcp/7000",)
 
@@ -67,7 +86,7 @@ async def test_bootstrap_completes_on_both_sides(
             identity={"name": "Bob"},
             cadre_addrs=["/ip4/10.9.9.9/tcp/1"],
         )
-        await trio.testing.wait_all_tasks_blocked()
+        await manager.wait_idle()
         stats = manager.statistics()
         assert stats.active_sessions == 0 and stats.by_state == {"COMPLETED": 1}
         [record] = manager.history()
@@ -128,7 +147,7 @@ async def test_replayed_one_time_link_is_rejected(
             await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks())
         assert caught.value.code == RejectionCode.INVALID_TOKEN
         assert caught.value.retry_after_s is None
-        await trio.testing.wait_all_tasks_blocked()
+        await manager.wait_idle()
         assert manager.statistics().by_rejection == {"invalid_token": 1}
     assert len(invitee_backend.provisioner.accepted) == 1
 
@@ -208,6 +227,9 @@ async def test_invitee_provision_failure_in_foil_role(
         async def accept(self, result: Any, *, session_id: str) -> bool:
             return True
 
+        async def commit(self, result: Any, *, session_id: str) -> None:
+            raise AssertionError("the session never completes")
+
     a, b = host_pair
     async with open_session_manager(a, inviter_backend.hooks()) as manager:
         token = inviter_backend.tokens.mint("foil")
@@ -240,6 +262,9 @@ async def test_invitee_releases_its_provision_when_the_inviter_refuses_it(
 
         async def accept(self, result: Any, *, session_id: str) -> bool:
             return False
+
+        async def commit(self, result: Any, *, session_id: str) -> None:
+            await self.inner.commit(result, session_id=session_id)
 
     a, b = host_pair
     hooks = inviter_backend.hooks(database=Refusing(inviter_backend.provisioner))
@@ -299,3 +324,76 @@ async def test_manager_as_nursery_task_and_host_keeps_serving(
             await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks())
         await manager.aclose()
     assert manager.statistics().by_state == {"COMPLETED": 3}
+
+
+@pytest.mark.parametrize("role", ["stock", "foil"])
+async def test_each_side_commits_the_tally_it_holds_once(
+    host_pair: tuple[Any, Any], inviter_backend: Backend, invitee_backend: Backend, role: str
+) -> None:
+    a, b = host_pair
+    a_db, b_db = DatabaseSpy(inviter_backend.provisioner), DatabaseSpy(invitee_backend.provisioner)
+    async with open_session_manager(a, inviter_backend.hooks(database=a_db)) as manager:
+        link = make_link(a, inviter_backend.tokens.mint(role), role)  # type: ignore[arg-type]
+        result = await initiate_bootstrap(
+            link, b, hooks=invitee_backend.invitee_hooks(database=b_db)
+        )
+        with trio.fail_after(5):
+            await manager.wait_idle()
+        [record] = manager.history()
+    tally, sid = result.tally.tally_id, result.session_id
+    assert (record.final_state, record.session_id) == ("COMPLETED", sid)
+    # Both sides call their hooks with A's session id; the provisioner commits what it provisioned.
+    a_first, b_first = ("provision", "accept") if role == "stock" else ("accept", "provision")
+    assert a_db.calls == [(a_first, tally, sid), ("commit", tally, sid)]
+    assert b_db.calls == [(b_first, tally, sid), ("commit", tally, sid)]
+    for backend in (inviter_backend, invitee_backend):
+        assert list(backend.provisioner.committed) == [tally]
+        assert backend.provisioner.released == []
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+@pytest.mark.parametrize("role", ["stock", "foil"])
+@pytest.mark.parametrize("failing", ["inviter", "invitee"])
+async def test_a_failing_commit_leaves_both_sides_complete(
+    host_pair: tuple[Any, Any],
+    inviter_backend: Backend,
+    invitee_backend: Backend,
+    failing: str,
+    role: str,
+    mode: str,
+) -> None:
+    a, b = host_pair
+    a_db = DatabaseSpy(inviter_backend.provisioner, mode if failing == "inviter" else None)
+    b_db = DatabaseSpy(invitee_backend.provisioner, mode if failing == "invitee" else None)
+    hooks = inviter_backend.hooks(database=a_db)
+    async with open_session_manager(a, hooks, ManagerConfig(provision_timeout=1)) as manager:
+        link = make_link(a, inviter_backend.tokens.mint(role), role)  # type: ignore[arg-type]
+        result = await initiate_bootstrap(
+            link,
+            b,
+            hooks=invitee_backend.invitee_hooks(database=b_db),
+            config=InviteeConfig(provision_timeout=1),
+        )
+        with trio.fail_after(5):
+            await manager.wait_idle()
+        [record] = manager.history()
+    tally = result.tally.tally_id
+    assert (record.final_state, record.code, record.tally_id) == ("COMPLETED", None, tally)
+    for db in (a_db, b_db):  # each side committed once and released nothing
+        assert db.methods()[1:] == ["commit"]
+    backend, audit_sid = (
+        (inviter_backend, record.session_id)
+        if failing == "inviter"
+        else (invitee_backend, result.local_session_id)
+    )
+    events = backend.audit.for_session(audit_sid)
+    assert [e.kind for e in events][-2:] == ["hook_error", "session_outcome"]
+    assert events[-2].hook == "database.commit"
+    assert (events[-1].final_state, events[-1].tally_id) == ("COMPLETED", tally)
+    # The failing side keeps the tally, uncommitted; the other side committed it.
+    other = invitee_backend if backend is inviter_backend else inviter_backend
+    provisioned_here = (failing == "inviter") == (role == "stock")
+    held = backend.provisioner.tallies if provisioned_here else backend.provisioner.accepted
+    assert tally in held
+    assert backend.provisioner.committed == {} and backend.provisioner.released == []
+    assert list(other.provisioner.committed) == [tally]

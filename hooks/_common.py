@@ -1,0 +1,140 @@
+"""Pieces shared by the reference backends: token records, the requirements identity policy,
+canonical JSON, and the small database-access protocol the SQL backends are written against.
+
+The SQL is written once, with ``?`` placeholders; a backend's cursor adapts the placeholder style
+(PostgreSQL's cursor rewrites ``?`` to ``%s``). Every statement runs inside one transaction opened
+by :meth:`SqlDatabase.transact`, in a worker thread (never on the event loop).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import trio
+from pydantic import JsonValue
+
+from taleus_bootstrap import Role
+
+__all__ = [
+    "Clock",
+    "Cursor",
+    "RequirementsIdentityValidator",
+    "SqlDatabase",
+    "TokenRecord",
+    "canonical_json",
+    "utc_now",
+]
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+"""A wall clock returning aware UTC datetimes (injected so tests control expiry)."""
+
+
+def utc_now() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 text, no NaN/infinity."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+@dataclass
+class TokenRecord:
+    """What a token store keeps of one token (never the token itself)."""
+
+    digest: str
+    inviter_role: Role
+    expires_at: datetime | None
+    max_uses: int | None  # None: unlimited
+    identity_requirements: dict[str, JsonValue] | None
+    used: int = 0
+    revoked: bool = False
+    reservations: set[str] = field(default_factory=set)
+    max_in_flight: int | None = None  # None: no cap on sessions holding a reservation at once
+    label: str | None = None
+    created_at: datetime | None = None
+
+    def available(self, now: datetime) -> bool:
+        """Whether one more use could be reserved at ``now``."""
+        if self.revoked or (self.expires_at is not None and now >= self.expires_at):
+            return False
+        held = len(self.reservations)
+        if self.max_in_flight is not None and held >= self.max_in_flight:
+            return False
+        return self.max_uses is None or self.used + held < self.max_uses
+
+
+def check_mint_arguments(uses: int | None, max_in_flight: int | None) -> None:
+    """Refuse nonsensical mint arguments (shared by every store)."""
+    if uses is not None and uses < 1:
+        raise ValueError("uses must be at least 1 (or None for unlimited)")
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1 (or None for no cap)")
+
+
+class RequirementsIdentityValidator:
+    """Identity hook: each requirement key must be in the identity.
+
+    A requirement value of ``true`` asks only for a non-empty value; any other value must be
+    matched exactly. Stateless, so every backend uses it as is.
+    """
+
+    async def validate(
+        self,
+        identity: Mapping[str, JsonValue],
+        requirements: Mapping[str, JsonValue],
+        *,
+        peer_id: str,
+        session_id: str,
+    ) -> bool:
+        """True when ``identity`` meets every requirement."""
+        await trio.lowlevel.checkpoint()
+        for key, expected in requirements.items():
+            if key not in identity:
+                return False
+            value = identity[key]
+            if expected is True:
+                if value in (None, "", [], {}):
+                    return False
+            elif value != expected:
+                return False
+        return True
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the SQL backends use (``?`` placeholders)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class SqlDatabase(Protocol):
+    """A connection source the SQL stores run their transactions on."""
+
+    #: ``" FOR UPDATE"`` where the database locks selected rows, ``""`` where a transaction
+    #: already holds the write lock (SQLite's ``BEGIN IMMEDIATE``).
+    for_update: str
+
+    def transact(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` inside one transaction (committed if it returns, rolled back if it
+        raises), in the calling thread. Thread-safe."""
+        ...
+
+
+async def run_in_thread(db: SqlDatabase, fn: Callable[[Cursor], T]) -> T:
+    """Run one transaction off the event loop; it always finishes (not abandoned on cancel)."""
+    return await trio.to_thread.run_sync(db.transact, fn)

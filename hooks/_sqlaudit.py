@@ -1,0 +1,257 @@
+"""The audit hook on SQL: an append-only, hash-chained, group-committed log.
+
+Each event becomes one row of ``audit_log``: a gap-free ``seq`` (assigned by the writer under the
+lock on ``audit_head``, never by a database sequence, which may skip), the session id, the event
+as canonical JSON (sorted keys), the previous row's hash and its own::
+
+    hash = sha256(canonical_json({"event": event, "prev": prev_hash, "seq": seq,
+                                  "session_id": session_id}))
+
+The database itself refuses ``UPDATE`` and ``DELETE`` on ``audit_log`` (triggers), and
+``audit_head`` (the last seq and hash) may only move forward, so truncating the tail is refused
+too. :meth:`SqlAuditLog.verify` recomputes everything and reports the first bad seq.
+
+Group commit: ``log_session`` returns once its event is durable. Events logged while a batch is
+being written wait and go together in the next one: one transaction (one fsync) per batch, one
+batch in flight at a time, written in a worker thread by whichever waiting task leads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+from pydantic import TypeAdapter
+
+from taleus_bootstrap import AuditEvent
+
+from ._common import Cursor, SqlDatabase, canonical_json, run_in_thread
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditRow",
+    "AuditStatistics",
+    "AuditWriteError",
+    "ChainReport",
+    "SqlAuditLog",
+    "chain_hash",
+]
+
+GENESIS_HASH: Final = "0" * 64
+MAX_BATCH: Final = 512
+_EVENT_ADAPTER: TypeAdapter[AuditEvent] = TypeAdapter(AuditEvent)
+
+
+def chain_hash(prev_hash: str, seq: int, session_id: str, event: Any) -> str:
+    """The hash of one audit row (``event`` as its JSON object)."""
+    envelope = {"event": event, "prev": prev_hash, "seq": seq, "session_id": session_id}
+    return hashlib.sha256(canonical_json(envelope).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One stored audit row, decoded."""
+
+    seq: int
+    session_id: str
+    event: AuditEvent
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What :meth:`SqlAuditLog.verify` found."""
+
+    ok: bool
+    rows: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditStatistics:
+    """Group-commit figures since the log was opened."""
+
+    events_written: int
+    batches: int
+    largest_batch: int
+    queue_depth: int
+    write_seconds_total: float
+
+
+class AuditWriteError(RuntimeError):
+    """The batch holding this event could not be written (the event is not recorded)."""
+
+
+class _Entry:
+    __slots__ = ("error", "session_id", "state", "text")
+
+    def __init__(self, session_id: str, text: str) -> None:
+        self.session_id = session_id
+        self.text = text
+        self.state = "queued"  # queued -> writing -> done | failed
+        self.error: BaseException | None = None
+
+
+class SqlAuditLog:
+    """Audit hook on a SQL database, with sync readers for tools and tests."""
+
+    def __init__(self, db: SqlDatabase) -> None:
+        self._db = db
+        self._queue: list[_Entry] = []
+        self._writing = False
+        self._batch_done = trio.Event()
+        self._events_written = 0
+        self._batches = 0
+        self._largest = 0
+        self._write_seconds = 0.0
+
+    # -- the hook -------------------------------------------------------------------------
+
+    async def log_session(self, session_id: str, event: AuditEvent) -> None:
+        """Append ``event``; returns once it is durable (see group commit above)."""
+        entry = _Entry(session_id, canonical_json(event.model_dump(mode="json")))
+        self._queue.append(entry)
+        try:
+            while entry.state in ("queued", "writing"):
+                if self._writing:
+                    await self._batch_done.wait()
+                else:
+                    await self._write_next_batch()
+        except trio.Cancelled:
+            if entry.state == "queued":  # never handed to a writer: drop it, it is not recorded
+                self._queue.remove(entry)
+            raise
+        if entry.state == "failed":
+            raise AuditWriteError("audit batch could not be written") from entry.error
+
+    async def _write_next_batch(self) -> None:
+        self._writing = True
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        for entry in batch:
+            entry.state = "writing"
+        started = time.perf_counter()
+        try:
+            # Not abandoned on cancellation: the batch is written (or fails) as a whole.
+            await run_in_thread(self._db, lambda cur: self._append(cur, batch))
+        except Exception as exc:
+            for entry in batch:
+                entry.state, entry.error = "failed", exc
+        else:
+            for entry in batch:
+                entry.state = "done"
+            self._events_written += len(batch)
+            self._batches += 1
+            self._largest = max(self._largest, len(batch))
+        finally:
+            self._write_seconds += time.perf_counter() - started
+            self._writing = False
+            done, self._batch_done = self._batch_done, trio.Event()
+            done.set()
+
+    def _append(self, cur: Cursor, batch: list[_Entry]) -> None:
+        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._db.for_update}")
+        seq, prev = cur.fetchone()
+        seq = int(seq)
+        for entry in batch:
+            seq += 1
+            digest = chain_hash(prev, seq, entry.session_id, json.loads(entry.text))
+            cur.execute(
+                "INSERT INTO audit_log (seq, session_id, kind, event, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, entry.session_id, json.loads(entry.text)["kind"], entry.text, prev, digest),
+            )
+            prev = digest
+        cur.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
+
+    def statistics(self) -> AuditStatistics:
+        """Group-commit figures: events, batches, largest batch, queue depth, write time."""
+        return AuditStatistics(
+            events_written=self._events_written,
+            batches=self._batches,
+            largest_batch=self._largest,
+            queue_depth=len(self._queue),
+            write_seconds_total=self._write_seconds,
+        )
+
+    # -- readers (sync) ---------------------------------------------------------------------
+
+    def for_session(self, session_id: str) -> list[AuditEvent]:
+        """The events of one session, in order."""
+        rows = self._select("WHERE session_id = ? ORDER BY seq", (session_id,))
+        return [row.event for row in rows]
+
+    @property
+    def events(self) -> list[tuple[str, AuditEvent]]:
+        """Every ``(session_id, event)``, in order."""
+        return [(row.session_id, row.event) for row in self._select("ORDER BY seq", ())]
+
+    def session_ids(self) -> list[str]:
+        """Every session id seen, in order of first appearance."""
+        return list(dict.fromkeys(sid for sid, _ in self.events))
+
+    def tail(self, n: int = 20) -> list[AuditRow]:
+        """The last ``n`` rows, oldest first."""
+        rows = self._select("ORDER BY seq DESC LIMIT ?", (n,))
+        return rows[::-1]
+
+    def _select(self, clause: str, params: tuple[Any, ...]) -> list[AuditRow]:
+        def select(cur: Cursor) -> list[AuditRow]:
+            cur.execute(f"SELECT seq, session_id, event FROM audit_log {clause}", params)
+            return [
+                AuditRow(int(seq), str(sid), _EVENT_ADAPTER.validate_json(text))
+                for seq, sid, text in cur.fetchall()
+            ]
+
+        return self._db.transact(select)
+
+    def verify(self, *, progress: Callable[[int], None] | None = None) -> ChainReport:
+        """Recompute the whole chain; report the first row that does not check out."""
+
+        def check(cur: Cursor) -> ChainReport:
+            cur.execute("SELECT seq, hash FROM audit_head WHERE id = 1")
+            head_seq, head_hash = cur.fetchone()
+            cur.execute(
+                "SELECT seq, session_id, event, prev_hash, hash FROM audit_log ORDER BY seq"
+            )
+            expected_seq, prev, rows = 1, GENESIS_HASH, 0
+            for seq, sid, text, prev_hash, digest in cur.fetchall():
+                bad = _check_row(
+                    int(seq), expected_seq, str(sid), str(text), prev, prev_hash, digest
+                )
+                if bad is not None:
+                    return ChainReport(False, rows, bad[0], bad[1])
+                rows += 1
+                expected_seq, prev = int(seq) + 1, str(digest)
+                if progress is not None:
+                    progress(rows)
+            if (int(head_seq), str(head_hash)) != (expected_seq - 1, prev):
+                return ChainReport(
+                    False, rows, expected_seq, "the log ends before the recorded head (truncated)"
+                )
+            return ChainReport(True, rows)
+
+        return self._db.transact(check)
+
+
+def _check_row(
+    seq: int, expected_seq: int, sid: str, text: str, prev: str, prev_hash: Any, digest: Any
+) -> tuple[int, str] | None:
+    if seq != expected_seq:
+        return expected_seq, f"row {expected_seq} is missing"
+    if prev_hash != prev:
+        return seq, "prev_hash does not match the previous row's hash"
+    try:
+        _EVENT_ADAPTER.validate_json(text)
+        event = json.loads(text)
+    except ValueError:
+        return seq, "event is not a valid audit event"
+    if canonical_json(event) != text:
+        return seq, "event is not in canonical form"
+    if chain_hash(prev, seq, sid, event) != digest:
+        return seq, "hash does not match the row's contents"
+    return None

@@ -1,0 +1,227 @@
+"""The database hook on SQL: real, separate tally databases, tracked so nothing is orphaned.
+
+Every provision is first written to ``provisions`` as ``pending`` (committed before the tally
+database is created, so even a crash half-way leaves a row to find), then created. ``commit``
+makes it permanent; ``release`` drops it; :meth:`SqlProvisioner.sweep` drops the provisions still
+``pending`` after ``provision_ttl`` — what a provision hook that failed after creating, a lost
+session or a crashed process left behind. The tally databases themselves are made by a
+:class:`TallyFactory` (a SQLite file, a PostgreSQL schema with its own role).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final, Literal, Protocol
+
+import trio
+
+from taleus_bootstrap import DatabaseInfo, Provision, ProvisionRequest, ProvisionResult, Tally
+
+from ._common import Clock, Cursor, SqlDatabase, run_in_thread, utc_now
+
+__all__ = ["DEFAULT_PROVISION_TTL", "ProvisionRecord", "SqlProvisioner", "TallyFactory"]
+
+logger = logging.getLogger("taleus_hooks")
+
+DEFAULT_PROVISION_TTL: Final = timedelta(hours=1)
+"""How long a provision may stay unacknowledged before :meth:`SqlProvisioner.sweep` removes it.
+Keep it well above the session timeout."""
+
+Origin = Literal["local", "remote"]
+State = Literal["pending", "committed", "released", "swept"]
+
+
+class TallyFactory(Protocol):
+    """Creates and drops the separate database of one tally (sync; called in a worker thread)."""
+
+    def locate(self, tally_id: str) -> DatabaseInfo:
+        """Where the tally's database will live: endpoint and credentials reference."""
+        ...
+
+    def create(self, tally: Tally, database: DatabaseInfo) -> None:
+        """Create the database with its draft-tally table holding ``tally``."""
+        ...
+
+    def drop(self, database: DatabaseInfo) -> None:
+        """Remove the database (and anything made for it); a no-op if it does not exist."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProvisionRecord:
+    """One row of ``provisions``."""
+
+    tally_id: str
+    origin: Origin
+    state: State
+    session_id: str
+    provision: Provision
+    created_at: float
+
+
+class SqlProvisioner:
+    """Database hook: provisions through a :class:`TallyFactory`, tracked in ``provisions``."""
+
+    def __init__(
+        self,
+        db: SqlDatabase,
+        factory: TallyFactory,
+        *,
+        clock: Clock = utc_now,
+        provision_ttl: timedelta = DEFAULT_PROVISION_TTL,
+    ) -> None:
+        self._db = db
+        self.factory = factory
+        self._clock = clock
+        self.provision_ttl = provision_ttl
+
+    async def provision(self, request: ProvisionRequest) -> ProvisionResult:
+        """Create the tally's database; tracked as ``pending`` until ``commit``."""
+        tally = Tally(
+            tally_id=request.tally_id,
+            provisioner_role=request.provisioner_role,
+            stock_party_id=request.stock_party_id,
+            foil_party_id=request.foil_party_id,
+            created_at=request.created_at,
+        )
+        result = Provision(tally=tally, database=self.factory.locate(tally.tally_id))
+        inserted = await run_in_thread(
+            self._db, lambda cur: self._insert(cur, result, "local", request.session_id)
+        )
+        if not inserted:
+            raise ValueError(f"tally {tally.tally_id!r} was already provisioned here")
+        try:
+            await trio.to_thread.run_sync(self.factory.create, tally, result.database)
+        except Exception:
+            await self._drop_and_mark(result, "released", origin="local")
+            raise
+        return result
+
+    async def release(self, result: ProvisionResult, *, session_id: str) -> None:
+        """Drop a pending provision (made here) or forget a pending accepted one. Idempotent;
+        a committed tally is never released."""
+        await self._drop_and_mark(result, "released", origin=None)
+
+    async def accept(self, result: ProvisionResult, *, session_id: str) -> bool:
+        """Record the other party's provision (False if this tally id is already known)."""
+        return await run_in_thread(
+            self._db, lambda cur: self._insert(cur, result, "remote", session_id)
+        )
+
+    async def commit(self, result: ProvisionResult, *, session_id: str) -> None:
+        """Make the session's tally permanent (raises LookupError if it is not pending)."""
+        tally_id = result.tally.tally_id
+        now = self._clock().timestamp()
+
+        def update(cur: Cursor) -> int:
+            cur.execute(
+                "UPDATE provisions SET state = 'committed', updated_at = ?"
+                " WHERE tally_id = ? AND state = 'pending'",
+                (now, tally_id),
+            )
+            return cur.rowcount
+
+        if await run_in_thread(self._db, update) < 1:
+            raise LookupError(f"no pending provision of tally {tally_id!r}")
+
+    async def sweep(self) -> list[str]:
+        """Remove provisions still pending after ``provision_ttl``; return their tally ids."""
+        cutoff = (self._clock() - self.provision_ttl).timestamp()
+        stale = await run_in_thread(
+            self._db, lambda cur: self._select(cur, "state = 'pending' AND created_at <= ?", cutoff)
+        )
+        for record in stale:
+            await self._drop_and_mark(record.provision, "swept", origin=None)
+            logger.warning("swept unacknowledged provision of tally %s", record.tally_id)
+        return [record.tally_id for record in stale]
+
+    async def _drop_and_mark(self, result: Provision, state: State, origin: Origin | None) -> None:
+        tally_id = result.tally.tally_id
+        where = "tally_id = ? AND state = 'pending'"
+        rows = await run_in_thread(self._db, lambda cur: self._select(cur, where, tally_id))
+        for record in rows:
+            if origin is None or record.origin == origin:
+                await trio.to_thread.run_sync(self._drop_one, record, state)
+
+    def _drop_one(self, record: ProvisionRecord, state: State) -> None:
+        if record.origin == "local":  # the stored location, not the caller's: drop what we made
+            self.factory.drop(record.provision.database)
+        now = self._clock().timestamp()
+
+        def mark(cur: Cursor) -> None:
+            cur.execute(
+                "UPDATE provisions SET state = ?, updated_at = ?"
+                " WHERE tally_id = ? AND origin = ? AND state = 'pending'",
+                (state, now, record.tally_id, record.origin),
+            )
+
+        self._db.transact(mark)
+
+    def _insert(self, cur: Cursor, result: Provision, origin: Origin, session_id: str) -> bool:
+        cur.execute(
+            "SELECT 1 FROM provisions WHERE tally_id = ? AND origin = ?",
+            (result.tally.tally_id, origin),
+        )
+        if cur.fetchone() is not None:
+            return False
+        now = self._clock().timestamp()
+        cur.execute(
+            "INSERT INTO provisions (tally_id, origin, state, session_id, provision, created_at,"
+            " updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+            (result.tally.tally_id, origin, session_id, result.model_dump_json(), now, now),
+        )
+        return True
+
+    @staticmethod
+    def _select(cur: Cursor, where: str, *params: object) -> list[ProvisionRecord]:
+        cur.execute(
+            "SELECT tally_id, origin, state, session_id, provision, created_at FROM provisions"
+            f" WHERE {where} ORDER BY created_at",
+            params,
+        )
+        return [
+            ProvisionRecord(
+                tally_id=str(t),
+                origin=o,
+                state=s,
+                session_id=str(sid),
+                provision=Provision.model_validate_json(p),
+                created_at=float(c),
+            )
+            for t, o, s, sid, p, c in cur.fetchall()
+        ]
+
+    # -- inspection (sync) -----------------------------------------------------------------
+
+    def records(self, where: str = "1 = 1", *params: object) -> list[ProvisionRecord]:
+        """Rows of ``provisions`` matching a SQL condition (``?`` placeholders)."""
+        return self._db.transact(lambda cur: self._select(cur, where, *params))
+
+    def _by_tally(self, where: str) -> dict[str, Provision]:
+        return {r.tally_id: r.provision for r in self.records(where)}
+
+    @property
+    def tallies(self) -> dict[str, Provision]:
+        """Provisioned here and not released (pending or committed)."""
+        return self._by_tally("origin = 'local' AND state IN ('pending', 'committed')")
+
+    @property
+    def accepted(self) -> dict[str, Provision]:
+        """Accepted from the other party and not released (pending or committed)."""
+        return self._by_tally("origin = 'remote' AND state IN ('pending', 'committed')")
+
+    @property
+    def committed(self) -> dict[str, Provision]:
+        """Tallies of completed sessions (either origin)."""
+        return self._by_tally("state = 'committed'")
+
+    @property
+    def released(self) -> list[str]:
+        """Tally ids released or swept, oldest first."""
+        return [r.tally_id for r in self.records("state IN ('released', 'swept')")]
+
+    def pending(self) -> list[ProvisionRecord]:
+        """Provisions not yet committed nor released."""
+        return self.records("state = 'pending'")

@@ -1,0 +1,364 @@
+"""PostgreSQL reference backend: several inviter nodes sharing one token store and audit log.
+
+``PostgresBackend(dsn, schema="taleus")`` keeps its tables in ``schema`` (created if missing):
+the same ``tokens`` / ``reservations`` / ``redemptions`` / ``provisions`` as SQLite, the
+append-only ``audit_log`` (``UPDATE`` / ``DELETE`` / ``TRUNCATE`` refused by triggers) with its
+``audit_head``, and ``tally_credentials``. A reservation locks its token's row
+(``SELECT ... FOR UPDATE``), so any number of processes on any number of hosts racing for a
+one-time token yield one reservation.
+
+Each provisioned tally gets its own schema and its own login role with a generated password: the
+role owns the schema and its ``draft_tally`` table, ``PUBLIC`` gets nothing. The password is sent
+to the server only as a SCRAM verifier and kept in ``tally_credentials`` (readable by the backend's
+role only); ``ProvisionResult.database.endpoint`` is a libpq URI without the password and
+``credentials_ref`` names the row holding it (:meth:`PostgresBackend.read_credentials`).
+
+The backend's role needs ``CREATEROLE`` and ``CREATE`` on the database. Calls run in worker
+threads on a small connection pool (``psycopg_pool``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, Final, TypeVar
+from urllib.parse import quote, urlencode
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from taleus_bootstrap import DatabaseInfo, Tally
+from taleus_bootstrap._frames import format_utc
+
+from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
+from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
+from ._sqlbackend import MaintenanceReport, SqlBackend
+from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
+from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
+
+__all__ = [
+    "AuditWriteError",
+    "ChainReport",
+    "MaintenanceReport",
+    "SqlAuditLog",
+    "SqlProvisioner",
+    "SqlTokenStore",
+    "PostgresBackend",
+    "PostgresDatabase",
+    "PostgresTallyFactory",
+    "read_draft_tally",
+]
+
+T = TypeVar("T")
+_SETUP_LOCK: Final = 0x7A1E05  # advisory lock serializing schema set-up across processes
+
+SCHEMA_DDL: Final = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY,
+    inviter_role TEXT NOT NULL CHECK (inviter_role IN ('stock', 'foil')),
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    max_uses INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
+    max_in_flight INTEGER CHECK (max_in_flight IS NULL OR max_in_flight >= 1),
+    identity_requirements TEXT,
+    label TEXT,
+    used INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    token_digest TEXT NOT NULL REFERENCES tokens (digest),
+    session_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    reserved_at DOUBLE PRECISION NOT NULL,
+    lease_expires_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (token_digest, session_id)
+);
+CREATE INDEX IF NOT EXISTS reservations_session ON reservations (session_id);
+CREATE TABLE IF NOT EXISTS redemptions (
+    token_digest TEXT NOT NULL REFERENCES tokens (digest),
+    session_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    redeemed_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (token_digest, session_id)
+);
+CREATE TABLE IF NOT EXISTS provisions (
+    tally_id TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('local', 'remote')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'released', 'swept')),
+    session_id TEXT NOT NULL,
+    provision TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (tally_id, origin)
+);
+CREATE INDEX IF NOT EXISTS provisions_state ON provisions (state, created_at);
+CREATE TABLE IF NOT EXISTS tally_credentials (
+    role_name TEXT PRIMARY KEY,
+    password TEXT NOT NULL
+);
+REVOKE ALL ON tally_credentials FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq BIGINT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_session ON audit_log (session_id, seq);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS
+$fn$ BEGIN RAISE EXCEPTION '% on % refused: the audit log is append-only', TG_OP, TG_TABLE_NAME;
+END $fn$;
+CREATE OR REPLACE FUNCTION audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS
+$fn$ BEGIN
+    IF NEW.seq < OLD.seq THEN RAISE EXCEPTION 'audit_head only moves forward'; END IF;
+    RETURN NEW;
+END $fn$;
+CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse();
+CREATE OR REPLACE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse();
+CREATE OR REPLACE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
+    FOR EACH ROW EXECUTE FUNCTION audit_head_forward();
+CREATE OR REPLACE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse();
+CREATE OR REPLACE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse();
+"""
+
+
+class _QmarkCursor:
+    """Adapts psycopg's ``%s`` placeholders to the ``?`` the shared SQL is written with."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        return self._cursor.execute(query.replace("?", "%s").encode(), params)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+
+class PostgresDatabase:
+    """A connection pool whose connections use ``schema``; one transaction per call."""
+
+    for_update = " FOR UPDATE"
+
+    def __init__(self, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 8) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            open=False,
+        )
+        self.pool.open(wait=True, timeout=30.0)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+
+    def transact(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` in one transaction on a pooled connection, in the calling thread."""
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            return fn(_QmarkCursor(cur))
+
+    def run_admin(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``fn`` with a raw pooled connection (autocommit) for DDL and role management."""
+        with self.pool.connection() as conn:
+            return fn(conn)
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+
+class PostgresTallyFactory:
+    """Each tally in its own schema, owned by its own login role."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+        info = psycopg.conninfo.conninfo_to_dict(db.dsn)
+        self._host = str(info.get("host") or "")
+        self._port = str(info.get("port") or "")
+        self._dbname = str(info.get("dbname") or "")
+
+    def _name(self, tally_id: str) -> str:
+        digest = hashlib.sha256(f"{self._db.schema}\x00{tally_id}".encode()).hexdigest()
+        return f"tally_{digest[:24]}"
+
+    def locate(self, tally_id: str) -> DatabaseInfo:
+        """A libpq URI naming the tally's role and schema (no password)."""
+        name = self._name(tally_id)
+        query: dict[str, str] = {"options": f"-csearch_path={name}"}
+        netloc = name + "@"
+        if self._host.startswith("/"):
+            query["host"] = self._host
+        elif self._host:
+            netloc += quote(self._host, safe=":[]")
+        if self._port and not self._host.startswith("/"):
+            netloc += f":{self._port}"
+        elif self._port:
+            query["port"] = self._port
+        endpoint = f"postgresql://{netloc}/{quote(self._dbname)}?{urlencode(query)}"
+        ref = f"postgres:{self._db.schema}.tally_credentials/{name}"
+        return DatabaseInfo(endpoint=endpoint, credentials_ref=ref)
+
+    def create(self, tally: Tally, database: DatabaseInfo) -> None:
+        """Create the role (password as a SCRAM verifier), its schema and the draft tally."""
+        name = database.credentials_ref.rsplit("/", 1)[1]
+        password = secrets.token_urlsafe(24)
+
+        def create(conn: psycopg.Connection[Any]) -> None:
+            verifier = conn.pgconn.encrypt_password(
+                password.encode(), name.encode(), b"scram-sha-256"
+            ).decode()
+            role, schema = sql.Identifier(name), sql.Identifier(name)
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(verifier))
+                )
+                conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role))
+                conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE {}.draft_tally (tally_id TEXT PRIMARY KEY,"
+                        " provisioner_role TEXT NOT NULL CHECK (provisioner_role IN"
+                        " ('stock', 'foil')), stock_party_id TEXT NOT NULL,"
+                        " foil_party_id TEXT NOT NULL, created_at TEXT NOT NULL)"
+                    ).format(schema)
+                )
+                conn.execute(sql.SQL("ALTER TABLE {}.draft_tally OWNER TO {}").format(schema, role))
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.draft_tally VALUES (%s, %s, %s, %s, %s)").format(
+                        schema
+                    ),
+                    (
+                        tally.tally_id,
+                        tally.provisioner_role,
+                        tally.stock_party_id,
+                        tally.foil_party_id,
+                        format_utc(tally.created_at),
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO tally_credentials (role_name, password) VALUES (%s, %s)",
+                    (name, password),
+                )
+
+        self._db.run_admin(create)
+
+    def drop(self, database: DatabaseInfo) -> None:
+        """Drop the schema, the role and its stored password (each if it exists)."""
+        name = database.credentials_ref.rsplit("/", 1)[1]
+
+        def drop(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                ident = sql.Identifier(name)
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+                conn.execute("DELETE FROM tally_credentials WHERE role_name = %s", (name,))
+
+        self._db.run_admin(drop)
+
+
+def read_draft_tally(endpoint: str, password: str) -> Tally | None:
+    """Connect to a tally database as its own role and read the draft tally (None if gone)."""
+    try:
+        conn = psycopg.connect(endpoint, password=password, connect_timeout=10)
+    except psycopg.OperationalError:
+        return None
+    with conn:
+        row = conn.execute(
+            "SELECT tally_id, provisioner_role, stock_party_id, foil_party_id, created_at"
+            " FROM draft_tally"
+        ).fetchone()
+    if row is None:
+        return None
+    keys = ("tally_id", "provisioner_role", "stock_party_id", "foil_party_id", "created_at")
+    return Tally.model_validate(dict(zip(keys, row, strict=True)))
+
+
+class PostgresBackend(SqlBackend):
+    """The token, identity, database and audit hooks of one or many nodes, in one schema.
+
+    Same options as :class:`~taleus_hooks.sqlite.SqliteBackend`, plus the pool size. Use as a
+    context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "taleus",
+        clock: Clock = utc_now,
+        reservation_lease: timedelta = DEFAULT_RESERVATION_LEASE,
+        provision_ttl: timedelta = DEFAULT_PROVISION_TTL,
+        pool_size: int = 8,
+    ) -> None:
+        self.db = PostgresDatabase(dsn, schema, max_size=pool_size)
+        try:
+            self.db.run_admin(self._set_up)
+        except BaseException:
+            self.db.close()
+            raise
+        self.tokens = SqlTokenStore(self.db, clock=clock, reservation_lease=reservation_lease)
+        self.database = SqlProvisioner(
+            self.db, PostgresTallyFactory(self.db), clock=clock, provision_ttl=provision_ttl
+        )
+        self.identity = RequirementsIdentityValidator()
+        self.audit = SqlAuditLog(self.db)
+
+    def _set_up(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.db.schema))
+            )
+            conn.execute(
+                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.db.schema))
+            )
+            conn.execute(SCHEMA_DDL.replace("{genesis}", GENESIS_HASH).encode())
+
+    def read_credentials(self, credentials_ref: str) -> str | None:
+        """The password a ``credentials_ref`` of this backend names (None if unknown)."""
+        prefix = f"postgres:{self.db.schema}.tally_credentials/"
+        if not credentials_ref.startswith(prefix):
+            raise ValueError("not a credentials reference of this backend")
+        name = credentials_ref[len(prefix) :]
+
+        def select(cur: Cursor) -> str | None:
+            cur.execute("SELECT password FROM tally_credentials WHERE role_name = ?", (name,))
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return self.db.transact(select)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.db.close()
+
+    def __enter__(self) -> PostgresBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,284 @@
+"""SQLite reference backend: everything one inviter node keeps, in one data directory.
+
+Nothing to install: ``SqliteBackend(data_dir)`` creates (0700) ``data_dir`` with
+
+* ``control.sqlite`` — tokens (digests only), reservations, redemptions, provisions;
+* ``audit.sqlite`` — the append-only, hash-chained audit log;
+* ``tallies/tally-<hash>.sqlite`` — one separate database (0600) per provisioned tally, holding
+  its ``draft_tally`` table; ``ProvisionResult.database.endpoint`` is its absolute path.
+
+Both control files run in WAL mode with ``synchronous=FULL``: a write has reached the disk before
+the session moves on. Each file has one connection, used by one thread at a time (the writer); all
+calls run in worker threads, never on the event loop. Several processes may open the same data
+directory (the command line mints tokens while ``serve`` runs): SQLite's locks serialize them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+from taleus_bootstrap import DatabaseInfo, Tally
+from taleus_bootstrap._frames import format_utc
+
+from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
+from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
+from ._sqlbackend import MaintenanceReport, SqlBackend
+from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
+from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
+
+__all__ = [
+    "AuditWriteError",
+    "ChainReport",
+    "MaintenanceReport",
+    "SqlAuditLog",
+    "SqlProvisioner",
+    "SqlTokenStore",
+    "SqliteBackend",
+    "SqliteDatabase",
+    "SqliteTallyFactory",
+    "read_draft_tally",
+]
+
+T = TypeVar("T")
+CREDENTIALS_REF: Final = "sqlite:file-permissions"
+"""A SQLite tally has no password: access is the file's permissions (0600)."""
+
+CONTROL_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY,
+    inviter_role TEXT NOT NULL CHECK (inviter_role IN ('stock', 'foil')),
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    max_uses INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
+    max_in_flight INTEGER CHECK (max_in_flight IS NULL OR max_in_flight >= 1),
+    identity_requirements TEXT,
+    label TEXT,
+    used INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    token_digest TEXT NOT NULL REFERENCES tokens (digest),
+    session_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    reserved_at REAL NOT NULL,
+    lease_expires_at REAL NOT NULL,
+    PRIMARY KEY (token_digest, session_id)
+);
+CREATE INDEX IF NOT EXISTS reservations_session ON reservations (session_id);
+CREATE TABLE IF NOT EXISTS redemptions (
+    token_digest TEXT NOT NULL REFERENCES tokens (digest),
+    session_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    redeemed_at REAL NOT NULL,
+    PRIMARY KEY (token_digest, session_id)
+);
+CREATE TABLE IF NOT EXISTS provisions (
+    tally_id TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('local', 'remote')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'released', 'swept')),
+    session_id TEXT NOT NULL,
+    provision TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tally_id, origin)
+);
+CREATE INDEX IF NOT EXISTS provisions_state ON provisions (state, created_at);
+"""
+
+AUDIT_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_session ON audit_log (session_id, seq);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head
+WHEN NEW.seq < OLD.seq BEGIN SELECT RAISE(ABORT, 'audit_head only moves forward'); END;
+CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
+BEGIN SELECT RAISE(ABORT, 'audit_head cannot be deleted'); END;
+"""
+
+DRAFT_TALLY_SCHEMA: Final = """
+CREATE TABLE draft_tally (
+    tally_id TEXT PRIMARY KEY,
+    provisioner_role TEXT NOT NULL CHECK (provisioner_role IN ('stock', 'foil')),
+    stock_party_id TEXT NOT NULL,
+    foil_party_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)
+"""
+
+
+class SqliteDatabase:
+    """One SQLite file: one connection, one transaction at a time (``BEGIN IMMEDIATE``)."""
+
+    for_update = ""  # BEGIN IMMEDIATE already holds the write lock for the whole transaction
+
+    def __init__(
+        self, path: Path, *, synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
+    ) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        os.chmod(path, 0o600)
+
+    def executescript(self, script: str) -> None:
+        """Run DDL (idempotent scripts only)."""
+        with self._lock:
+            self._conn.executescript(script)
+
+    def transact(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction, in the calling thread."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(cur)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+            return result
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+class SqliteTallyFactory:
+    """Each tally in its own SQLite file under ``directory`` (mode 0600)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def locate(self, tally_id: str) -> DatabaseInfo:
+        """The file the tally will live in (named by a hash of its id)."""
+        name = hashlib.sha256(tally_id.encode()).hexdigest()[:32]
+        path = (self.directory / f"tally-{name}.sqlite").resolve()
+        return DatabaseInfo(endpoint=str(path), credentials_ref=CREDENTIALS_REF)
+
+    def create(self, tally: Tally, database: DatabaseInfo) -> None:
+        """Write the file under a temporary name, then rename it into place (atomic)."""
+        path = Path(database.endpoint)
+        if path.exists():
+            raise FileExistsError(f"tally database {path.name} already exists")
+        partial = path.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        conn = sqlite3.connect(partial, isolation_level=None)
+        try:
+            os.chmod(partial, 0o600)
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN")
+            conn.execute(DRAFT_TALLY_SCHEMA)
+            conn.execute(
+                "INSERT INTO draft_tally VALUES (?, ?, ?, ?, ?)",
+                (
+                    tally.tally_id,
+                    tally.provisioner_role,
+                    tally.stock_party_id,
+                    tally.foil_party_id,
+                    format_utc(tally.created_at),
+                ),
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        os.replace(partial, path)
+
+    def drop(self, database: DatabaseInfo) -> None:
+        """Delete the file (and any partial or journal file next to it)."""
+        path = Path(database.endpoint)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.with_suffix(".partial").unlink(missing_ok=True)
+
+
+def read_draft_tally(endpoint: str) -> Tally | None:
+    """Open a SQLite tally database by its endpoint (read-only) and read its draft tally."""
+    path = Path(endpoint)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row: Any = conn.execute(
+            "SELECT tally_id, provisioner_role, stock_party_id, foil_party_id, created_at"
+            " FROM draft_tally"
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    keys = ("tally_id", "provisioner_role", "stock_party_id", "foil_party_id", "created_at")
+    return Tally.model_validate(dict(zip(keys, row, strict=True)))
+
+
+class SqliteBackend(SqlBackend):
+    """The token, identity, database and audit hooks of one node, in ``data_dir``.
+
+    ``clock`` drives token expiry, leases and the sweep; ``reservation_lease`` is how long an
+    abandoned reservation blocks a use; ``provision_ttl`` is how long a provision may stay
+    unacknowledged. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        clock: Clock = utc_now,
+        reservation_lease: timedelta = DEFAULT_RESERVATION_LEASE,
+        provision_ttl: timedelta = DEFAULT_PROVISION_TTL,
+        synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.control = SqliteDatabase(self.data_dir / "control.sqlite", synchronous=synchronous)
+        self.control.executescript(CONTROL_SCHEMA)
+        self.audit_db = SqliteDatabase(self.data_dir / "audit.sqlite", synchronous=synchronous)
+        self.audit_db.executescript(AUDIT_SCHEMA.replace("{genesis}", GENESIS_HASH))
+        self.tokens = SqlTokenStore(self.control, clock=clock, reservation_lease=reservation_lease)
+        self.database = SqlProvisioner(
+            self.control,
+            SqliteTallyFactory(self.data_dir / "tallies"),
+            clock=clock,
+            provision_ttl=provision_ttl,
+        )
+        self.identity = RequirementsIdentityValidator()
+        self.audit = SqlAuditLog(self.audit_db)
+
+    def close(self) -> None:
+        """Close both connections."""
+        self.control.close()
+        self.audit_db.close()
+
+    def __enter__(self) -> SqliteBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
