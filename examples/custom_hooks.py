@@ -3,7 +3,8 @@
 * ``SignedTokens`` — stateless HMAC-signed tokens carrying role and expiry, with a set of spent
   token digests and the reservations of live sessions (so a one-time token is used once).
 * ``EmailDomainIdentity`` — accepts identities whose ``email`` is in an allowed domain.
-* ``JsonFileTallies`` — writes each draft tally to its own JSON file in a directory.
+* ``JsonFileTallies`` — writes each draft tally to its own JSON file in a directory, and marks
+  it committed once its session completed.
 * ``PrintingAudit`` — prints each audit event (events never hold the token, only its digest).
 
 Run: ``python examples/custom_hooks.py``.
@@ -133,6 +134,19 @@ class JsonFileTallies:
         path = self.directory / f"accepted-{result.tally.tally_id}.json"
         await trio.Path(path).write_text(result.model_dump_json(indent=2))
         return True
+
+    async def commit(self, result: Provision, *, session_id: str) -> None:
+        # The session completed: mark the file (provisioned or accepted here) permanent, so a
+        # clean-up of stale drafts would keep it. release is never called for it afterwards.
+        tally_id = result.tally.tally_id
+        for name in (f"{tally_id}.json", f"accepted-{tally_id}.json"):
+            path = trio.Path(self.directory / name)
+            if await path.exists():
+                data = json.loads(await path.read_text())
+                data["committed"] = True
+                await path.write_text(json.dumps(data, indent=2))
+                return
+        raise LookupError(f"no draft of tally {tally_id} here")
 
 
 class PrintingAudit:

@@ -17,9 +17,9 @@ import trio
 from pydantic import ValidationError
 
 from ._errors import LocalProtocolError, ProtocolError, RejectionCode, RemoteProtocolError
-from ._events import AuditEvent, Rejection, SessionOutcome, Side, StateChanged
+from ._events import AuditEvent, HookError, Rejection, SessionOutcome, Side, StateChanged
 from ._frames import Provision, Role, Tally
-from ._hooks import AuditHook, ProvisionRequest
+from ._hooks import AuditHook, DatabaseHook, ProvisionRequest
 from ._states import StateMachine, TransitionRecord, Trigger
 
 __all__ = [
@@ -27,7 +27,9 @@ __all__ = [
     "StepTimeout",
     "TrackedMachine",
     "bounded_cleanup",
+    "call_after_completion",
     "call_hook",
+    "commit_tally",
     "check_received_tally",
     "check_provision_matches",
     "expect_provision",
@@ -139,6 +141,12 @@ def expect_bool(value: Any) -> bool:
 def expect_none(value: Any) -> None:
     """Validator for hooks whose result is ignored but must be ``None``."""
     return None
+
+
+def expect_exactly_none(value: Any) -> None:
+    """Validator for hooks that must return ``None``: anything else is the hook's failure."""
+    if value is not None:
+        raise TypeError(f"expected None, got {type(value).__name__}")
 
 
 def expect_provision(value: Any) -> Provision:
@@ -317,3 +325,67 @@ class TrackedMachine(Generic[S]):
             tally_id=tally_id,
             duration_s=max(0.0, trio.current_time() - started),
         )
+
+
+async def call_after_completion(
+    tracked: TrackedMachine[Any],
+    hook: str,
+    fn: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float,
+    consequence: str,
+    validate: Callable[[Any], None] = expect_none,
+) -> bool:
+    """Call one hook once the session's last frame is through, when nothing may fail it any more.
+
+    A hook that raises, runs past ``timeout`` or returns what ``validate`` refuses cannot undo
+    the completed session: the failure is logged at ERROR and audited (never strictly) as a
+    :class:`HookError` whose detail ends with ``consequence``; nothing is raised. Returns whether
+    the call succeeded. ``trio.Cancelled`` passes through, so callers run it shielded.
+    """
+    try:
+        await call_hook(
+            hook, fn, timeout=timeout, failure_code=RejectionCode.INTERNAL_ERROR, validate=validate
+        )
+    except ProtocolError as exc:
+        cause = getattr(exc, "error", None)
+        logger.error("session %s completed but %s failed: %s", tracked.session_id, hook, exc.detail)
+        await tracked.audit(
+            HookError(
+                at=utc_now(),
+                side=tracked.side,
+                hook=hook,
+                detail=f"{exc.detail}; {consequence}",
+                error_type=type(cause).__name__ if cause is not None else None,
+                error_message=str(cause)[:500] if cause is not None else None,
+            ),
+            strict=False,
+        )
+        return False
+    return True
+
+
+async def commit_tally(
+    tracked: TrackedMachine[Any],
+    database: DatabaseHook,
+    provision: Provision | None,
+    *,
+    session_id: str,
+    timeout: float,
+) -> None:
+    """Tell ``database`` that the tally of a completed session is permanent (``commit``).
+
+    Called once, from a completed session's shielded finish, before its outcome is audited. A
+    failing commit only audits (see :func:`call_after_completion`): the provision is not
+    released, since the other side holds the tally too. ``None`` (nothing to commit): no call.
+    """
+    if provision is None:
+        return
+    await call_after_completion(
+        tracked,
+        "database.commit",
+        lambda: database.commit(provision, session_id=session_id),
+        timeout=timeout,
+        consequence="the tally is kept (not released)",
+        validate=expect_exactly_none,
+    )

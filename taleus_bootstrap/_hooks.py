@@ -4,6 +4,12 @@ Users implement them without inheriting from anything here; :class:`SessionHooks
 the inviter and :class:`InviteeHooks` for the invitee. Every hook is async. Results are validated
 (``TokenInfo`` and ``ProvisionResult`` are pydantic models; a hook returning anything else ends
 its session with ``internal_error`` / ``provision_failed``).
+
+On each side that holds a session's tally (provisioned or accepted there), the database hook is
+told ``commit`` when the session completes; a provision of a session that does not complete is
+given back through ``release``; never both for one tally. A hook called after completion
+(``token.mark_used`` in the stock flow, ``database.commit``) cannot fail the session any more:
+its failure is audited as a ``HookError`` and logged.
 """
 
 from __future__ import annotations
@@ -93,7 +99,12 @@ class IdentityHook(Protocol):
 
 @runtime_checkable
 class DatabaseHook(Protocol):
-    """Provisions, releases and accepts the shared tally database."""
+    """Provisions, accepts, then commits or releases the shared tally database.
+
+    A tally this side provisioned or accepted is committed once its session completes; one
+    whose session does not complete is released instead (never both). A backend may sweep
+    provisions left uncommitted after a TTL; a committed one must survive any such sweep.
+    """
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
         """Create the shared database with the draft tally described by ``request``."""
@@ -105,6 +116,17 @@ class DatabaseHook(Protocol):
 
     async def accept(self, result: ProvisionResult, *, session_id: str) -> bool:
         """Record a tally the *other* party provisioned; False refuses it (``provision_failed``)."""
+        ...
+
+    async def commit(self, result: ProvisionResult, *, session_id: str) -> None:
+        """The session completed: the tally in ``result`` (provisioned or accepted by this side) is
+        permanent. Called once per completed session on each side that holds the tally; ``release``
+        is never called for it afterwards. A sweep of unacknowledged provisions must not remove it.
+
+        ``session_id`` is the one this side's ``provision`` / ``accept`` call of the session used.
+        Bounded by ``provision_timeout``; raising, hanging or returning anything but ``None``
+        cannot undo the completed session: it is audited as a ``HookError`` and logged.
+        """
         ...
 
 

@@ -3,7 +3,8 @@
 :func:`initiate_bootstrap` refuses an expired link before dialing, tries each responder address in
 order (bounded attempts with backoff), checks who answered, provisions when the inviter is foil,
 and raises a typed :class:`~taleus_bootstrap.BootstrapError` carrying the rejection code when the
-bootstrap does not complete. A provision it made is released if the exchange fails afterwards.
+bootstrap does not complete. A provision it made is released if the exchange fails afterwards;
+once complete, the tally (provisioned or accepted here) is committed through the database hook.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._driver import (
     call_hook,
     check_provision_matches,
     check_received_tally,
+    commit_tally,
     expect_bool,
     expect_provision,
     run_step,
@@ -146,6 +148,7 @@ class _InviteeRun:
         self.remote_session_id: str | None = None
         self.own_provision: Provision | None = None
         self.result: BootstrapResult | None = None  # set once the exchange is complete
+        self.tally_provision: Provision | None = None  # set with result; committed once
 
     async def run(self) -> BootstrapResult:
         error: ProtocolError | None = None
@@ -185,10 +188,19 @@ class _InviteeRun:
         raise self._exception(error)
 
     async def _finish_completed(self) -> None:
-        """Audit the outcome and half-close, shielded and bounded."""
+        """Commit the tally, audit the outcome and half-close, shielded and bounded (also when
+        the session timeout or a cancellation arrived after the last frame)."""
         assert self.result is not None and self.channel is not None
         bound = self.config.cleanup_timeout
+        provision, self.tally_provision = self.tally_provision, None  # committed at most once
         with trio.CancelScope(shield=True):
+            await commit_tally(
+                self.tracked,
+                self.hooks.database,
+                provision,
+                session_id=self.result.session_id,  # A's, as for accept / provision / release
+                timeout=self.config.provision_timeout,
+            )
             await self.tracked.record_outcome(
                 code=None,
                 role=self.link.invitee_role,
@@ -294,7 +306,7 @@ class _InviteeRun:
             await run_step(
                 "send ack", cfg.step_timeout, lambda: channel.send(Ack(session_id=frame.session_id))
             )
-            self.result = self._result(frame, provision, "inviter", addr)
+            self._complete(frame, provision, "inviter", addr)
             await tracked.fire(Trigger.ACK_SENT, strict=False)
         else:
             await tracked.fire(Trigger.ACCEPTED_WITHOUT_PROVISION)
@@ -312,18 +324,23 @@ class _InviteeRun:
                 raise _Rejected(reply)
             if not isinstance(reply, Ack) or reply.session_id != frame.session_id:
                 raise RemoteProtocolError(RejectionCode.MALFORMED, "expected ack for this session")
-            self.own_provision = None  # acknowledged: it is the tally's now
-            self.result = self._result(frame, provision, "invitee", addr)
+            self._complete(frame, provision, "invitee", addr)
             await tracked.fire(Trigger.ACK_RECEIVED, strict=False)
 
-    def _result(
+    def _complete(
         self,
         accepted: Accepted,
         provision: Provision,
         provisioned_by: Literal["inviter", "invitee"],
         addr: str,
-    ) -> BootstrapResult:
-        return BootstrapResult(
+    ) -> None:
+        """The last frame is through: the session is complete whatever happens next. The tally
+        is no longer released on failure but committed by :meth:`_finish_completed`, which every
+        exit of :meth:`run` reaches once ``result`` is set. Synchronous, so no cancellation can
+        fall between the frame and this."""
+        self.own_provision = None  # acknowledged (foil inviter): it is the tally's now
+        self.tally_provision = provision
+        self.result = BootstrapResult(
             session_id=accepted.session_id,
             local_session_id=self.local_session_id,
             tally=provision.tally,

@@ -2,8 +2,9 @@
 
 :class:`BootstrapSession` owns its stream, its cancel scopes and its hook calls. Every exit path
 (success, rejection, timeout, hook failure, cancellation) resets or closes the stream, releases
-what the session holds (token reservation, an unacknowledged database) and records a terminal
-state. Cleanup runs shielded with its own bound, so cancellation cannot skip it.
+what the session holds (token reservation, an unacknowledged database) or, once complete, commits
+the tally through the database hook, and records a terminal state. Cleanup runs shielded with its
+own bound, so cancellation cannot skip it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from ._driver import (
     StepTimeout,
     TrackedMachine,
     bounded_cleanup,
+    call_after_completion,
     call_hook,
     check_provision_matches,
     check_received_tally,
+    commit_tally,
     expect_bool,
     expect_none,
     expect_provision,
@@ -33,7 +36,7 @@ from ._driver import (
     utc_now,
 )
 from ._errors import LocalProtocolError, ProtocolError, RejectionCode, RemoteProtocolError
-from ._events import ContactReceived, HookError, SessionStarted, token_digest
+from ._events import ContactReceived, SessionStarted, token_digest
 from ._frames import Accepted, Ack, Contact, Provisioned, Rejected, Role
 from ._hooks import ProvisionResult, SessionHooks, TokenInfo
 from ._states import INVITER_TRANSITIONS, InviterState, StateMachine, Trigger
@@ -89,6 +92,9 @@ class BootstrapSession:
         self._token: str | None = None  # set while a reservation may be held
         self._own_provision: ProvisionResult | None = None  # provisioned here, not yet acked
         self._accepted_provision: ProvisionResult | None = None  # accepted here, ack not sent
+        # The tally of the complete session (own provision acked, or acceptance acked): never
+        # released, committed once by _finish_completed.
+        self._tally_provision: ProvisionResult | None = None
 
     @property
     def state(self) -> InviterState:
@@ -268,7 +274,12 @@ class BootstrapSession:
 
         if stock:
             await self._await_ack()
-            await self._commit_after_ack()
+            # The ack was the last frame: the invitee holds the tally. Shielded (each hook call
+            # has its own bound) so that no session timeout or cancellation can fail the session
+            # between the ack and COMPLETED, which would leave the tally neither committed nor
+            # released and give the reservation back.
+            with trio.CancelScope(shield=True):
+                await self._commit_after_ack()
         else:
             await self._receive_provision(contact)
         # Complete: from here nothing may turn the session into a failure.
@@ -277,10 +288,19 @@ class BootstrapSession:
         )
 
     async def _finish_completed(self) -> None:
-        """Audit the outcome and half-close, shielded and bounded (also when a timeout or a
-        cancellation arrives after the last frame: the session is complete all the same)."""
+        """Commit the tally, audit the outcome and half-close, shielded and bounded (also when a
+        timeout or a cancellation arrives after the last frame: the session is complete all the
+        same, so its tally is committed all the same)."""
         bound = self.config.cleanup_timeout
+        provision, self._tally_provision = self._tally_provision, None  # committed at most once
         with trio.CancelScope(shield=True):
+            await commit_tally(
+                self._tracked,
+                self.hooks.database,
+                provision,
+                session_id=self.session_id,
+                timeout=self.config.provision_timeout,
+            )
             await self._tracked.record_outcome(
                 code=None,
                 role=self.role,
@@ -340,7 +360,8 @@ class BootstrapSession:
         # is burnt. (If the ack write then fails, the token stays spent: see docs/protocol.md.)
         await self._commit_token()
         await self._send("send ack", Ack(session_id=self.session_id))
-        self._accepted_provision = None
+        # Sent: the session is complete (no checkpoint until the COMPLETED transition).
+        self._tally_provision, self._accepted_provision = self._accepted_provision, None
 
     async def _commit_token(self) -> None:
         token = self._token
@@ -357,27 +378,19 @@ class BootstrapSession:
     async def _commit_after_ack(self) -> None:
         """Stock: the invitee acknowledged, so the tally exists on both sides. A failing commit
         cannot undo that: it is audited and logged, and the reservation is left held (not
-        released), so the token cannot be redeemed again through this store."""
-        self._own_provision = None  # acknowledged: it belongs to the tally now
-        try:
-            await self._commit_token()
-        except ProtocolError as exc:
-            self._token = None
-            cause = getattr(exc, "error", None)
-            logger.error(
-                "session %s completed but token.mark_used failed: %s", self.session_id, exc.detail
-            )
-            await self._tracked.audit(
-                HookError(
-                    at=utc_now(),
-                    side="inviter",
-                    hook="token.mark_used",
-                    detail=f"{exc.detail}; the reservation is left held",
-                    error_type=type(cause).__name__ if cause is not None else None,
-                    error_message=str(cause)[:500] if cause is not None else None,
-                ),
-                strict=False,
-            )
+        released), so the token cannot be redeemed again through this store. The database is
+        committed later, by :meth:`_finish_completed`."""
+        # Acknowledged: the provision belongs to the tally now.
+        self._tally_provision, self._own_provision = self._own_provision, None
+        token, self._token = self._token, None  # committed, or left held if that fails
+        assert token is not None
+        await call_after_completion(
+            self._tracked,
+            "token.mark_used",
+            lambda: self.hooks.token.mark_used(token, session_id=self.session_id),
+            timeout=self.config.step_timeout,
+            consequence="the reservation is left held",
+        )
 
     # -- failure --------------------------------------------------------------------------
 

@@ -130,16 +130,20 @@ async def test_identity_validator(identity: dict, requirements: dict, ok: bool) 
     assert await validator.validate(identity, requirements, peer_id=PEER, session_id="s") is ok
 
 
-async def test_provisioner_records_releases_and_accepts() -> None:
-    provisioner = MemoryProvisioner()
-    request = ProvisionRequest(
+def provision_request(tally_id: str) -> ProvisionRequest:
+    return ProvisionRequest(
         session_id="s" * 16,
-        tally_id="tly_1",
+        tally_id=tally_id,
         provisioner_role="stock",
         stock_party_id=PEER,
         foil_party_id=OTHER,
         created_at=datetime.now(UTC),
     )
+
+
+async def test_provisioner_records_releases_and_accepts() -> None:
+    provisioner = MemoryProvisioner()
+    request = provision_request("tly_1")
     result = await provisioner.provision(request)
     assert result.tally.tally_id == "tly_1" and result.database.endpoint.endswith("tly_1")
     assert "tly_1" in provisioner.tallies
@@ -147,6 +151,23 @@ async def test_provisioner_records_releases_and_accepts() -> None:
     assert provisioner.tallies == {} and provisioner.released == ["tly_1"]
     assert await provisioner.accept(result, session_id="x" * 16) is True
     assert provisioner.accepted["tly_1"] == result
+
+
+async def test_provisioner_commit_is_permanent() -> None:
+    provisioner = MemoryProvisioner()
+    request = provision_request("tly_1")
+    result = await provisioner.provision(request)
+    theirs = result.model_copy(update={"tally": result.tally.model_copy(update={"tally_id": "t2"})})
+    with pytest.raises(LookupError):  # neither provisioned nor accepted here
+        await provisioner.commit(theirs, session_id="x" * 16)
+    assert await provisioner.accept(theirs, session_id="x" * 16) is True
+    for committed, sid in ((result, request.session_id), (theirs, "x" * 16)):
+        await provisioner.commit(committed, session_id=sid)
+        await provisioner.commit(committed, session_id=sid)  # again: a no-op
+        await provisioner.release(committed, session_id=sid)  # a committed tally stays
+    assert provisioner.committed == {"tly_1": result, "t2": theirs}
+    assert list(provisioner.tallies) == ["tly_1"] and list(provisioner.accepted) == ["t2"]
+    assert provisioner.released == []
 
 
 async def test_audit_sink_keeps_order_per_session() -> None:

@@ -6,6 +6,7 @@ so every rejection path, timeout and hook failure is exercised in virtual time.
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from taleus_bootstrap import (
 from taleus_bootstrap.testing import MemoryByteStream, memory_stream_pair, read_frame, write_frame
 
 from .conftest import INVITEE_PEER, INVITER_PEER, Backend
+from .hook_spies import COMMIT_FAILURES, DatabaseSpy
 
 
 class Running:
@@ -93,6 +95,25 @@ async def send_invitee_provision(running: Running, session_id: str, tally_id: st
         )
     )
     await write_frame(running.client, Provisioned(session_id=session_id, provision=provision))
+
+
+async def complete_session(
+    nursery: trio.Nursery, manager: Any, backend: Backend, role: str, delay: float = 0
+) -> tuple[SessionRecord, str]:
+    """Play a well-behaved invitee through a session of ``role``, waiting ``delay`` seconds
+    before its last frame; return the inviter's record and the tally id."""
+    running, accepted = await start_accepted(nursery, manager, backend.tokens.mint(role))  # type: ignore[arg-type]
+    await trio.sleep(delay)
+    if role == "stock":
+        assert accepted.provision is not None
+        tally_id = accepted.provision.tally.tally_id
+        await write_frame(running.client, Ack(session_id=accepted.session_id))
+    else:
+        tally_id = "tly_foil_" + accepted.session_id[:8]
+        await send_invitee_provision(running, accepted.session_id, tally_id)
+        assert await read_frame(running.client) == Ack(session_id=accepted.session_id)
+    assert await read_frame(running.client) is None  # closed after the last frame, no rejection
+    return await finish(running), tally_id
 
 
 def kinds(backend: Backend, session_id: str) -> list[str]:
@@ -520,8 +541,13 @@ async def test_foil_commit_failure_fails_before_the_ack_and_voids_the_acceptance
     assert inviter_backend.tokens.reservations_held == 0
 
 
+@pytest.mark.parametrize("role", ["stock", "foil"])
 async def test_session_timeout_after_the_last_frame_keeps_the_session_complete(
-    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    role: str,
 ) -> None:
     class SlowOnCompletion:
         """Audit hook whose write of the COMPLETED transition is slow."""
@@ -531,19 +557,153 @@ async def test_session_timeout_after_the_last_frame_keeps_the_session_complete(
                 await trio.sleep(4)
             await inviter_backend.audit.log_session(session_id, event)
 
+    spy = DatabaseSpy(inviter_backend.provisioner)
     config = ManagerConfig(step_timeout=5, provision_timeout=5, session_timeout=6)
-    manager = await memory_manager(config, audit=SlowOnCompletion())
-    token = inviter_backend.tokens.mint("stock")
-    running, accepted = await start_accepted(nursery, manager, token)
-    await trio.sleep(3)
-    await write_frame(running.client, Ack(session_id=accepted.session_id))
-    assert await read_frame(running.client) is None  # closed, no rejection
-    record = await finish(running)
+    manager = await memory_manager(config, audit=SlowOnCompletion(), database=spy)
+    t0 = trio.current_time()
+    record, tally_id = await complete_session(nursery, manager, inviter_backend, role, delay=3)
+    # Cut off by the session timeout (at 6 s) in the middle of the COMPLETED audit (till 7 s).
+    assert trio.current_time() - t0 == pytest.approx(6.0)
     assert (record.final_state, record.code) == ("COMPLETED", None)
     events = inviter_backend.audit.for_session(record.session_id)
     assert [e.kind for e in events if e.kind in ("rejection", "session_outcome")] == [
         "session_outcome"
     ]
-    assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
+    assert [r.used for r in inviter_backend.tokens.records()] == [1]
+    # The tally is kept and committed all the same: once, never released.
+    assert spy.of("commit") == [(tally_id, record.session_id)]
+    assert "release" not in spy.methods()
+    provisioner = inviter_backend.provisioner
+    assert tally_id in (provisioner.tallies if role == "stock" else provisioner.accepted)
+    assert list(provisioner.committed) == [tally_id]
+
+
+# -- committing the tally (database.commit) -------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["stock", "foil"])
+async def test_a_completed_session_commits_its_tally_once(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    role: str,
+) -> None:
+    spy = DatabaseSpy(inviter_backend.provisioner)
+    manager = await memory_manager(database=spy)
+    record, tally_id = await complete_session(nursery, manager, inviter_backend, role)
+    assert (record.final_state, record.tally_id) == ("COMPLETED", tally_id)
+    first = "provision" if role == "stock" else "accept"
+    sid = record.session_id
+    assert spy.calls == [(first, tally_id, sid), ("commit", tally_id, sid)]
+    provisioner = inviter_backend.provisioner
+    assert list(provisioner.committed) == [tally_id] and provisioner.released == []
+    assert tally_id in (provisioner.tallies if role == "stock" else provisioner.accepted)
+    assert "hook_error" not in kinds(inviter_backend, sid)
+    assert inviter_backend.tokens.reservations_held == 0
+
+
+@pytest.mark.parametrize("mode", COMMIT_FAILURES)
+@pytest.mark.parametrize("role", ["stock", "foil"])
+async def test_a_failing_commit_cannot_undo_the_completed_session(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    caplog: pytest.LogCaptureFixture,
+    role: str,
+    mode: str,
+) -> None:
+    spy = DatabaseSpy(inviter_backend.provisioner, commit_mode=mode)
+    manager = await memory_manager(ManagerConfig(provision_timeout=7), database=spy)
+    t0 = trio.current_time()
+    record, tally_id = await complete_session(nursery, manager, inviter_backend, role)
+    assert (record.final_state, record.code, record.tally_id) == ("COMPLETED", None, tally_id)
+    if mode == "hang":  # bounded by provision_timeout
+        assert 7 <= trio.current_time() - t0 < 8
+    first = "provision" if role == "stock" else "accept"
+    assert spy.methods() == [first, "commit"]  # committed once, never released
+    events = inviter_backend.audit.for_session(record.session_id)
+    assert [e.kind for e in events][-2:] == ["hook_error", "session_outcome"]
+    error, outcome = events[-2:]
+    assert error.hook == "database.commit" and "not released" in error.detail
+    expected_type = {"raise": "RuntimeError", "hang": None, "garbage": "TypeError"}[mode]
+    assert error.error_type == expected_type
+    assert (outcome.final_state, outcome.code, outcome.tally_id) == ("COMPLETED", None, tally_id)
+    provisioner = inviter_backend.provisioner
+    assert provisioner.released == []
+    assert tally_id in (provisioner.tallies if role == "stock" else provisioner.accepted)
+    assert (tally_id in provisioner.committed) is (mode == "garbage")  # garbage after committing
+    assert inviter_backend.tokens.reservations_held == 0
+    assert [
+        r for r in caplog.records if r.levelno == logging.ERROR and "database.commit" in r.message
+    ]
+
+
+async def test_session_timeout_during_the_post_ack_token_commit_keeps_the_session_complete(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    class SlowMarkUsed:
+        """Token hook whose ``mark_used`` takes 4 s (within its step timeout)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inviter_backend.tokens, name)
+
+        async def mark_used(self, token: str, *, session_id: str) -> None:
+            await trio.sleep(4)
+            await inviter_backend.tokens.mark_used(token, session_id=session_id)
+
+    spy = DatabaseSpy(inviter_backend.provisioner)
+    config = ManagerConfig(step_timeout=5, provision_timeout=5, session_timeout=6)
+    manager = await memory_manager(config, token=SlowMarkUsed(), database=spy)
+    token = inviter_backend.tokens.mint("stock")
+    t0 = trio.current_time()
+    running, accepted = await start_accepted(nursery, manager, token)
     assert accepted.provision is not None
-    assert accepted.provision.tally.tally_id in inviter_backend.provisioner.tallies
+    await trio.sleep(3)
+    await write_frame(running.client, Ack(session_id=accepted.session_id))
+    assert await read_frame(running.client) is None  # no rejection after the ack
+    record = await finish(running)
+    assert trio.current_time() - t0 > 6  # mark_used ran past the session timeout
+    assert (record.final_state, record.code) == ("COMPLETED", None)
+    assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
+    assert inviter_backend.tokens.reservations_held == 0
+    assert spy.methods() == ["provision", "commit"]
+    assert list(inviter_backend.provisioner.committed) == [accepted.provision.tally.tally_id]
+
+
+@pytest.mark.parametrize(
+    "scenario", ["stock-no-ack", "stock-rejected", "foil-no-provision", "foil-token-commit-fails"]
+)
+async def test_a_failed_session_never_commits(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    scenario: str,
+) -> None:
+    spy = DatabaseSpy(inviter_backend.provisioner)
+    overrides: dict[str, Any] = {"database": spy}
+    if scenario == "foil-token-commit-fails":
+        overrides["token"] = Misbehaving(inviter_backend.tokens, "mark_used", "raise")
+    manager = await memory_manager(ManagerConfig(step_timeout=1), **overrides)
+    role = scenario.split("-")[0]
+    token = inviter_backend.tokens.mint(role)  # type: ignore[arg-type]
+    running, accepted = await start_accepted(nursery, manager, token)
+    if scenario == "stock-rejected":
+        await write_frame(
+            running.client, Rejected(code=RejectionCode.ROLE_MISMATCH, retry_after_s=None)
+        )
+    elif scenario == "foil-token-commit-fails":
+        await send_invitee_provision(running, accepted.session_id, "tly_never_committed")
+    record = await finish(running)
+    assert record.final_state in ("FAILED", "TIMEOUT")
+    expected = {
+        "stock-no-ack": ["provision", "release"],
+        "stock-rejected": ["provision", "release"],
+        "foil-no-provision": [],
+        "foil-token-commit-fails": ["accept", "release"],
+    }[scenario]
+    assert spy.methods() == expected
+    assert inviter_backend.provisioner.committed == {}
+    assert "hook_error" not in kinds(inviter_backend, record.session_id)
