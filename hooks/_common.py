@@ -17,15 +17,17 @@ from typing import Any, Protocol, TypeVar
 import trio
 from pydantic import JsonValue
 
-from taleus_bootstrap import Role
+from taleus_bootstrap import InviteeHooks, ProvisionRequest, Role, SessionHooks, Tally
 
 __all__ = [
     "Clock",
     "Cursor",
+    "HookBundle",
     "RequirementsIdentityValidator",
     "SqlDatabase",
     "TokenRecord",
     "canonical_json",
+    "draft_tally",
     "utc_now",
 ]
 
@@ -70,6 +72,43 @@ class TokenRecord:
         if self.max_in_flight is not None and held >= self.max_in_flight:
             return False
         return self.max_uses is None or self.used + held < self.max_uses
+
+
+def draft_tally(request: ProvisionRequest) -> Tally:
+    """The draft tally a provision request describes."""
+    return Tally(
+        tally_id=request.tally_id,
+        provisioner_role=request.provisioner_role,
+        stock_party_id=request.stock_party_id,
+        foil_party_id=request.foil_party_id,
+        created_at=request.created_at,
+    )
+
+
+class HookBundle:
+    """Bundles a backend's ``tokens`` / ``database`` / ``identity`` / ``audit`` into hooks."""
+
+    tokens: Any
+    database: Any
+    identity: Any
+    audit: Any
+
+    def hooks(self, **overrides: Any) -> SessionHooks:
+        """Inviter hooks, with any of token/database/identity/audit replaced."""
+        parts: dict[str, Any] = {
+            "token": self.tokens,
+            "database": self.database,
+            "identity": self.identity,
+            "audit": self.audit,
+        }
+        parts.update(overrides)
+        return SessionHooks(**parts)
+
+    def invitee_hooks(self, **overrides: Any) -> InviteeHooks:
+        """Invitee hooks (database and audit), with either replaced."""
+        parts: dict[str, Any] = {"database": self.database, "audit": self.audit}
+        parts.update(overrides)
+        return InviteeHooks(**parts)
 
 
 def check_mint_arguments(uses: int | None, max_in_flight: int | None) -> None:

@@ -7,9 +7,7 @@ from typing import Any
 
 import trio
 
-from taleus_bootstrap import InviteeHooks, SessionHooks
-
-from ._common import RequirementsIdentityValidator
+from ._common import HookBundle, RequirementsIdentityValidator
 from ._sqlaudit import SqlAuditLog
 from ._sqlprovision import SqlProvisioner
 from ._sqltokens import SqlTokenStore
@@ -25,7 +23,7 @@ class MaintenanceReport:
     tallies_swept: tuple[str, ...]
 
 
-class SqlBackend:
+class SqlBackend(HookBundle):
     """The four hooks of one node on one SQL store, plus the sweep that keeps it clean.
 
     ``tokens`` (token hook and administration), ``database`` (database hook), ``identity``
@@ -43,23 +41,6 @@ class SqlBackend:
     def provisioner(self) -> SqlProvisioner:
         """Alias of :attr:`database`."""
         return self.database
-
-    def hooks(self, **overrides: Any) -> SessionHooks:
-        """Inviter hooks, with any of token/database/identity/audit replaced."""
-        parts: dict[str, Any] = {
-            "token": self.tokens,
-            "database": self.database,
-            "identity": self.identity,
-            "audit": self.audit,
-        }
-        parts.update(overrides)
-        return SessionHooks(**parts)
-
-    def invitee_hooks(self, **overrides: Any) -> InviteeHooks:
-        """Invitee hooks (database and audit)."""
-        parts: dict[str, Any] = {"database": self.database, "audit": self.audit}
-        parts.update(overrides)
-        return InviteeHooks(**parts)
 
     async def sweep(self) -> MaintenanceReport:
         """Reclaim reservations whose lease ran out and remove provisions left unacknowledged

@@ -9,9 +9,9 @@ on restart.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import trio
 from pydantic import JsonValue
@@ -28,8 +28,19 @@ from taleus_bootstrap import (
     token_digest,
 )
 
+from ._common import (
+    Clock,
+    HookBundle,
+    RequirementsIdentityValidator,
+    TokenRecord,
+    check_mint_arguments,
+    draft_tally,
+    utc_now,
+)
+
 __all__ = [
     "MemoryAuditSink",
+    "MemoryBackend",
     "MemoryIdentityValidator",
     "MemoryProvisioner",
     "MemoryTokenStore",
@@ -37,34 +48,10 @@ __all__ = [
 ]
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class TokenRecord:
-    """What the store keeps of one token (never the token itself)."""
-
-    digest: str
-    inviter_role: Role
-    expires_at: datetime | None
-    max_uses: int | None  # None: unlimited
-    identity_requirements: dict[str, JsonValue] | None
-    used: int = 0
-    revoked: bool = False
-    reservations: set[str] = field(default_factory=set)
-
-    def available(self, now: datetime) -> bool:
-        """Whether one more use could be reserved at ``now``."""
-        if self.revoked or (self.expires_at is not None and now >= self.expires_at):
-            return False
-        return self.max_uses is None or self.used + len(self.reservations) < self.max_uses
-
-
 class MemoryTokenStore:
     """Token hook: one-time, N-use and unlimited tokens with expiry and revocation."""
 
-    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, *, clock: Clock = utc_now) -> None:
         self._clock = clock
         self._tokens: dict[str, TokenRecord] = {}
 
@@ -75,11 +62,13 @@ class MemoryTokenStore:
         uses: int | None = 1,
         ttl: timedelta | None = timedelta(hours=1),
         identity_requirements: Mapping[str, JsonValue] | None = None,
+        max_in_flight: int | None = None,
+        label: str | None = None,
         token: str | None = None,
     ) -> str:
-        """Create a token and return it (the only time it is seen). ``uses=None``: unlimited."""
-        if uses is not None and uses < 1:
-            raise ValueError("uses must be at least 1 (or None for unlimited)")
+        """Create a token and return it (the only time it is seen). ``uses=None``: unlimited;
+        ``max_in_flight`` caps the sessions holding a reservation of it at once."""
+        check_mint_arguments(uses, max_in_flight)
         token = token or secrets.token_urlsafe(24)
         digest = token_digest(token)
         if digest in self._tokens:
@@ -90,6 +79,9 @@ class MemoryTokenStore:
             expires_at=self._clock() + ttl if ttl is not None else None,
             max_uses=uses,
             identity_requirements=dict(identity_requirements) if identity_requirements else None,
+            max_in_flight=max_in_flight,
+            label=label,
+            created_at=self._clock(),
         )
         return token
 
@@ -144,33 +136,12 @@ class MemoryTokenStore:
             record.reservations.discard(session_id)
 
 
-class MemoryIdentityValidator:
+class MemoryIdentityValidator(RequirementsIdentityValidator):
     """Identity hook: each requirement key must be in the identity.
 
     A requirement value of ``true`` asks only for a non-empty value; any other value must be
-    matched exactly.
+    matched exactly. (The same policy as every reference backend.)
     """
-
-    async def validate(
-        self,
-        identity: Mapping[str, JsonValue],
-        requirements: Mapping[str, JsonValue],
-        *,
-        peer_id: str,
-        session_id: str,
-    ) -> bool:
-        """True when ``identity`` meets every requirement."""
-        await trio.lowlevel.checkpoint()
-        for key, expected in requirements.items():
-            if key not in identity:
-                return False
-            value = identity[key]
-            if expected is True:
-                if value in (None, "", [], {}):
-                    return False
-            elif value != expected:
-                return False
-        return True
 
 
 class MemoryProvisioner:
@@ -192,13 +163,7 @@ class MemoryProvisioner:
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
         """Record a draft tally and return where it lives."""
         await trio.lowlevel.checkpoint()
-        tally = Tally(
-            tally_id=request.tally_id,
-            provisioner_role=request.provisioner_role,
-            stock_party_id=request.stock_party_id,
-            foil_party_id=request.foil_party_id,
-            created_at=request.created_at,
-        )
+        tally = draft_tally(request)
         self.tallies[tally.tally_id] = tally
         return Provision(
             tally=tally,
@@ -255,3 +220,22 @@ class MemoryAuditSink:
     def session_ids(self) -> list[str]:
         """Every session id seen, in order of first appearance."""
         return list(dict.fromkeys(sid for sid, _ in self.events))
+
+
+@dataclass
+class MemoryBackend(HookBundle):
+    """One party's memory hooks, bundled like the SQL backends (``hooks()``,
+    ``invitee_hooks()``)."""
+
+    tokens: MemoryTokenStore = field(default_factory=MemoryTokenStore)
+    provisioner: MemoryProvisioner = field(default_factory=MemoryProvisioner)
+    identity: MemoryIdentityValidator = field(default_factory=MemoryIdentityValidator)
+    audit: MemoryAuditSink = field(default_factory=MemoryAuditSink)
+
+    @property
+    def database(self) -> MemoryProvisioner:
+        """Alias of :attr:`provisioner`."""
+        return self.provisioner
+
+    def close(self) -> None:
+        """Nothing to close (for symmetry with the SQL backends)."""

@@ -37,6 +37,7 @@ from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
 from ._sqlbackend import MaintenanceReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
+from ._sqlschema import audit_tables, control_tables
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
 
 __all__ = [
@@ -55,66 +56,12 @@ __all__ = [
 T = TypeVar("T")
 _SETUP_LOCK: Final = 0x7A1E05  # advisory lock serializing schema set-up across processes
 
-SCHEMA_DDL: Final = """
-CREATE TABLE IF NOT EXISTS tokens (
-    digest TEXT PRIMARY KEY,
-    inviter_role TEXT NOT NULL CHECK (inviter_role IN ('stock', 'foil')),
-    created_at DOUBLE PRECISION NOT NULL,
-    expires_at DOUBLE PRECISION,
-    max_uses INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
-    max_in_flight INTEGER CHECK (max_in_flight IS NULL OR max_in_flight >= 1),
-    identity_requirements TEXT,
-    label TEXT,
-    used INTEGER NOT NULL DEFAULT 0,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    token_digest TEXT NOT NULL REFERENCES tokens (digest),
-    session_id TEXT NOT NULL,
-    peer_id TEXT NOT NULL,
-    reserved_at DOUBLE PRECISION NOT NULL,
-    lease_expires_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (token_digest, session_id)
-);
-CREATE INDEX IF NOT EXISTS reservations_session ON reservations (session_id);
-CREATE TABLE IF NOT EXISTS redemptions (
-    token_digest TEXT NOT NULL REFERENCES tokens (digest),
-    session_id TEXT NOT NULL,
-    peer_id TEXT NOT NULL,
-    redeemed_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (token_digest, session_id)
-);
-CREATE TABLE IF NOT EXISTS provisions (
-    tally_id TEXT NOT NULL,
-    origin TEXT NOT NULL CHECK (origin IN ('local', 'remote')),
-    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'released', 'swept')),
-    session_id TEXT NOT NULL,
-    provision TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (tally_id, origin)
-);
-CREATE INDEX IF NOT EXISTS provisions_state ON provisions (state, created_at);
+POSTGRES_DDL: Final = """
 CREATE TABLE IF NOT EXISTS tally_credentials (
     role_name TEXT PRIMARY KEY,
     password TEXT NOT NULL
 );
 REVOKE ALL ON tally_credentials FROM PUBLIC;
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq BIGINT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    event TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_log_session ON audit_log (session_id, seq);
-CREATE TABLE IF NOT EXISTS audit_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq BIGINT NOT NULL,
-    hash TEXT NOT NULL
-);
-INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
 CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS
 $fn$ BEGIN RAISE EXCEPTION '% on % refused: the audit log is append-only', TG_OP, TG_TABLE_NAME;
 END $fn$;
@@ -337,7 +284,12 @@ class PostgresBackend(SqlBackend):
             conn.execute(
                 sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.db.schema))
             )
-            conn.execute(SCHEMA_DDL.replace("{genesis}", GENESIS_HASH).encode())
+            ddl = (
+                control_tables("DOUBLE PRECISION")
+                + audit_tables("DOUBLE PRECISION", "BIGINT", GENESIS_HASH)
+                + POSTGRES_DDL
+            )
+            conn.execute(ddl.encode())
 
     def read_credentials(self, credentials_ref: str) -> str | None:
         """The password a ``credentials_ref`` of this backend names (None if unknown)."""

@@ -31,6 +31,7 @@ from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
 from ._sqlbackend import MaintenanceReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
+from ._sqlschema import audit_tables, control_tables
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
 
 __all__ = [
@@ -50,64 +51,8 @@ T = TypeVar("T")
 CREDENTIALS_REF: Final = "sqlite:file-permissions"
 """A SQLite tally has no password: access is the file's permissions (0600)."""
 
-CONTROL_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS tokens (
-    digest TEXT PRIMARY KEY,
-    inviter_role TEXT NOT NULL CHECK (inviter_role IN ('stock', 'foil')),
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    max_uses INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
-    max_in_flight INTEGER CHECK (max_in_flight IS NULL OR max_in_flight >= 1),
-    identity_requirements TEXT,
-    label TEXT,
-    used INTEGER NOT NULL DEFAULT 0,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    token_digest TEXT NOT NULL REFERENCES tokens (digest),
-    session_id TEXT NOT NULL,
-    peer_id TEXT NOT NULL,
-    reserved_at REAL NOT NULL,
-    lease_expires_at REAL NOT NULL,
-    PRIMARY KEY (token_digest, session_id)
-);
-CREATE INDEX IF NOT EXISTS reservations_session ON reservations (session_id);
-CREATE TABLE IF NOT EXISTS redemptions (
-    token_digest TEXT NOT NULL REFERENCES tokens (digest),
-    session_id TEXT NOT NULL,
-    peer_id TEXT NOT NULL,
-    redeemed_at REAL NOT NULL,
-    PRIMARY KEY (token_digest, session_id)
-);
-CREATE TABLE IF NOT EXISTS provisions (
-    tally_id TEXT NOT NULL,
-    origin TEXT NOT NULL CHECK (origin IN ('local', 'remote')),
-    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'released', 'swept')),
-    session_id TEXT NOT NULL,
-    provision TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (tally_id, origin)
-);
-CREATE INDEX IF NOT EXISTS provisions_state ON provisions (state, created_at);
-"""
 
-AUDIT_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq INTEGER PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    event TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_log_session ON audit_log (session_id, seq);
-CREATE TABLE IF NOT EXISTS audit_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
-    hash TEXT NOT NULL
-);
-INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
+AUDIT_TRIGGERS: Final = """
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
@@ -259,9 +204,11 @@ class SqliteBackend(SqlBackend):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.control = SqliteDatabase(self.data_dir / "control.sqlite", synchronous=synchronous)
-        self.control.executescript(CONTROL_SCHEMA)
+        self.control.executescript(control_tables("REAL"))
         self.audit_db = SqliteDatabase(self.data_dir / "audit.sqlite", synchronous=synchronous)
-        self.audit_db.executescript(AUDIT_SCHEMA.replace("{genesis}", GENESIS_HASH))
+        self.audit_db.executescript(
+            audit_tables("REAL", "INTEGER", GENESIS_HASH) + AUDIT_TRIGGERS
+        )
         self.tokens = SqlTokenStore(self.control, clock=clock, reservation_lease=reservation_lease)
         self.database = SqlProvisioner(
             self.control,

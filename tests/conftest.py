@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,12 @@ import pytest
 import trio
 from taleus_hooks.memory import (
     MemoryAuditSink,
-    MemoryIdentityValidator,
-    MemoryProvisioner,
-    MemoryTokenStore,
+    MemoryBackend,
 )
 from taleus_hooks.sqlite import SqlAuditLog
 
 from taleus_bootstrap import (
-    InviteeHooks,
     ManagerConfig,
-    SessionHooks,
     SessionManager,
     new_bootstrap_host,
     running_host,
@@ -33,31 +28,8 @@ INVITER_PEER = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
 INVITEE_PEER = "12D3KooWDUuAp3AUT2pT3UiMHbgqsdtSsvD7Et8Hoc6Rzp3yoc56"
 
 
-@dataclass
-class Backend:
-    """One party's reference hooks."""
-
-    tokens: MemoryTokenStore = field(default_factory=MemoryTokenStore)
-    provisioner: MemoryProvisioner = field(default_factory=MemoryProvisioner)
-    identity: MemoryIdentityValidator = field(default_factory=MemoryIdentityValidator)
-    audit: MemoryAuditSink = field(default_factory=MemoryAuditSink)
-
-    def hooks(self, **overrides: Any) -> SessionHooks:
-        """Inviter hooks, with any of token/database/identity/audit replaced."""
-        parts: dict[str, Any] = {
-            "token": self.tokens,
-            "database": self.provisioner,
-            "identity": self.identity,
-            "audit": self.audit,
-        }
-        parts.update(overrides)
-        return SessionHooks(**parts)
-
-    def invitee_hooks(self, **overrides: Any) -> InviteeHooks:
-        """Invitee hooks."""
-        parts: dict[str, Any] = {"database": self.provisioner, "audit": self.audit}
-        parts.update(overrides)
-        return InviteeHooks(**parts)
+Backend = MemoryBackend
+"""One party's reference memory hooks (``tokens``, ``provisioner``, ``identity``, ``audit``)."""
 
 
 BACKEND_KINDS = ("memory", "sqlite", "postgres")

@@ -178,3 +178,15 @@ async def test_audit_sink_keeps_order_per_session() -> None:
         await sink.log_session(session, event)
     assert [e.peer_id for e in sink.for_session("a")] == ["1", "3", "5", "7", "9"]
     assert sink.session_ids() == ["b", "a"]
+
+
+async def test_memory_store_caps_sessions_in_flight_per_token() -> None:
+    store = MemoryTokenStore()
+    token = store.mint("stock", uses=None, max_in_flight=1, label="counter QR")
+    assert await store.validate(token, session_id="s" * 16, peer_id="p")
+    assert await store.validate(token, session_id="t" * 16, peer_id="p") is None
+    await store.release(token, session_id="s" * 16)
+    assert await store.validate(token, session_id="t" * 16, peer_id="p")
+    assert store.get(token).label == "counter QR"  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        store.mint("stock", max_in_flight=0)

@@ -1,0 +1,81 @@
+"""The tables both SQL backends create (column types filled in per database).
+
+Times are seconds since the epoch (``{real}``); ``seq`` is ``{seq}``. Each backend adds its own
+triggers that make ``audit_log`` append-only and ``audit_head`` forward-only.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["audit_tables", "control_tables"]
+
+_CONTROL: Final = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY,
+    inviter_role TEXT NOT NULL CHECK (inviter_role IN ('stock', 'foil')),
+    created_at {real} NOT NULL,
+    expires_at {real},
+    max_uses INTEGER CHECK (max_uses IS NULL OR max_uses >= 1),
+    max_in_flight INTEGER CHECK (max_in_flight IS NULL OR max_in_flight >= 1),
+    identity_requirements TEXT,
+    label TEXT,
+    used INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    token_digest TEXT NOT NULL REFERENCES tokens (digest),
+    session_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    reserved_at {real} NOT NULL,
+    lease_expires_at {real} NOT NULL,
+    PRIMARY KEY (token_digest, session_id)
+);
+CREATE INDEX IF NOT EXISTS reservations_session ON reservations (session_id);
+CREATE TABLE IF NOT EXISTS redemptions (
+    token_digest TEXT NOT NULL REFERENCES tokens (digest),
+    session_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    redeemed_at {real} NOT NULL,
+    PRIMARY KEY (token_digest, session_id)
+);
+CREATE TABLE IF NOT EXISTS provisions (
+    tally_id TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('local', 'remote')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'released', 'swept')),
+    session_id TEXT NOT NULL,
+    provision TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    PRIMARY KEY (tally_id, origin)
+);
+CREATE INDEX IF NOT EXISTS provisions_state ON provisions (state, created_at);
+"""
+
+_AUDIT: Final = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq {seq} PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_session ON audit_log (session_id, seq);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq {seq} NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
+"""
+
+
+def control_tables(real: str) -> str:
+    """DDL of tokens, reservations, redemptions and provisions (idempotent)."""
+    return _CONTROL.replace("{real}", real)
+
+
+def audit_tables(real: str, seq: str, genesis: str) -> str:
+    """DDL of audit_log and audit_head, with the genesis head row (idempotent)."""
+    return _AUDIT.replace("{real}", real).replace("{seq}", seq).replace("{genesis}", genesis)
