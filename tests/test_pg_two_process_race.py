@@ -52,6 +52,15 @@ def stop_node(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+async def wait_for_outcomes(backend: Any, count: int) -> None:
+    def outcomes() -> int:
+        return sum(1 for _, e in backend.audit.events if e.kind == "session_outcome")
+
+    with trio.fail_after(60):
+        while await trio.to_thread.run_sync(outcomes) < count:
+            await trio.sleep(0.05)
+
+
 async def test_two_processes_racing_on_one_token_make_exactly_one_tally(
     backend_factory: Any, tmp_path: Path
 ) -> None:
@@ -82,18 +91,22 @@ async def test_two_processes_racing_on_one_token_make_exactly_one_tally(
         invitee = backend_factory("memory")
         async with running_host(new_bootstrap_host()) as b1, running_host(
             new_bootstrap_host()
-        ) as b2, trio.open_nursery() as nursery:
-            for _ in range(4):
-                for host in (b1, b2):
-                    for link in links:
-                        nursery.start_soon(attempt, host, link)
+        ) as b2:
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    for host in (b1, b2):
+                        for link in links:
+                            nursery.start_soon(attempt, host, link)
+            # Both nodes write to the shared audit log: wait for all 16 outcomes before the
+            # invitee hosts go away (closing a host at once can drop the last ack in flight).
+            await wait_for_outcomes(backend, 16)
     finally:
         stats = [stop_node(proc) for proc in procs]
 
     assert len(successes) == 1
     assert rejections == [RejectionCode.INVALID_TOKEN] * 15
     completed = [s["by_state"].get("COMPLETED", 0) for s in stats]
-    assert sorted(completed) == [0, 1] and sum(s["admitted"] for s in stats) == 16
+    assert sorted(completed) == [0, 1] and sum(s["admitted"] for s in stats) == 16, stats
     record = backend.tokens.get(token)
     assert (record.used, record.reservations) == (1, set())
     assert len(backend.tokens.redemptions(token)) == 1
