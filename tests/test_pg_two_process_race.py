@@ -56,9 +56,11 @@ async def wait_for_outcomes(backend: Any, count: int) -> None:
     def outcomes() -> int:
         return sum(1 for _, e in backend.audit.events if e.kind == "session_outcome")
 
-    with trio.fail_after(60):
-        while await trio.to_thread.run_sync(outcomes) < count:
-            await trio.sleep(0.05)
+    for _ in range(1200):  # another process writes them: poll, 60 s at most
+        if await trio.to_thread.run_sync(outcomes) >= count:
+            return
+        await trio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} session outcomes after 60 s")
 
 
 async def test_two_processes_racing_on_one_token_make_exactly_one_tally(
