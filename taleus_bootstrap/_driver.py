@@ -138,8 +138,9 @@ def expect_bool(value: Any) -> bool:
     return value
 
 
-def expect_none(value: Any) -> None:
-    """Validator for hooks whose result is ignored but must be ``None``."""
+def ignore_result(value: Any) -> None:
+    """Validator for hooks whose result is ignored (``token.mark_used``, the audit hook): what
+    they return is not checked. Contrast :func:`expect_exactly_none`."""
     return None
 
 
@@ -227,7 +228,7 @@ class TrackedMachine(Generic[S]):
                 lambda: self._audit_hook.log_session(self.session_id, event),
                 timeout=self._audit_timeout,
                 failure_code=RejectionCode.INTERNAL_ERROR,
-                validate=expect_none,
+                validate=ignore_result,
             )
         except ProtocolError as exc:
             self.audit_failures += 1
@@ -334,7 +335,7 @@ async def call_after_completion(
     *,
     timeout: float,
     consequence: str,
-    validate: Callable[[Any], None] = expect_none,
+    validate: Callable[[Any], None] = ignore_result,
 ) -> bool:
     """Call one hook once the session's last frame is through, when nothing may fail it any more.
 

@@ -29,8 +29,8 @@ from ._driver import (
     check_received_tally,
     commit_tally,
     expect_bool,
-    expect_none,
     expect_provision,
+    ignore_result,
     run_step,
     stock_provision_request,
     utc_now,
@@ -371,7 +371,7 @@ class BootstrapSession:
             lambda: self.hooks.token.mark_used(token, session_id=self.session_id),
             timeout=self.config.step_timeout,
             failure_code=RejectionCode.INTERNAL_ERROR,
-            validate=expect_none,
+            validate=ignore_result,
         )
         self._token = None
 
