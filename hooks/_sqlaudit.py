@@ -88,11 +88,12 @@ class AuditWriteError(RuntimeError):
 
 
 class _Entry:
-    __slots__ = ("error", "session_id", "state", "text")
+    __slots__ = ("error", "event", "session_id", "state", "text")
 
-    def __init__(self, session_id: str, text: str) -> None:
+    def __init__(self, session_id: str, event: dict[str, Any]) -> None:
         self.session_id = session_id
-        self.text = text
+        self.event = event  # the JSON object, hashed as such
+        self.text = canonical_json(event)  # what is stored
         self.state = "queued"  # queued -> writing -> done | failed
         self.error: BaseException | None = None
 
@@ -114,7 +115,7 @@ class SqlAuditLog:
 
     async def log_session(self, session_id: str, event: AuditEvent) -> None:
         """Append ``event``; returns once it is durable (see group commit above)."""
-        entry = _Entry(session_id, canonical_json(event.model_dump(mode="json")))
+        entry = _Entry(session_id, event.model_dump(mode="json"))
         self._queue.append(entry)
         try:
             while entry.state in ("queued", "writing"):
@@ -159,11 +160,11 @@ class SqlAuditLog:
         seq = int(seq)
         for entry in batch:
             seq += 1
-            digest = chain_hash(prev, seq, entry.session_id, json.loads(entry.text))
+            digest = chain_hash(prev, seq, entry.session_id, entry.event)
             cur.execute(
                 "INSERT INTO audit_log (seq, session_id, kind, event, prev_hash, hash)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, entry.session_id, json.loads(entry.text)["kind"], entry.text, prev, digest),
+                (seq, entry.session_id, entry.event["kind"], entry.text, prev, digest),
             )
             prev = digest
         cur.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
@@ -192,7 +193,12 @@ class SqlAuditLog:
 
     def session_ids(self) -> list[str]:
         """Every session id seen, in order of first appearance."""
-        return list(dict.fromkeys(sid for sid, _ in self.events))
+
+        def select(cur: Cursor) -> list[str]:
+            cur.execute("SELECT session_id FROM audit_log GROUP BY session_id ORDER BY min(seq)")
+            return [str(row[0]) for row in cur.fetchall()]
+
+        return self._db.transact(select)
 
     def tail(self, n: int = 20) -> list[AuditRow]:
         """The last ``n`` rows, oldest first."""

@@ -89,14 +89,14 @@ class SqlProvisioner:
         try:
             await trio.to_thread.run_sync(self.factory.create, tally, result.database)
         except Exception:
-            await self._drop_and_mark(result, "released", origin="local")
+            await self._release_pending(tally.tally_id, "local")
             raise
         return result
 
     async def release(self, result: ProvisionResult, *, session_id: str) -> None:
         """Drop a pending provision (made here) or forget a pending accepted one. Idempotent;
         a committed tally is never released."""
-        await self._drop_and_mark(result, "released", origin=None)
+        await self._release_pending(result.tally.tally_id, None)
 
     async def accept(self, result: ProvisionResult, *, session_id: str) -> bool:
         """Record the other party's provision (False if this tally id is already known)."""
@@ -127,17 +127,17 @@ class SqlProvisioner:
             self._db, lambda cur: self._select(cur, "state = 'pending' AND created_at <= ?", cutoff)
         )
         for record in stale:
-            await self._drop_and_mark(record.provision, "swept", origin=None)
+            await trio.to_thread.run_sync(self._drop_one, record, "swept")
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)
         return [record.tally_id for record in stale]
 
-    async def _drop_and_mark(self, result: Provision, state: State, origin: Origin | None) -> None:
-        tally_id = result.tally.tally_id
+    async def _release_pending(self, tally_id: str, origin: Origin | None) -> None:
+        """Release the pending provisions of ``tally_id`` (of one origin, or both)."""
         where = "tally_id = ? AND state = 'pending'"
         rows = await run_in_thread(self._db, lambda cur: self._select(cur, where, tally_id))
         for record in rows:
             if origin is None or record.origin == origin:
-                await trio.to_thread.run_sync(self._drop_one, record, state)
+                await trio.to_thread.run_sync(self._drop_one, record, "released")
 
     def _drop_one(self, record: ProvisionRecord, state: State) -> None:
         if record.origin == "local":  # the stored location, not the caller's: drop what we made

@@ -1,4 +1,5 @@
-"""The tables both SQL backends create (column types filled in per database).
+"""The tables both SQL backends create (column types filled in per database), and the
+``draft_tally`` table of every provisioned tally database.
 
 Times are seconds since the epoch (``{real}``); ``seq`` is ``{seq}``. Each backend adds its own
 triggers that make ``audit_log`` append-only and ``audit_head`` forward-only.
@@ -6,9 +7,19 @@ triggers that make ``audit_log`` append-only and ``audit_head`` forward-only.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["audit_tables", "control_tables"]
+from taleus_bootstrap import Tally
+from taleus_bootstrap._frames import format_utc
+
+__all__ = [
+    "DRAFT_TALLY_SELECT",
+    "audit_tables",
+    "control_tables",
+    "draft_tally_row",
+    "draft_tally_table",
+    "tally_from_row",
+]
 
 _CONTROL: Final = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -79,3 +90,41 @@ def control_tables(real: str) -> str:
 def audit_tables(real: str, seq: str, genesis: str) -> str:
     """DDL of audit_log and audit_head, with the genesis head row (idempotent)."""
     return _AUDIT.replace("{real}", real).replace("{seq}", seq).replace("{genesis}", genesis)
+
+
+_DRAFT_TALLY_COLUMNS: Final = (
+    "tally_id",
+    "provisioner_role",
+    "stock_party_id",
+    "foil_party_id",
+    "created_at",
+)
+DRAFT_TALLY_SELECT: Final = f"SELECT {', '.join(_DRAFT_TALLY_COLUMNS)} FROM draft_tally"
+"""Reads the draft tally of a tally database (one row)."""
+
+
+def draft_tally_table(name: str) -> str:
+    """DDL of the draft-tally table called ``name`` (created-at as RFC 3339 text)."""
+    return (
+        f"CREATE TABLE {name} (tally_id TEXT PRIMARY KEY,"
+        " provisioner_role TEXT NOT NULL CHECK (provisioner_role IN ('stock', 'foil')),"
+        " stock_party_id TEXT NOT NULL, foil_party_id TEXT NOT NULL, created_at TEXT NOT NULL)"
+    )
+
+
+def draft_tally_row(tally: Tally) -> tuple[str, str, str, str, str]:
+    """The row holding ``tally``, in column order."""
+    return (
+        tally.tally_id,
+        tally.provisioner_role,
+        tally.stock_party_id,
+        tally.foil_party_id,
+        format_utc(tally.created_at),
+    )
+
+
+def tally_from_row(row: Any) -> Tally | None:
+    """The tally a :data:`DRAFT_TALLY_SELECT` row holds (None for no row)."""
+    if row is None:
+        return None
+    return Tally.model_validate(dict(zip(_DRAFT_TALLY_COLUMNS, row, strict=True)))

@@ -30,14 +30,20 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from taleus_bootstrap import DatabaseInfo, Tally
-from taleus_bootstrap._frames import format_utc
+from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
 from ._sqlbackend import MaintenanceReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
-from ._sqlschema import audit_tables, control_tables
+from ._sqlschema import (
+    DRAFT_TALLY_SELECT,
+    audit_tables,
+    control_tables,
+    draft_tally_row,
+    draft_tally_table,
+    tally_from_row,
+)
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
 
 __all__ = [
@@ -186,26 +192,13 @@ class PostgresTallyFactory:
                 )
                 conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role))
                 conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
-                conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE {}.draft_tally (tally_id TEXT PRIMARY KEY,"
-                        " provisioner_role TEXT NOT NULL CHECK (provisioner_role IN"
-                        " ('stock', 'foil')), stock_party_id TEXT NOT NULL,"
-                        " foil_party_id TEXT NOT NULL, created_at TEXT NOT NULL)"
-                    ).format(schema)
-                )
+                conn.execute(sql.SQL(draft_tally_table("{}.draft_tally")).format(schema))
                 conn.execute(sql.SQL("ALTER TABLE {}.draft_tally OWNER TO {}").format(schema, role))
                 conn.execute(
                     sql.SQL("INSERT INTO {}.draft_tally VALUES (%s, %s, %s, %s, %s)").format(
                         schema
                     ),
-                    (
-                        tally.tally_id,
-                        tally.provisioner_role,
-                        tally.stock_party_id,
-                        tally.foil_party_id,
-                        format_utc(tally.created_at),
-                    ),
+                    draft_tally_row(tally),
                 )
                 conn.execute(
                     "INSERT INTO tally_credentials (role_name, password) VALUES (%s, %s)",
@@ -235,14 +228,7 @@ def read_draft_tally(endpoint: str, password: str) -> Tally | None:
     except psycopg.OperationalError:
         return None
     with conn:
-        row = conn.execute(
-            "SELECT tally_id, provisioner_role, stock_party_id, foil_party_id, created_at"
-            " FROM draft_tally"
-        ).fetchone()
-    if row is None:
-        return None
-    keys = ("tally_id", "provisioner_role", "stock_party_id", "foil_party_id", "created_at")
-    return Tally.model_validate(dict(zip(keys, row, strict=True)))
+        return tally_from_row(conn.execute(DRAFT_TALLY_SELECT).fetchone())
 
 
 class PostgresBackend(SqlBackend):
@@ -304,6 +290,12 @@ class PostgresBackend(SqlBackend):
             return None if row is None else str(row[0])
 
         return self.db.transact(select)
+
+    def read_tally(self, result: ProvisionResult) -> Tally | None:
+        """Read back the draft tally of a provision: connect through its endpoint as the tally's
+        own role, with the password its ``credentials_ref`` names (None if gone)."""
+        password = self.read_credentials(result.database.credentials_ref)
+        return None if password is None else read_draft_tally(result.database.endpoint, password)
 
     def close(self) -> None:
         """Close the connection pool."""

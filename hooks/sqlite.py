@@ -22,16 +22,22 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
-from taleus_bootstrap import DatabaseInfo, Tally
-from taleus_bootstrap._frames import format_utc
+from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
 from ._sqlbackend import MaintenanceReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
-from ._sqlschema import audit_tables, control_tables
+from ._sqlschema import (
+    DRAFT_TALLY_SELECT,
+    audit_tables,
+    control_tables,
+    draft_tally_row,
+    draft_tally_table,
+    tally_from_row,
+)
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
 
 __all__ = [
@@ -62,17 +68,6 @@ WHEN NEW.seq < OLD.seq BEGIN SELECT RAISE(ABORT, 'audit_head only moves forward'
 CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
 BEGIN SELECT RAISE(ABORT, 'audit_head cannot be deleted'); END;
 """
-
-DRAFT_TALLY_SCHEMA: Final = """
-CREATE TABLE draft_tally (
-    tally_id TEXT PRIMARY KEY,
-    provisioner_role TEXT NOT NULL CHECK (provisioner_role IN ('stock', 'foil')),
-    stock_party_id TEXT NOT NULL,
-    foil_party_id TEXT NOT NULL,
-    created_at TEXT NOT NULL
-)
-"""
-
 
 class SqliteDatabase:
     """One SQLite file: one connection, one transaction at a time (``BEGIN IMMEDIATE``)."""
@@ -141,17 +136,8 @@ class SqliteTallyFactory:
             os.chmod(partial, 0o600)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("BEGIN")
-            conn.execute(DRAFT_TALLY_SCHEMA)
-            conn.execute(
-                "INSERT INTO draft_tally VALUES (?, ?, ?, ?, ?)",
-                (
-                    tally.tally_id,
-                    tally.provisioner_role,
-                    tally.stock_party_id,
-                    tally.foil_party_id,
-                    format_utc(tally.created_at),
-                ),
-            )
+            conn.execute(draft_tally_table("draft_tally"))
+            conn.execute("INSERT INTO draft_tally VALUES (?, ?, ?, ?, ?)", draft_tally_row(tally))
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -172,16 +158,9 @@ def read_draft_tally(endpoint: str) -> Tally | None:
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row: Any = conn.execute(
-            "SELECT tally_id, provisioner_role, stock_party_id, foil_party_id, created_at"
-            " FROM draft_tally"
-        ).fetchone()
+        return tally_from_row(conn.execute(DRAFT_TALLY_SELECT).fetchone())
     finally:
         conn.close()
-    if row is None:
-        return None
-    keys = ("tally_id", "provisioner_role", "stock_party_id", "foil_party_id", "created_at")
-    return Tally.model_validate(dict(zip(keys, row, strict=True)))
 
 
 class SqliteBackend(SqlBackend):
@@ -218,6 +197,10 @@ class SqliteBackend(SqlBackend):
         )
         self.identity = RequirementsIdentityValidator()
         self.audit = SqlAuditLog(self.audit_db)
+
+    def read_tally(self, result: ProvisionResult) -> Tally | None:
+        """Read back the draft tally of a provision through its endpoint (None if gone)."""
+        return read_draft_tally(result.database.endpoint)
 
     def close(self) -> None:
         """Close both connections."""

@@ -216,18 +216,6 @@ def sql_audit_factory(kind: str) -> Callable[[pytest.FixtureRequest], AuditFacto
     return factory
 
 
-def sql_read_tally(kind: str, backend: Any, result: ProvisionResult) -> Tally | None:
-    """Read the draft tally back through the endpoint (PostgreSQL: as the tally's own role)."""
-    if kind == "sqlite":
-        from taleus_hooks.sqlite import read_draft_tally
-
-        return read_draft_tally(result.database.endpoint)
-    from taleus_hooks.postgres import read_draft_tally as read_pg
-
-    password = backend.read_credentials(result.database.credentials_ref)
-    return None if password is None else read_pg(result.database.endpoint, password)
-
-
 def sql_database_factory(kind: str) -> Callable[[pytest.FixtureRequest], DatabaseFactory]:
     def factory(request: pytest.FixtureRequest) -> DatabaseFactory:
         open_backend = sql_backend_factory(request, kind)
@@ -237,8 +225,8 @@ def sql_database_factory(kind: str) -> Callable[[pytest.FixtureRequest], Databas
             async with open_backend() as (backend, _clock):
                 yield DatabaseHookHarness(
                     hook=backend.database,
-                    exists=lambda result: sql_read_tally(kind, backend, result) is not None,
-                    read_tally=lambda result: sql_read_tally(kind, backend, result),
+                    exists=lambda result: backend.read_tally(result) is not None,
+                    read_tally=backend.read_tally,
                 )
 
         return make

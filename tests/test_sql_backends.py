@@ -57,18 +57,6 @@ def request_for(tally_id: str, session: str = "session-000000000001") -> Provisi
     )
 
 
-def read_tally(kind: str, backend: Any, result: Any) -> Tally | None:
-    """Open the provisioned database through the endpoint it was returned with."""
-    if kind == "sqlite":
-        from taleus_hooks.sqlite import read_draft_tally
-
-        return read_draft_tally(result.database.endpoint)
-    from taleus_hooks.postgres import read_draft_tally as read_pg
-
-    password = backend.read_credentials(result.database.credentials_ref)
-    return None if password is None else read_pg(result.database.endpoint, password)
-
-
 # -- tokens -----------------------------------------------------------------------------------
 
 
@@ -159,7 +147,7 @@ async def test_provisioned_database_is_real_and_readable_through_its_endpoint(
 ) -> None:
     request = request_for("tally-abc")
     result = await backend.database.provision(request)
-    tally = read_tally(kind, backend, result)
+    tally = backend.read_tally(result)
     assert tally == result.tally and tally.tally_id == "tally-abc"
     assert "password" not in result.database.endpoint
     assert "password" not in result.database.credentials_ref
@@ -174,7 +162,7 @@ async def test_provisioned_database_is_real_and_readable_through_its_endpoint(
         assert password and password not in result.database.endpoint
         assert read_draft_tally(result.database.endpoint, "not-the-password") is None
     await backend.database.release(result, session_id=request.session_id)
-    assert read_tally(kind, backend, result) is None
+    assert backend.read_tally(result) is None
     assert backend.database.released == ["tally-abc"]
 
 
@@ -193,7 +181,7 @@ async def test_pg_tally_role_sees_only_its_own_schema(backend_factory: Any) -> N
 
 
 async def test_commit_keeps_and_the_sweep_removes_only_unacknowledged_provisions(
-    backend: Any, kind: str, clock: ManualClock
+    backend: Any, clock: ManualClock
 ) -> None:
     kept = await backend.database.provision(request_for("tally-kept"))
     await backend.database.commit(kept, session_id="session-000000000001")
@@ -207,14 +195,14 @@ async def test_commit_keeps_and_the_sweep_removes_only_unacknowledged_provisions
     clock.advance(backend.database.provision_ttl + timedelta(seconds=1))
     report = await backend.sweep()
     assert sorted(report.tallies_swept) == ["tally-orphan", "x"]
-    assert read_tally(kind, backend, orphan) is None
-    assert read_tally(kind, backend, kept) == kept.tally
+    assert backend.read_tally(orphan) is None
+    assert backend.read_tally(kept) == kept.tally
     assert list(backend.database.committed) == ["tally-kept"]
     with pytest.raises(LookupError):
         await backend.database.commit(orphan, session_id="session-000000000001")
 
 
-async def test_a_provision_that_fails_half_way_leaves_nothing(backend: Any, kind: str) -> None:
+async def test_a_provision_that_fails_half_way_leaves_nothing(backend: Any) -> None:
     factory = backend.database.factory
     real_create = factory.create
 
@@ -228,7 +216,7 @@ async def test_a_provision_that_fails_half_way_leaves_nothing(backend: Any, kind
     factory.create = real_create
     [record] = backend.database.records()
     assert record.state == "released"
-    assert read_tally(kind, backend, record.provision) is None
+    assert backend.read_tally(record.provision) is None
 
 
 # -- audit ------------------------------------------------------------------------------------
@@ -324,7 +312,7 @@ async def test_verify_finds_the_first_tampered_or_deleted_row(
 
 
 async def test_a_failed_audit_batch_raises_for_its_events_and_the_log_goes_on(
-    backend: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+    backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from taleus_hooks.sqlite import AuditWriteError, ChainReport
 
