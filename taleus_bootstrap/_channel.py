@@ -140,17 +140,23 @@ class FrameChannel:
         """
         if not self.closed:
             await self._half_close()
-            with trio.move_on_after(linger):
-                drained = 0
-                while drained <= max_drain_bytes:
-                    try:
-                        data = await self.stream.read(4096)
-                    except Exception:
-                        break
-                    if not data:
-                        break
-                    drained += len(data)
+            await self.await_peer_end(linger, max_drain_bytes)
         await self.reset()
+
+    async def await_peer_end(self, bound: float, max_drain_bytes: int = 64 * 1024) -> bool:
+        """Wait up to ``bound`` seconds for the peer to end its side of the stream, dropping what
+        it still sends (at most ``max_drain_bytes``). True if the end of stream arrived."""
+        with trio.move_on_after(bound):
+            drained = 0
+            while drained <= max_drain_bytes:
+                try:
+                    data = await self.stream.read(4096)
+                except Exception:
+                    return True  # reset or closed: the peer is done with the stream
+                if not data:
+                    return True
+                drained += len(data)
+        return False
 
     async def reset(self) -> None:
         """Abort the stream (after a timeout or an error); never raises but Cancelled."""

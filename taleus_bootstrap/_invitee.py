@@ -182,6 +182,7 @@ class _InviteeRun:
             raise
         if self.result is not None:  # complete: whatever happened afterwards changes nothing
             await self._finish_completed()
+            await self._await_inviter_end()
             return replace(self.result, transitions=self.tracked.machine.records)
         assert error is not None
         await self._fail(error, trigger, send=not isinstance(error, _Rejected))
@@ -210,6 +211,22 @@ class _InviteeRun:
             )
             with trio.move_on_after(bound):
                 await self.channel.close()
+
+    async def _await_inviter_end(self) -> None:
+        """Stock inviter: our ack was the last frame. Returning at once would let a caller that
+        closes its host straight away destroy the ack in flight, and the inviter would then
+        fail and release the tally we report. The inviter ends the stream once it has read the
+        ack and committed, so wait for that end, bounded by ``cleanup_timeout``."""
+        assert self.result is not None and self.channel is not None
+        if self.result.provisioned_by != "inviter":
+            return  # foil inviter: its ack was the last frame and it has been read
+        bound = self.config.cleanup_timeout
+        if not await self.channel.await_peer_end(bound):
+            logger.warning(
+                "session %s: the inviter did not end the stream within %g s of our ack",
+                self.result.session_id,
+                bound,
+            )
 
     def _exception(self, error: ProtocolError) -> BootstrapError:
         sid = self.remote_session_id

@@ -24,7 +24,9 @@ from taleus_bootstrap import (
     SessionManager,
     host_multiaddrs,
     initiate_bootstrap,
+    new_bootstrap_host,
     open_session_manager,
+    running_host,
 )
 
 from .conftest import BACKEND_KINDS, Backend
@@ -46,6 +48,7 @@ def inviter_backend(backend_kind: str, backend_factory: Any) -> Any:
 @pytest.fixture
 def invitee_backend(backend_kind: str, backend_factory: Any) -> Any:
     return backend_factory(backend_kind)
+
 
 CADRE = ("/ip4/10.1.2.3/tcp/7000",)
 
@@ -397,3 +400,41 @@ async def test_a_failing_commit_leaves_both_sides_complete(
     assert tally in held
     assert backend.provisioner.committed == {} and backend.provisioner.released == []
     assert list(other.provisioner.committed) == [tally]
+
+
+class SlowAudit:
+    """Forwards to an audit hook, pausing before the inviter's ``AWAITING_ACK`` transition is
+    recorded, so that the inviter reads the invitee's ack late."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    async def log_session(self, session_id: str, event: Any) -> None:
+        if getattr(event, "to_state", None) == "AWAITING_ACK":
+            await trio.sleep(self.delay)
+        await self.inner.log_session(session_id, event)
+
+
+async def test_invitee_closing_its_host_at_once_does_not_lose_the_ack(
+    inviter_backend: Backend, invitee_backend: Backend
+) -> None:
+    """``initiate_bootstrap`` returns only once the stock inviter has read the ack: an invitee
+    process that exits straight away still leaves both sides COMPLETED."""
+    hooks = inviter_backend.hooks(audit=SlowAudit(inviter_backend.audit, 0.3))
+    async with (
+        running_host(new_bootstrap_host()) as a,
+        open_session_manager(a, hooks) as manager,
+    ):
+        results = []
+        for _ in range(3):
+            link = make_link(a, inviter_backend.tokens.mint("stock"), "stock")
+            async with running_host(new_bootstrap_host(), ()) as b:
+                results.append(
+                    await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks())
+                )
+            # b is closed here, as a process exiting right after ``dial`` would be.
+        with trio.fail_after(5):
+            await manager.wait_idle()
+        records = manager.history()
+    assert [r.final_state for r in records] == ["COMPLETED"] * 3
+    assert [r.tally_id for r in records] == [r.tally.tally_id for r in results]
