@@ -13,7 +13,7 @@ from ._codec import (
     decode_frame_body,
     encode_frame,
 )
-from ._config import InviteeConfig, ManagerConfig
+from ._config import HostLimits, InviteeConfig, ManagerConfig
 from ._driver import SessionRecord
 from ._errors import (
     BootstrapError,
@@ -69,7 +69,6 @@ from ._hooks import (
 from ._invitee import BootstrapResult, initiate_bootstrap
 from ._libp2p import (
     PROTOCOL_ID,
-    HostLimits,
     host_multiaddrs,
     new_bootstrap_host,
     open_bootstrap_stream,

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_SESSION_TIMEOUT",
     "DEFAULT_SHUTDOWN_GRACE",
     "DEFAULT_STEP_TIMEOUT",
+    "HostLimits",
     "InviteeConfig",
     "ManagerConfig",
 ]
@@ -53,8 +54,17 @@ DEFAULT_DIAL_BACKOFF_MAX: Final = 2.0
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
 
+_CONFIG: Final = ConfigDict(
+    frozen=True,
+    extra="forbid",
+    strict=False,  # configuration comes from files too: TOML arrays become tuples, ints floats
+    allow_inf_nan=False,
+    use_attribute_docstrings=True,  # field docstrings are the generated reference's text
+)
+
+
 class _Timeouts(_Model):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, allow_inf_nan=False)
+    model_config = _CONFIG
 
     session_timeout: Seconds = DEFAULT_SESSION_TIMEOUT
     """Upper bound on a whole session, from stream admission to its terminal state."""
@@ -124,4 +134,46 @@ class InviteeConfig(_Timeouts):
     def _backoff_within_cap(self) -> InviteeConfig:
         if self.dial_backoff > self.dial_backoff_max:
             raise ValueError("dial_backoff must not exceed dial_backoff_max")
+        return self
+
+
+Count = Annotated[int, Field(ge=1, le=10_000_000)]
+
+
+class HostLimits(_Model):
+    """Explicit limits of a bootstrap host; libp2p's own defaults are given in parentheses.
+
+    Build a host with them through :func:`~taleus_bootstrap.new_bootstrap_host`.
+    """
+
+    model_config = _CONFIG
+
+    max_connections: Count = 1024
+    """Established connections, both directions, and the swarm's pool of inbound handlers
+    (300, pool 250)."""
+    max_connections_per_peer: Count = 1
+    """Connections libp2p dials to one peer (3); 1 avoids libp2p's 250 ms happy-eyeballs wait."""
+    max_established_per_peer: Count = 4
+    """The resource manager's hard cap per peer (8); above 1 so that a client reconnecting
+    before the server has reaped its previous connection (~0.2 s) is not refused."""
+    max_streams: Count = 8192
+    """Concurrent streams over all peers (10 000); more queue."""
+    connection_rate_per_peer: Annotated[float, Field(gt=0)] | None = 100.0
+    """New connections per second per peer id (10, which refuses a load test from one peer);
+    ``None`` disables it. Peer ids are free, so this is no defence against a flood."""
+    connection_burst_per_peer: Annotated[float, Field(ge=1)] = 200.0
+    """New connections one peer id may open at once (50)."""
+    dial_timeout: Seconds = 10.0
+    """Bound on the connect of an outbound dial (libp2p applies it only to its auto-connector)."""
+    handshake_timeout: Seconds = 10.0
+    """Noise + yamux upgrade of a connection (10 s)."""
+    negotiation_timeout: Annotated[int, Field(ge=1, le=3600)] = 10
+    """multistream-select, whole seconds (libp2p truncates to int and replaces 0 by 30 s)."""
+    dial_retries: Annotated[int, Field(ge=0, le=10)] = 0
+    """libp2p's own retries of a failed dial (3, about 0.7 s of backoff)."""
+
+    @model_validator(mode="after")
+    def _per_peer_fits(self) -> HostLimits:
+        if self.max_established_per_peer < self.max_connections_per_peer:
+            raise ValueError("max_established_per_peer must be >= max_connections_per_peer")
         return self

@@ -7,17 +7,18 @@ tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until
 ``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
 (:func:`route_libp2p_logging`). Also: the negative dial cache and stale peerstore addresses
-(:func:`open_bootstrap_stream`).
+(:func:`open_bootstrap_stream`), and ``SO_REUSEPORT`` listeners that silently share a fixed port
+with another process (:func:`running_host` refuses a port in use).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -47,6 +48,8 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
 
+from ._config import HostLimits
+
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
@@ -55,50 +58,6 @@ logger = logging.getLogger("taleus_bootstrap.libp2p")
 
 #: Errors that closing or resetting a stream may raise once the peer or connection is gone.
 _STREAM_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-@dataclass(frozen=True)
-class HostLimits:
-    """Explicit limits of a bootstrap host (libp2p's own defaults in parentheses).
-
-    ``max_connections``: established connections, both directions, and the swarm's pool of
-    inbound handlers (300, pool 250). ``max_connections_per_peer``: connections libp2p dials to
-    a peer (3); 1 avoids the 250 ms happy-eyeballs wait (defect 4). ``max_established_per_peer``:
-    the resource manager's hard cap (8), above 1 so a client reconnecting before the server has
-    reaped its previous connection (~0.2 s) is not refused. ``max_streams``: concurrent
-    streams, all peers (10 000); more queue. ``connection_rate_per_peer`` and its burst: new
-    connections per second per peer id (10, burst 50, which refuses a load test from one peer);
-    ``None`` disables it (peer ids are free: no flood defence). ``dial_timeout``: bound on the
-    connect of :func:`open_bootstrap_stream` (libp2p applies it only to the auto-connector).
-    ``handshake_timeout``: Noise + yamux upgrade (10 s). ``negotiation_timeout``:
-    multistream-select, whole seconds >= 1 (libp2p truncates to int and replaces 0 by 30 s).
-    ``dial_retries``: libp2p's retries of a failed dial (3, ~0.7 s of backoff).
-    """
-
-    max_connections: int = 1024
-    max_connections_per_peer: int = 1
-    max_established_per_peer: int = 4
-    max_streams: int = 8192
-    connection_rate_per_peer: float | None = 100.0
-    connection_burst_per_peer: float = 200.0
-    dial_timeout: float = 10.0
-    handshake_timeout: float = 10.0
-    negotiation_timeout: int = 10
-    dial_retries: int = 0
-
-    def __post_init__(self) -> None:
-        counts = (self.max_connections, self.max_connections_per_peer)
-        if min(*counts, self.max_established_per_peer, self.max_streams) < 1:
-            raise ValueError("connection and stream limits must be >= 1")
-        if self.max_established_per_peer < self.max_connections_per_peer:
-            raise ValueError("max_established_per_peer must be >= max_connections_per_peer")
-        if not isinstance(self.negotiation_timeout, int) or self.negotiation_timeout < 1:
-            raise ValueError("negotiation_timeout must be a whole number of seconds >= 1")
-        if min(self.dial_timeout, self.handshake_timeout) <= 0 or self.dial_retries < 0:
-            raise ValueError("timeouts must be > 0 and dial_retries >= 0")
-        rate = self.connection_rate_per_peer
-        if rate is not None and (rate <= 0 or self.connection_burst_per_peer < 1):
-            raise ValueError("connection rate must be > 0 and its burst >= 1")
 
 
 class _DisabledAutoConnector(AutoConnector):
@@ -281,9 +240,12 @@ async def running_host(
     every peer is disconnected in parallel before the host stops. An ``Exception`` from the
     block is re-raised as is, not wrapped in the ExceptionGroups of libp2p's nurseries.
     Raises ``SwarmException`` if an address cannot be listened on (libp2p ignores that).
-    Listening sockets use ``SO_REUSEPORT``: two processes can share a port.
+    libp2p listens with ``SO_REUSEPORT``, so a second process would silently share a fixed port
+    with the first: a port some socket already holds is refused first (:func:`_check_port_free`).
     """
     addrs = [Multiaddr(a) if isinstance(a, str) else a for a in listen_addrs]
+    for addr in addrs:
+        _check_port_free(addr)
     failure: Exception | None = None
     async with host.run(addrs):
         try:
@@ -299,6 +261,31 @@ async def running_host(
                 await disconnect_all_peers(host)
     if failure is not None:
         raise failure
+
+
+def _check_port_free(addr: Multiaddr) -> None:
+    """Refuse a fixed TCP port that a socket already holds (libp2p would share it).
+
+    The probe binds without ``SO_REUSEPORT`` (with ``SO_REUSEADDR``, so a port whose old
+    connections are in TIME_WAIT still counts as free), which fails while any socket listens.
+    """
+    protocols = {p.name for p in addr.protocols()}
+    if "tcp" not in protocols or not protocols & {"ip4", "ip6"}:
+        return
+    port = int(addr.value_for_protocol("tcp"))
+    if port == 0:
+        return
+    family, ip = (
+        (socket.AF_INET6, addr.value_for_protocol("ip6"))
+        if "ip6" in protocols
+        else (socket.AF_INET, addr.value_for_protocol("ip4"))
+    )
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError as exc:
+            raise SwarmException(f"cannot listen on {addr}: {exc.strerror or exc}") from None
 
 
 def host_multiaddrs(host: IHost) -> list[str]:

@@ -7,6 +7,7 @@ fail if libp2p itself changes the defect (then revisit the workaround).
 from __future__ import annotations
 
 import logging
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from multiaddr import Multiaddr
 from taleus_bootstrap._libp2p import (
     PROTOCOL_ID,
     HostLimits,
+    _stop_listening,
     close_stream,
     host_multiaddrs,
     new_bootstrap_host,
@@ -411,9 +413,39 @@ async def test_running_host_raises_when_it_cannot_listen() -> None:
             pass
 
 
-def test_host_limits_reject_sub_second_negotiation_timeout() -> None:
-    with pytest.raises(ValueError, match="whole number"):
-        HostLimits(negotiation_timeout=0)
+async def test_libp2p_alone_lets_a_second_host_share_a_fixed_port() -> None:
+    """The defect behind the port check: libp2p listens with SO_REUSEPORT."""
+    async with running_host(new_bootstrap_host()) as first:
+        addr = str(first.get_transport_addrs()[0])
+        second = new_bootstrap_host()
+        async with second.run([Multiaddr(addr)]):
+            assert len(second.get_network().listeners) == 1  # no error: the port is shared
+            await _stop_listening(second)
+
+
+async def test_running_host_refuses_a_fixed_port_another_host_listens_on() -> None:
+    async with echo_server() as (first, first_addr), clients(1) as (client,):
+        addr = str(first.get_transport_addrs()[0])
+        with pytest.raises(BaseLibp2pError, match=r"cannot listen on .*in use"):
+            async with running_host(new_bootstrap_host(), [addr]):
+                pass
+        await roundtrip(client, first_addr)  # the first host still serves
+
+
+async def test_running_host_refuses_a_port_held_by_a_plain_socket() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(BaseLibp2pError, match=r"cannot listen on .*in use"):
+            async with running_host(new_bootstrap_host(), [f"/ip4/127.0.0.1/tcp/{port}"]):
+                pass
+
+
+@pytest.mark.parametrize("seconds", [0, 0.5, -1])
+def test_host_limits_reject_sub_second_negotiation_timeout(seconds: float) -> None:
+    with pytest.raises(ValueError, match="negotiation_timeout"):
+        HostLimits(negotiation_timeout=seconds)  # type: ignore[arg-type]
 
 
 # yamux semantics that decide how the protocol sends its last frame --------------------------
