@@ -1,28 +1,24 @@
 """Quickstart: a real stock and a real foil bootstrap between two libp2p hosts in one process.
 
-Run it with ``python examples/quickstart.py``. Host A (the inviter) serves bootstraps with the
-in-memory reference hooks and mints two one-time links; host B (the invitee) dials each one.
-Both sides' results are printed, then a replay of the first link is shown being refused.
+Run it with ``python examples/quickstart.py``. Host A (the inviter) serves bootstraps on a SQLite
+store (:class:`taleus_hooks.sqlite.SqliteBackend`, in a temporary directory) and mints two
+one-time links; host B (the invitee) dials each one with a store of its own. Both sides' results
+are printed, then a replay of the first link is shown being refused.
 """
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import trio
-from taleus_hooks.memory import (
-    MemoryAuditSink,
-    MemoryIdentityValidator,
-    MemoryProvisioner,
-    MemoryTokenStore,
-)
+from taleus_hooks.sqlite import SqliteBackend
 
 from taleus_bootstrap import (
     BootstrapLink,
     BootstrapRejected,
-    InviteeHooks,
     ManagerConfig,
-    SessionHooks,
     host_multiaddrs,
     initiate_bootstrap,
     new_bootstrap_host,
@@ -32,13 +28,18 @@ from taleus_bootstrap import (
 
 
 async def main() -> None:
-    tokens = MemoryTokenStore()
-    inviter_db, inviter_audit = MemoryProvisioner(), MemoryAuditSink()
-    inviter_hooks = SessionHooks(
-        token=tokens, database=inviter_db, identity=MemoryIdentityValidator(), audit=inviter_audit
-    )
-    invitee_db = MemoryProvisioner()
-    invitee_hooks = InviteeHooks(database=invitee_db, audit=MemoryAuditSink())
+    with (
+        tempfile.TemporaryDirectory(prefix="taleus-quickstart-") as root,
+        SqliteBackend(Path(root) / "A") as a,
+        SqliteBackend(Path(root) / "B") as b,
+    ):
+        await bootstrap_twice(a, b)
+
+
+async def bootstrap_twice(store_a: SqliteBackend, store_b: SqliteBackend) -> None:
+    tokens = store_a.tokens
+    inviter_hooks = store_a.hooks()  # token, identity (requirements policy), database, audit
+    invitee_hooks = store_b.invitee_hooks()  # database and audit
 
     async with (
         running_host(new_bootstrap_host()) as host_a,
@@ -99,8 +100,9 @@ async def main() -> None:
             f"active {stats.active_sessions}"
         )
         print(
-            f"A audit events: {len(inviter_audit.events)}; tallies A provisioned: "
-            f"{len(inviter_db.tallies)}, accepted: {len(inviter_db.accepted)}"
+            f"A audit events: {len(store_a.audit.events)}, chain intact: "
+            f"{store_a.audit.verify().ok}; tallies A provisioned: "
+            f"{len(store_a.database.tallies)}, accepted: {len(store_a.database.accepted)}"
         )
 
 

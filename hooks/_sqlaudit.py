@@ -70,6 +70,9 @@ class ChainReport:
     rows: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    head_hash: str | None = None
+    """The hash of the last row when the chain is intact: keep a copy elsewhere (a later
+    ``verify`` whose chain no longer passes through it shows the log was rewritten)."""
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,11 @@ class SqlAuditLog:
 
     def for_session(self, session_id: str) -> list[AuditEvent]:
         """The events of one session, in order."""
-        rows = self._select("WHERE session_id = ? ORDER BY seq", (session_id,))
-        return [row.event for row in rows]
+        return [row.event for row in self.session_rows(session_id)]
+
+    def session_rows(self, session_id: str) -> list[AuditRow]:
+        """The rows of one session, in order."""
+        return self._select("WHERE session_id = ? ORDER BY seq", (session_id,))
 
     @property
     def events(self) -> list[tuple[str, AuditEvent]]:
@@ -204,6 +210,10 @@ class SqlAuditLog:
         """The last ``n`` rows, oldest first."""
         rows = self._select("ORDER BY seq DESC LIMIT ?", (n,))
         return rows[::-1]
+
+    def after(self, seq: int, limit: int = 1000) -> list[AuditRow]:
+        """Up to ``limit`` rows with a sequence number above ``seq``, oldest first."""
+        return self._select("WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
 
     def _select(self, clause: str, params: tuple[Any, ...]) -> list[AuditRow]:
         def select(cur: Cursor) -> list[AuditRow]:
@@ -239,7 +249,7 @@ class SqlAuditLog:
                 return ChainReport(
                     False, rows, expected_seq, "the log ends before the recorded head (truncated)"
                 )
-            return ChainReport(True, rows)
+            return ChainReport(True, rows, head_hash=prev)
 
         return self._db.transact(check)
 

@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
@@ -109,19 +110,38 @@ class _QmarkCursor:
         return self._cursor.fetchall()
 
 
+DEFAULT_CONNECT_TIMEOUT: Final = 10
+"""Seconds libpq may take to connect, unless the DSN sets ``connect_timeout`` itself."""
+
+
 class PostgresDatabase:
     """A connection pool whose connections use ``schema``; one transaction per call."""
 
     for_update = " FOR UPDATE"
 
-    def __init__(self, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in conninfo_to_dict(dsn):
+            kwargs["connect_timeout"] = connect_timeout
+        # One direct connection first: a wrong DSN fails now with libpq's own reason (refused,
+        # authentication...), where the pool would retry for its whole timeout and then only
+        # report that it timed out.
+        psycopg.connect(dsn, **kwargs).close()
         self.pool = ConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs=kwargs,
             configure=self._configure,
             open=False,
         )

@@ -230,6 +230,14 @@ class SessionManager:
         if record.code is not None:
             self._by_rejection[record.code.value] += 1
         self._history.append(record)
+        logger.info(
+            "session %s %s: role %s, %s, %.1f ms",
+            record.session_id,
+            record.final_state,
+            record.role or "-",
+            f"tally {record.tally_id}" if record.code is None else f"code {record.code.value}",
+            record.duration_s * 1000,
+        )
 
     def _on_handler_error(self, stream: INetStream, error: Exception) -> None:
         logger.error("bootstrap stream handler failed: %s", type(error).__name__)

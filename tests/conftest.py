@@ -43,9 +43,7 @@ def pg_dsn() -> Iterator[str]:
 
 
 @pytest.fixture
-def backend_factory(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[..., Any]]:
+def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Factory: ``make(kind, **options)`` gives a fresh memory / SQLite / PostgreSQL backend
     (SQLite in its own data dir, PostgreSQL in its own schema); all closed and dropped after."""
     made: list[tuple[Any, str | None]] = []

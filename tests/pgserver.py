@@ -66,9 +66,7 @@ def fresh_schema() -> str:
 def drop_schema(dsn: str, schema: str) -> None:
     """Drop a test's control schema and every tally schema and role it provisioned."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if exists is None:
             return
         rows = conn.execute(

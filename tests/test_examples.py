@@ -33,6 +33,7 @@ def test_quickstart_runs_a_stock_and_a_foil_bootstrap() -> None:
     assert out.count(" COMPLETED tally tly_") == 2
     assert "refused as expected: invalid_token" in out
     assert "'COMPLETED': 2" in out and "active 0" in out
+    assert "A audit events: 26, chain intact: True" in out
 
 
 def test_embed_in_node_serves_two_protocols() -> None:

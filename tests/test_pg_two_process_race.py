@@ -91,9 +91,10 @@ async def test_two_processes_racing_on_one_token_make_exactly_one_tally(
                 rejections.append(exc.code)
 
         invitee = backend_factory("memory")
-        async with running_host(new_bootstrap_host()) as b1, running_host(
-            new_bootstrap_host()
-        ) as b2:
+        async with (
+            running_host(new_bootstrap_host()) as b1,
+            running_host(new_bootstrap_host()) as b2,
+        ):
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
                     for host in (b1, b2):

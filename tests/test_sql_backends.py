@@ -314,7 +314,7 @@ async def test_verify_finds_the_first_tampered_or_deleted_row(
 async def test_a_failed_audit_batch_raises_for_its_events_and_the_log_goes_on(
     backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from taleus_hooks.sqlite import AuditWriteError, ChainReport
+    from taleus_hooks.sqlite import AuditWriteError
 
     await write_events(backend, sessions=1, per_session=2)
     original = type(backend.audit)._append
@@ -329,7 +329,11 @@ async def test_a_failed_audit_batch_raises_for_its_events_and_the_log_goes_on(
     monkeypatch.setattr(type(backend.audit), "_append", original)
     await backend.audit.log_session(sid(1), event(1))
     assert backend.audit.for_session(sid(1)) == [event(1)]  # the failed batch was rolled back
-    assert backend.audit.verify() == ChainReport(ok=True, rows=3)
+    report = backend.audit.verify()
+    assert (report.ok, report.rows, report.first_bad_seq) == (True, 3, None)
+    assert report.head_hash is not None and len(report.head_hash) == 64
+    await backend.audit.log_session(sid(1), event(2))
+    assert backend.audit.verify().head_hash not in (None, report.head_hash)  # the head moved
 
 
 async def test_run_maintenance_sweeps_at_start_and_on_its_interval(

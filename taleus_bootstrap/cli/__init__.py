@@ -1,0 +1,17 @@
+"""The ``taleus-bootstrap`` command line: ``serve``, ``invite``, ``dial``, ``demo``,
+``audit verify|tail`` and ``tokens list|revoke``. Exit statuses: :class:`ExitCode`."""
+
+from ._app import cli, main
+from ._errors import EXIT_MEANINGS, CliError, ExitCode
+from ._settings import BackendSettings, NodeSettings, Settings
+
+__all__ = [
+    "EXIT_MEANINGS",
+    "BackendSettings",
+    "CliError",
+    "ExitCode",
+    "NodeSettings",
+    "Settings",
+    "cli",
+    "main",
+]

@@ -1,0 +1,170 @@
+"""``taleus-bootstrap audit verify|tail``: check the hash chain, read the trail."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .._events import AuditEvent
+from ._backend import open_backend, resolve_backend
+from ._errors import CliError, ExitCode
+from ._nodedir import NodeDir
+from ._options import backend_options, config_option, data_dir_option, stdout_console
+from ._settings import load_settings
+
+__all__ = ["audit", "audit_table", "describe_event"]
+
+FOLLOW_POLL_S = 0.5
+
+
+def describe_event(event: AuditEvent) -> str:
+    """One readable line for an audit event (digests only, as stored)."""
+    if event.kind == "session_started":
+        return f"peer {event.peer_id or '-'}"
+    if event.kind == "state_changed":
+        return f"{event.from_state} -> {event.to_state} ({event.trigger})"
+    if event.kind == "contact_received":
+        return f"party {event.party_id}, token digest {event.token_digest[:12]}..."
+    if event.kind == "rejection":
+        detail = f"{event.code.value} {event.direction}: {event.detail}"
+        return detail + (f" [{event.error_type}]" if event.error_type else "")
+    if event.kind == "hook_error":
+        return f"{event.hook}: {event.detail}"
+    tail = f"tally {event.tally_id}" if event.code is None else f"code {event.code.value}"
+    return (
+        f"{event.final_state}, role {event.role or '-'}, {tail}, {event.duration_s * 1000:.1f} ms"
+    )
+
+
+def audit_table(rows: list[Any], *, title: str | None = None) -> Table:
+    """Audit rows (``AuditRow``) as a table."""
+    table = Table(title=title)
+    for column in ("seq", "time (UTC)", "side", "session", "event", "details"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        event = row.event
+        table.add_row(
+            str(row.seq),
+            event.at.strftime("%H:%M:%S.%f")[:-3],
+            event.side,
+            row.session_id,
+            event.kind,
+            describe_event(event),
+        )
+    return table
+
+
+def _row_json(row: Any) -> str:
+    return json.dumps(
+        {"seq": row.seq, "session_id": row.session_id, "event": row.event.model_dump(mode="json")}
+    )
+
+
+@click.group()
+def audit() -> None:
+    """Verify and read a node's hash-chained audit log."""
+
+
+def _open(data_dir: Path, backend: str | None, dsn: str | None, config_path: Path | None) -> Any:
+    node = NodeDir.open(data_dir)
+    settings = resolve_backend(load_settings(config_path, data_dir), node, kind=backend, dsn=dsn)
+    return open_backend(node, settings)
+
+
+@audit.command()
+@data_dir_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@backend_options
+@config_option
+def verify(
+    data_dir: Path, as_json: bool, backend: str | None, dsn: str | None, config_path: Path | None
+) -> None:
+    """Recompute the audit log's hash chain from the first event to the recorded head.
+
+    Exit status 0 if intact; 1 with the first bad sequence number if an event was altered,
+    removed or the log truncated.
+    """
+    with _open(data_dir, backend, dsn, config_path) as store:
+        report = store.audit.verify()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "events": report.rows,
+                    "first_bad_seq": report.first_bad_seq,
+                    "reason": report.reason,
+                    "head_hash": report.head_hash,
+                }
+            )
+        )
+    if not report.ok:
+        raise CliError(
+            f"audit chain broken at seq {report.first_bad_seq}: {report.reason} "
+            f"({report.rows} events verified before it)"
+        )
+    if not as_json:
+        click.echo(f"audit chain intact: {report.rows} events verified, head {report.head_hash}")
+
+
+@audit.command()
+@data_dir_option()
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=1, max=100_000),
+    default=20,
+    show_default=True,
+    help="How many of the last events to show.",
+)
+@click.option("--session", "session_id", help="Show only this session's events (all of them).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@backend_options
+@config_option
+def tail(
+    data_dir: Path,
+    lines: int,
+    session_id: str | None,
+    follow: bool,
+    as_json: bool,
+    backend: str | None,
+    dsn: str | None,
+    config_path: Path | None,
+) -> None:
+    """Show the last events of the audit log, oldest first."""
+    if follow and session_id is not None:
+        raise CliError("--follow and --session exclude each other", ExitCode.USAGE)
+    console = stdout_console()
+    with _open(data_dir, backend, dsn, config_path) as store:
+        log = store.audit
+        if session_id is not None:
+            rows = log.session_rows(session_id)
+            if not rows:
+                raise CliError(f"no events for session {session_id}")
+        else:
+            rows = log.tail(lines)
+        _show(console, rows, as_json, title=None if follow else f"audit log of {data_dir}")
+        last = rows[-1].seq if rows else 0
+        try:
+            while follow:
+                time.sleep(FOLLOW_POLL_S)
+                rows = log.after(last)
+                if rows:
+                    _show(console, rows, as_json, title=None)
+                    last = rows[-1].seq
+        except KeyboardInterrupt:
+            return
+
+
+def _show(console: Any, rows: list[Any], as_json: bool, *, title: str | None) -> None:
+    if as_json:
+        for row in rows:
+            click.echo(_row_json(row))
+    elif rows:
+        console.print(audit_table(rows, title=title))

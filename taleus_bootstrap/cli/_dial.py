@@ -1,0 +1,191 @@
+"""``taleus-bootstrap dial``: run the invitee's side of a bootstrap from a link."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .._errors import (
+    BootstrapError,
+    BootstrapProtocolError,
+    BootstrapProvisionError,
+    BootstrapRejected,
+    BootstrapTimeout,
+    BootstrapUnreachable,
+    LinkError,
+    LinkExpiredError,
+)
+from .._invitee import BootstrapResult, initiate_bootstrap
+from .._libp2p import new_bootstrap_host, running_host
+from .._link import BootstrapLink
+from ._backend import open_backend, resolve_backend
+from ._errors import ExitCode, run_trio
+from ._nodedir import NodeDir
+from ._options import (
+    backend_options,
+    config_option,
+    data_dir_option,
+    json_object,
+    stdout_console,
+)
+from ._settings import Settings, load_settings
+
+__all__ = ["default_dial_dir", "dial", "result_summary"]
+
+
+def default_dial_dir() -> Path:
+    """Where ``dial`` keeps its identity and store without ``--data-dir``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "taleus-bootstrap" / "invitee"
+
+
+def result_summary(result: BootstrapResult) -> dict[str, Any]:
+    """The JSON form of a completed bootstrap (no secret in it)."""
+    return {
+        "ok": True,
+        "tally_id": result.tally.tally_id,
+        "session_id": result.session_id,
+        "inviter_role": result.inviter_role,
+        "invitee_role": result.invitee_role,
+        "stock_party_id": result.tally.stock_party_id,
+        "foil_party_id": result.tally.foil_party_id,
+        "inviter_party_id": result.inviter_party_id,
+        "provisioned_by": result.provisioned_by,
+        "database": {
+            "endpoint": result.database.endpoint,
+            "credentials_ref": result.database.credentials_ref,
+        },
+        "responder_addr": result.responder_addr,
+        "inviter_cadre_addrs": list(result.inviter_cadre_addrs),
+    }
+
+
+def _failure(error: Exception) -> tuple[ExitCode, str, dict[str, Any]]:
+    """Exit status, one-line message and JSON form of a failed dial."""
+    code = getattr(error, "code", None)
+    info: dict[str, Any] = {"ok": False, "code": code.value if code is not None else None}
+    if isinstance(error, LinkExpiredError):
+        return ExitCode.USAGE, "the link has expired", {**info, "error": "link_expired"}
+    if isinstance(error, LinkError):
+        return ExitCode.USAGE, str(error), {**info, "error": "bad_link"}
+    if isinstance(error, BootstrapRejected):
+        info.update(error="rejected", retry_after_s=error.retry_after_s)
+        return ExitCode.REJECTED, str(error), info
+    if isinstance(error, BootstrapTimeout):
+        return ExitCode.TIMEOUT, f"timed out: {error}", {**info, "error": "timeout"}
+    if isinstance(error, BootstrapUnreachable):
+        tried = "; ".join(f"{addr}: {why}" for addr, why in error.attempts[-2:])
+        info.update(error="unreachable", attempts=[list(a) for a in error.attempts])
+        return ExitCode.UNREACHABLE, f"{error} ({tried})", info
+    if isinstance(error, BootstrapProvisionError):
+        return ExitCode.PROTOCOL, f"provisioning failed: {error}", {**info, "error": "provision"}
+    if isinstance(error, BootstrapProtocolError):
+        return ExitCode.PROTOCOL, f"protocol error: {error}", {**info, "error": "protocol"}
+    return ExitCode.FAILED, f"bootstrap failed: {error}", {**info, "error": "failed"}
+
+
+@click.command()
+@click.argument("link_text", metavar="LINK")
+@data_dir_option(
+    required=False,
+    help_text="The invitee's data directory: identity key, provisioned tallies, audit log "
+    "(default: $XDG_DATA_HOME/taleus-bootstrap/invitee).",
+)
+@click.option("--identity", metavar="JSON", help="Identity claims to present, as a JSON object.")
+@click.option(
+    "--cadre-addr",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="This party's cadre address, sent to the inviter; repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (also on failure).")
+@backend_options
+@config_option
+def dial(
+    link_text: str,
+    data_dir: Path | None,
+    identity: str | None,
+    cadre_addr: tuple[str, ...],
+    as_json: bool,
+    backend: str | None,
+    dsn: str | None,
+    config_path: Path | None,
+) -> None:
+    """Dial a link and form the tally it offers.
+
+    Exit status: 0 formed, 2 bad or expired link, 3 rejected by the inviter, 4 timed out,
+    5 inviter unreachable, 6 protocol or provisioning error, 1 anything else.
+    """
+    claims = json_object(identity, "--identity")
+    try:
+        link = BootstrapLink.decode(link_text.strip())
+        if link.is_expired(datetime.now(UTC)):
+            raise LinkExpiredError("the link has expired")
+    except LinkError as exc:
+        _report_failure(exc, as_json)
+        return
+    data_dir = data_dir or default_dial_dir()
+    node = NodeDir.create(data_dir)
+    settings = load_settings(config_path, data_dir)
+    store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn)
+    with open_backend(node, store_settings) as store:
+        try:
+            result = run_trio(lambda: _dial(node, settings, store, link, claims, cadre_addr))
+        except (BootstrapError, LinkError) as exc:
+            _report_failure(exc, as_json)
+            return
+    if as_json:
+        click.echo(json.dumps(result_summary(result), indent=2))
+        return
+    stdout_console().print(result_table(result, title=f"tally {result.tally.tally_id} formed"))
+
+
+def result_table(result: BootstrapResult, *, title: str) -> Table:
+    """A completed bootstrap as a two-column table."""
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("your role", result.invitee_role)
+    table.add_row("inviter role", result.inviter_role)
+    table.add_row("inviter", result.inviter_party_id)
+    table.add_row("session", result.session_id)
+    table.add_row("provisioned by", result.provisioned_by)
+    table.add_row("database", result.database.endpoint)
+    table.add_row("credentials", result.database.credentials_ref)
+    if result.inviter_cadre_addrs:
+        table.add_row("inviter cadre", ", ".join(result.inviter_cadre_addrs))
+    return table
+
+
+async def _dial(
+    node: NodeDir,
+    settings: Settings,
+    store: Any,
+    link: BootstrapLink,
+    claims: dict[str, Any] | None,
+    cadre_addrs: tuple[str, ...],
+) -> BootstrapResult:
+    host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
+    async with running_host(host, ()):
+        return await initiate_bootstrap(
+            link,
+            host,
+            hooks=store.invitee_hooks(),
+            identity=claims,
+            cadre_addrs=cadre_addrs or settings.invitee.cadre_addrs,
+            config=settings.invitee,
+        )
+
+
+def _report_failure(error: Exception, as_json: bool) -> None:
+    status, message, info = _failure(error)
+    if as_json:
+        click.echo(json.dumps({**info, "detail": message}, indent=2))
+    click.echo(f"Error: {message}", err=True)
+    click.get_current_context().exit(int(status))
