@@ -34,6 +34,7 @@ from taleus_bootstrap import (
     InviterState,
     Trigger,
 )
+from taleus_bootstrap._telemetry import METRICS
 from taleus_bootstrap.cli import EXIT_MEANINGS, Settings, cli
 
 DOCS_DIR: Final = Path(__file__).resolve().parent
@@ -256,6 +257,31 @@ def command_reference() -> str:
     return "\n".join(lines)
 
 
+def prometheus_names(name: str, kind: str, unit: str) -> list[str]:
+    """The series the OpenTelemetry Prometheus exporter makes of one instrument."""
+    base = name.replace(".", "_") + ("_seconds" if unit == "s" else "")
+    if kind == "counter":
+        return [f"{base}_total"]
+    if kind == "histogram":
+        return [f"{base}_bucket", f"{base}_sum", f"{base}_count"]
+    return [base]
+
+
+def metrics_reference() -> str:
+    """Every metric the library records, from :data:`taleus_bootstrap._telemetry.METRICS`."""
+    lines = [
+        "| OpenTelemetry name | Prometheus series | instrument | unit | attributes | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (kind, unit, attributes, meaning) in METRICS.items():
+        series = "<br>".join(f"`{n}`" for n in prometheus_names(name, kind, unit))
+        labels = ", ".join(f"`taleus.{a.strip()}`" for a in attributes.split(",") if a.strip())
+        lines.append(
+            f"| `{name}` | {series} | {kind} | `{unit}` | {labels or '-'} | {meaning} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def exit_statuses() -> str:
     """The exit statuses, from :data:`taleus_bootstrap.cli.EXIT_MEANINGS`."""
     lines = ["| status | name | meaning |", "|---|---|---|"]
@@ -274,6 +300,7 @@ TARGETS: Final[Sequence[Target]] = (
     Target("operations.md", config_reference, marker="config-reference"),
     Target("operations.md", command_reference, marker="command-reference"),
     Target("operations.md", exit_statuses, marker="exit-statuses"),
+    Target("operations.md", metrics_reference, marker="metrics"),
 )
 
 

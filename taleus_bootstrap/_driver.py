@@ -77,6 +77,8 @@ class SessionRecord:
     started_at: datetime
     duration_s: float
     transitions: tuple[TransitionRecord, ...]
+    detail: str | None = None
+    """Why the session failed, in words (None when it completed)."""
 
 
 async def run_step(name: str, seconds: float, fn: Callable[[], Awaitable[T]]) -> T:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import trio
 from libp2p.abc import IHost
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 from pydantic import JsonValue
 
 from ._channel import FrameChannel
@@ -65,6 +67,7 @@ from ._libp2p import open_bootstrap_stream, remote_peer_id
 from ._link import BootstrapLink
 from ._session import new_session_id
 from ._states import INVITEE_TRANSITIONS, InviteeState, StateMachine, TransitionRecord, Trigger
+from ._telemetry import telemetry_for
 
 __all__ = ["BootstrapResult", "initiate_bootstrap"]
 
@@ -105,8 +108,13 @@ async def initiate_bootstrap(
     identity: Mapping[str, JsonValue] | None = None,
     cadre_addrs: Sequence[str] = (),
     config: InviteeConfig | None = None,
+    meter_provider: MeterProvider | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> BootstrapResult:
     """Run the invitee's side of a bootstrap over ``host`` and return the tally formed.
+
+    Metrics and a span of the session go to ``meter_provider`` / ``tracer_provider`` (default:
+    the global OpenTelemetry providers, no-ops until an application installs the SDK).
 
     Raises :class:`LinkExpiredError` (before dialing), :class:`BootstrapUnreachable`,
     :class:`BootstrapRejected`, :class:`BootstrapTimeout`, :class:`BootstrapProtocolError`,
@@ -116,10 +124,39 @@ async def initiate_bootstrap(
         link = BootstrapLink.decode(link)
     if link.is_expired(utc_now()):
         raise LinkExpiredError("the link has expired")
+    telemetry = telemetry_for(meter_provider, tracer_provider)
     run = _InviteeRun(
-        link, host, hooks, dict(identity or {}), tuple(cadre_addrs), config or InviteeConfig()
+        link,
+        host,
+        telemetry.instrument(hooks, "invitee"),
+        dict(identity or {}),
+        tuple(cadre_addrs),
+        config or InviteeConfig(),
     )
-    return await run.run()
+    span = telemetry.start_session("invitee", link.inviter_peer_id)
+    code: str | None = None
+    try:
+        with telemetry.activate(span):
+            return await run.run()
+    except BootstrapError as exc:
+        code = exc.code.value if exc.code is not None else RejectionCode.INTERNAL_ERROR.value
+        raise
+    finally:
+        machine = run.tracked.machine
+        completed = run.result is not None
+        if not completed and code is None:  # cancelled from outside
+            code = RejectionCode.INTERNAL_ERROR.value
+        telemetry.finish_session(
+            span,
+            side="invitee",
+            session_id=run.remote_session_id or run.local_session_id,
+            final_state=machine.state.value,
+            role=link.invitee_role,
+            code=None if completed else code,
+            tally_id=run.result.tally.tally_id if run.result is not None else None,
+            duration_s=max(0.0, trio.current_time() - run.started),
+            transitions=machine.records,
+        )
 
 
 class _InviteeRun:

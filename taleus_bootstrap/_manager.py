@@ -17,14 +17,18 @@ from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from ._config import ManagerConfig
 from ._driver import SessionRecord
 from ._errors import RejectionCode
+from ._explain import Refusal, RejectionExplainer
 from ._hooks import SessionHooks
 from ._libp2p import PROTOCOL_ID, remote_peer_id, set_guarded_stream_handler
 from ._ratelimit import Gcra, KeyedRateLimiter, SingleRateLimiter
 from ._session import BootstrapSession
+from ._telemetry import SessionTrace, telemetry_for
 
 __all__ = ["ManagerStatistics", "SessionManager", "open_session_manager"]
 
@@ -59,12 +63,22 @@ class SessionManager:
         config: ManagerConfig | None = None,
         *,
         local_peer_id: str | None = None,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``host=None`` runs the manager without a libp2p handler: streams are then handed in
-        with :meth:`handle_stream` (tests, other transports) and ``local_peer_id`` is required."""
+        with :meth:`handle_stream` (tests, other transports) and ``local_peer_id`` is required.
+
+        Metrics and traces go to ``meter_provider`` / ``tracer_provider`` (default: the global
+        OpenTelemetry providers, which do nothing until an application installs the SDK)."""
         self.host = host
         self.hooks = hooks
         self.config = config or ManagerConfig()
+        self._telemetry = telemetry_for(meter_provider, tracer_provider)
+        self._session_hooks = self._telemetry.instrument(hooks, "inviter")
+        self._telemetry.observe("ratelimit.tracked_peers", self, SessionManager._tracked_peers)
+        self._telemetry.observe_audit(hooks.audit)
+        self._explainer = RejectionExplainer(logger, clock=trio.current_time)
         if host is not None:
             local_peer_id = host.get_id().to_base58()
         if local_peer_id is None:
@@ -154,65 +168,75 @@ class SessionManager:
             stream,
             peer_id=peer_id,
             local_peer_id=self.local_peer_id,
-            hooks=self.hooks,
+            hooks=self._session_hooks,
             config=self.config,
         )
+        span = self._telemetry.start_session("inviter", peer_id)
         refusal = self._admission(peer_id)
         if refusal is not None or self._nursery is None:
-            code, retry_after, detail = refusal or (
-                RejectionCode.SHUTTING_DOWN,
-                None,
-                "not running",
-            )
-            await session.refuse(code, retry_after, detail)
+            refusal = refusal or Refusal(RejectionCode.SHUTTING_DOWN, None, "not running")
+            with self._telemetry.activate(span):
+                await session.refuse(refusal.code, refusal.retry_after_s, refusal.detail)
             record = session.record()
-            self._record(record)
+            self._record(record, span, refusal)
             return record
         self._sessions[session.session_id] = session
         self._admitted += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         done = trio.Event()
         result: list[SessionRecord] = []
-        self._nursery.start_soon(self._run_session, session, done, result)
+        self._nursery.start_soon(self._run_session, session, span, done, result)
         await done.wait()
         return result[0]
 
-    def _admission(self, peer_id: str) -> tuple[RejectionCode, float | None, str] | None:
+    def _admission(self, peer_id: str) -> Refusal | None:
         cfg = self.config
         if not self._accepting:
-            return RejectionCode.SHUTTING_DOWN, None, "manager is draining"
-        if len(self._sessions) >= cfg.max_concurrent_sessions:
-            return (
+            return Refusal(RejectionCode.SHUTTING_DOWN, None, "manager is draining")
+        running = len(self._sessions)
+        if running >= cfg.max_concurrent_sessions:
+            return Refusal(
                 RejectionCode.BUSY,
                 cfg.busy_retry_after_s,
-                f"{len(self._sessions)} sessions running, cap {cfg.max_concurrent_sessions}",
+                f"{running} sessions running, cap {cfg.max_concurrent_sessions}",
+                limit=f"max_concurrent_sessions={cfg.max_concurrent_sessions}",
+                usage=f"{running} running",
             )
         now = trio.current_time()
         decision = self._peer_limiter.check(peer_id, now)
         if not decision.allowed:
-            return (
+            return Refusal(
                 RejectionCode.RATE_LIMITED,
                 round(decision.retry_after_s, 3),
                 f"peer over {cfg.peer_rate} starts per {cfg.peer_rate_period:g} s",
+                limit=f"peer_rate={cfg.peer_rate}/{cfg.peer_rate_period:g}s burst={cfg.peer_burst}",
+                usage=f"burst spent, next start in {decision.retry_after_s:.3g} s",
             )
         decision = self._global_limiter.check(now)
         if not decision.allowed:
-            return (
+            return Refusal(
                 RejectionCode.RATE_LIMITED,
                 round(decision.retry_after_s, 3),
                 f"node over {cfg.global_rate_per_s:g} starts per second",
+                limit=f"global_rate_per_s={cfg.global_rate_per_s:g} burst={cfg.global_burst}",
+                usage=f"burst spent, next start in {decision.retry_after_s:.3g} s",
             )
         return None
 
     async def _run_session(
-        self, session: BootstrapSession, done: trio.Event, result: list[SessionRecord]
+        self,
+        session: BootstrapSession,
+        span: SessionTrace,
+        done: trio.Event,
+        result: list[SessionRecord],
     ) -> None:
         try:
-            await session.run()
+            with self._telemetry.activate(span):
+                await session.run()
         finally:  # also when cancelled: run() records the terminal state before it re-raises
             self._sessions.pop(session.session_id, None)
             record = session.record()
-            self._record(record)
+            self._record(record, span)
             result.append(record)
             done.set()
             if not self._sessions:
@@ -224,20 +248,39 @@ class SessionManager:
         while self._sessions:
             await self._idle.wait()
 
-    def _record(self, record: SessionRecord) -> None:
+    def _record(
+        self, record: SessionRecord, span: SessionTrace, refusal: Refusal | None = None
+    ) -> None:
         self._finished += 1
         self._by_state[record.final_state] += 1
         if record.code is not None:
             self._by_rejection[record.code.value] += 1
         self._history.append(record)
-        logger.info(
-            "session %s %s: role %s, %s, %.1f ms",
-            record.session_id,
-            record.final_state,
-            record.role or "-",
-            f"tally {record.tally_id}" if record.code is None else f"code {record.code.value}",
-            record.duration_s * 1000,
+        self._telemetry.finish_session(
+            span,
+            side="inviter",
+            session_id=record.session_id,
+            final_state=record.final_state,
+            role=record.role,
+            code=record.code.value if record.code is not None else None,
+            tally_id=record.tally_id,
+            duration_s=record.duration_s,
+            transitions=record.transitions,
         )
+        if record.code is None:
+            logger.info(
+                "session %s %s: role %s, tally %s, %.1f ms",
+                record.session_id,
+                record.final_state,
+                record.role or "-",
+                record.tally_id,
+                record.duration_s * 1000,
+            )
+        else:
+            self._explainer.explain(record, refusal)
+
+    def _tracked_peers(self) -> float | None:
+        return float(len(self._peer_limiter)) if self._accepting else None
 
     def _on_handler_error(self, stream: INetStream, error: Exception) -> None:
         logger.error("bootstrap stream handler failed: %s", type(error).__name__)
@@ -265,10 +308,17 @@ class SessionManager:
 
 @asynccontextmanager
 async def open_session_manager(
-    host: IHost, hooks: SessionHooks, config: ManagerConfig | None = None
+    host: IHost,
+    hooks: SessionHooks,
+    config: ManagerConfig | None = None,
+    *,
+    meter_provider: MeterProvider | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[SessionManager]:
     """Serve bootstraps on ``host`` for the duration of the block; leaving it drains."""
-    manager = SessionManager(host, hooks, config)
+    manager = SessionManager(
+        host, hooks, config, meter_provider=meter_provider, tracer_provider=tracer_provider
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         try:

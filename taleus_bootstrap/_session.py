@@ -88,6 +88,7 @@ class BootstrapSession:
         self.cancel_scope = trio.CancelScope()
         self.role: Role | None = None
         self.code: RejectionCode | None = None
+        self.detail: str | None = None
         self.tally_id: str | None = None
         self._token: str | None = None  # set while a reservation may be held
         self._own_provision: ProvisionResult | None = None  # provisioned here, not yet acked
@@ -114,6 +115,7 @@ class BootstrapSession:
             started_at=self._started_wall,
             duration_s=max(0.0, trio.current_time() - self._started),
             transitions=self._tracked.machine.records,
+            detail=self.detail,
         )
 
     # -- entry points ---------------------------------------------------------------------
@@ -400,10 +402,10 @@ class BootstrapSession:
             # Interrupted after the last frame: the session is complete, nothing to undo.
             await self._finish_completed()
             return
-        self.code = error.code
+        self.code, self.detail = error.code, error.detail
         received = isinstance(error, _PeerRejected)
-        level = logging.INFO if isinstance(error, RemoteProtocolError) else logging.WARNING
-        logger.log(level, "session %s failed: %s (%s)", self.session_id, error.code, error.detail)
+        # The manager explains the rejection (rate-limited WARNING) once the session is recorded.
+        logger.debug("session %s failed: %s (%s)", self.session_id, error.code, error.detail)
         bound = self.config.cleanup_timeout
         with trio.CancelScope(shield=True):
             code = None if received else error.code

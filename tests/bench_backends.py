@@ -60,8 +60,11 @@ def open_backend(kind: str, workdir: Path, stack: ExitStack) -> Iterator[Any]:
         drop_schema(dsn, schema)
 
 
-async def run_sessions(backend: Any, sessions: int, concurrency: int, audit: bool) -> float:
-    """Seconds to complete ``sessions`` stock bootstraps, ``concurrency`` at a time."""
+async def run_sessions(
+    backend: Any, sessions: int, concurrency: int, audit: bool, **providers: Any
+) -> float:
+    """Seconds to complete ``sessions`` stock bootstraps, ``concurrency`` at a time
+    (``providers``: ``meter_provider`` / ``tracer_provider`` for the manager)."""
     hooks = backend.hooks() if audit else backend.hooks(audit=NoopAudit())
     config = ManagerConfig(
         max_concurrent_sessions=max(concurrency, 1) * 2,
@@ -71,7 +74,7 @@ async def run_sessions(backend: Any, sessions: int, concurrency: int, audit: boo
         global_burst=sessions + 1,
     )
     token = await trio.to_thread.run_sync(lambda: backend.tokens.mint("stock", uses=None))
-    manager = SessionManager(None, hooks, config, local_peer_id=INVITER)
+    manager = SessionManager(None, hooks, config, local_peer_id=INVITER, **providers)
     limiter = trio.CapacityLimiter(concurrency)
 
     async def one() -> None:

@@ -261,3 +261,111 @@ def test_postgres_backend_serve_invite_dial(tmp_path: Path, pg_dsn: str) -> None
         assert_one_line_error(sqlite_instead, 2, "last served with the postgres backend")
     finally:
         drop_schema(pg_dsn, schema)
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, "", ""
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_serve_exposes_metrics_and_status_and_logs_json(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    with served_node(alice, "--metrics-port", "0", "--log-format", "json") as node:
+        info = json.loads((tmp_path / "alice.ready.json").read_text())
+        base = info["http"]
+        assert base.startswith("http://127.0.0.1:")
+        link = run_cli("invite", "--data-dir", alice, "--role", "stock").stdout.strip()
+        assert run_cli("dial", link, "--data-dir", bob).returncode == 0
+        assert run_cli("dial", link, "--data-dir", bob).returncode == 3  # a replay
+
+        status, content_type, text = _get(f"{base}/metrics")
+        assert status == 200 and content_type.startswith("text/plain")
+        finished = "taleus_bootstrap_session_finished_total"
+        assert _metric(text, finished, taleus_side="inviter", taleus_outcome="completed") == 1
+        assert _metric(text, finished, taleus_outcome="failed") == 1
+        rejections = "taleus_bootstrap_session_rejections_total"
+        assert _metric(text, rejections, taleus_rejection_code="invalid_token") == 1
+        assert _metric(text, "taleus_bootstrap_session_duration_seconds_count") == 2
+        assert _metric(text, "taleus_bootstrap_session_active") == 0
+        assert _metric(text, "taleus_bootstrap_hook_duration_seconds_count",
+                       taleus_hook="token.validate") == 2  # fmt: skip
+        assert _metric(text, "taleus_bootstrap_ratelimit_tracked_peers") == 1
+        assert "taleus_bootstrap_audit_queue_depth" in text
+        assert _metric(text, "taleus_bootstrap_audit_write_duration_seconds_count") == 2
+        assert node.peer_id not in text  # not even our own: the instance id is a digest
+        from taleus_bootstrap._telemetry import METRICS
+
+        from .test_docs import load_gen_docs
+
+        prometheus_names = load_gen_docs().prometheus_names
+        for name, (kind, unit, _, _) in METRICS.items():  # every series docs/operations.md lists
+            for series in prometheus_names(name, kind, unit):
+                assert f"\n{series}{{" in text, series
+
+        status, content_type, text = _get(f"{base}/status")
+        assert status == 200 and content_type == "application/json"
+        document = json.loads(text)
+        assert document["peer_id"] == node.peer_id
+        assert document["statistics"]["by_state"] == {"COMPLETED": 1, "FAILED": 1}
+        completed, replay = document["recent_sessions"][1], document["recent_sessions"][0]
+        assert completed["final_state"] == "COMPLETED" and completed["tally_id"].startswith("tly_")
+        assert [t["to"] for t in completed["transitions"]][-2:] == ["AWAITING_ACK", "COMPLETED"]
+        assert replay["code"] == "invalid_token" and replay["detail"]
+        assert _get(f"{base}/nothing")[0] == 404
+        _, _out, err = node.stop()
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
+    warning = next(line for line in lines if line["level"] == "WARNING")
+    assert "code=invalid_token" in warning["message"] and "peer=" in warning["message"]
+    assert BootstrapLink.decode(link).token not in err
+
+
+def test_serve_exports_traces_and_metrics_over_otlp(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    try:
+        with served_node(alice, "--otlp-endpoint", endpoint) as node:
+            link = run_cli("invite", "--data-dir", alice, "--role", "foil").stdout.strip()
+            assert run_cli("dial", link, "--data-dir", bob).returncode == 0
+            status, _, err = node.stop()  # shutting down flushes both exporters
+        assert status == 0, err
+    finally:
+        collector.shutdown()
+    traces = b"".join(body for path, body in received if path == "/v1/traces")
+    exported_metrics = b"".join(body for path, body in received if path == "/v1/metrics")
+    assert b"taleus.bootstrap.session" in traces and b"hook database.accept" in traces
+    assert b"taleus.bootstrap.session.finished" in exported_metrics

@@ -247,3 +247,12 @@ async def test_dial_reports_a_protocol_error(tmp_path: Path) -> None:
 def test_unknown_command_and_option_are_usage_errors() -> None:
     assert_one_line_error(run_cli("launch"), 2, "No such command 'launch'")
     assert_one_line_error(run_cli("demo", "--fast"), 2, "No such option '--fast'")
+
+
+def test_serve_refuses_a_metrics_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_cli("serve", "--data-dir", tmp_path / "a", "--metrics-port", str(port))
+    assert_one_line_error(proc, 1, f"cannot serve metrics on 127.0.0.1:{port}")

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,13 @@ from .._manager import SessionManager
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir, NodeState, write_json_atomically
+from ._observe import routes, serve_http, setup_logging, telemetry_providers
 from ._options import backend_options, config_option, data_dir_option
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
 
 __all__ = ["serve"]
 
 logger = logging.getLogger("taleus_bootstrap.cli")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @click.command()
@@ -60,6 +60,29 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     show_default=True,
     help="Level of the log lines written to stderr.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as one JSON object each.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics and the /status JSON on this port (0: any free port).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the /metrics and /status endpoint binds to.",
+)
+@click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    help="Export traces and metrics over OTLP/HTTP to this collector, e.g. http://localhost:4318.",
+)
 def serve(
     data_dir: Path,
     listen: tuple[str, ...],
@@ -69,6 +92,10 @@ def serve(
     cadre_addr: tuple[str, ...],
     ready_file: Path | None,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    otlp_endpoint: str | None,
 ) -> None:
     """Run an inviter node: serve bootstraps until SIGINT or SIGTERM, then drain.
 
@@ -76,7 +103,7 @@ def serve(
     sessions (they get `shutting_down`) and lets running ones finish within the manager's
     shutdown_grace; a second signal cancels them.
     """
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    setup_logging(log_level, log_format)
     settings = load_settings(config_path, data_dir)
     # Options override the file. Only what was set is carried over, so that resolve_backend
     # still tells a configured backend kind from the default.
@@ -91,17 +118,36 @@ def serve(
         settings = parse_settings(merged, "command line")
     node = NodeDir.create(data_dir)
     store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn, serving=True)
-    stats = run_trio(lambda: _serve(node, settings, store_settings, ready_file))
+    observe = Observe(metrics_port, metrics_host, otlp_endpoint)
+    stats = run_trio(lambda: _serve(node, settings, store_settings, ready_file, observe))
     click.echo(f"stopped: {stats}")
 
 
+@dataclass(frozen=True)
+class Observe:
+    """What ``serve`` exposes about itself."""
+
+    metrics_port: int | None
+    metrics_host: str
+    otlp_endpoint: str | None
+
+
 async def _serve(
-    node: NodeDir, settings: Settings, store_settings: BackendSettings, ready_file: Path | None
+    node: NodeDir,
+    settings: Settings,
+    store_settings: BackendSettings,
+    ready_file: Path | None,
+    observe: Observe,
 ) -> str:
     with (
         node.serve_lock(),
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         open_backend(node, store_settings) as store,
+        telemetry_providers(
+            node.peer_id(),
+            prometheus=observe.metrics_port is not None,
+            otlp_endpoint=observe.otlp_endpoint,
+        ) as providers,
     ):
         async with AsyncExitStack() as stack:
             host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
@@ -109,32 +155,38 @@ async def _serve(
                 await stack.enter_async_context(running_host(host, settings.node.listen))
             except BaseLibp2pError as exc:
                 raise CliError(str(exc)) from None
-            manager = SessionManager(host, store.hooks(), settings.manager)
+            manager = SessionManager(
+                host,
+                store.hooks(),
+                settings.manager,
+                meter_provider=providers.meter_provider,
+                tracer_provider=providers.tracer_provider,
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_maintenance, settings.node.maintenance_interval)
                 await nursery.start(manager.run)
                 addrs = host_multiaddrs(host)
-                node.write_state(
-                    NodeState(
-                        peer_id=node.peer_id(),
-                        addrs=tuple(addrs),
-                        pid=os.getpid(),
-                        started_at=datetime.now(UTC),
-                        backend=store_settings.kind,
-                        schema_name=(
-                            store_settings.schema_name
-                            if store_settings.kind == "postgres"
-                            else None
-                        ),
-                    )
-                )
+                ready: dict[str, Any] = {"peer_id": node.peer_id(), "addrs": addrs}
+                if observe.metrics_port is not None:
+                    table = routes(manager, addrs, providers.registry)
+                    try:
+                        port = await nursery.start(
+                            serve_http, observe.metrics_host, observe.metrics_port, table
+                        )
+                    except OSError as exc:
+                        raise CliError(
+                            f"cannot serve metrics on {observe.metrics_host}:"
+                            f"{observe.metrics_port}: {exc.strerror or exc}"
+                        ) from None
+                    ready["http"] = f"http://{observe.metrics_host}:{port}"
+                _record_start(node, addrs, store_settings)
                 for addr in addrs:
                     click.echo(f"listening {addr}")
+                if "http" in ready:
+                    click.echo(f"metrics {ready['http']}/metrics status {ready['http']}/status")
                 try:
                     if ready_file is not None:
-                        write_json_atomically(
-                            ready_file, {"peer_id": node.peer_id(), "addrs": addrs}, 0o644
-                        )
+                        write_json_atomically(ready_file, ready, 0o644)
                     await _drain_on_signals(signals, manager, nursery.cancel_scope)
                 finally:
                     if ready_file is not None:
@@ -142,6 +194,20 @@ async def _serve(
     s = manager.statistics()
     states = ", ".join(f"{k} {v}" for k, v in sorted(s.by_state.items())) or "none"
     return f"{s.sessions_finished} sessions finished ({states})"
+
+
+def _record_start(node: NodeDir, addrs: list[str], store: BackendSettings) -> None:
+    """Write ``node.json``: what ``invite`` and the other commands read about this start."""
+    node.write_state(
+        NodeState(
+            peer_id=node.peer_id(),
+            addrs=tuple(addrs),
+            pid=os.getpid(),
+            started_at=datetime.now(UTC),
+            backend=store.kind,
+            schema_name=store.schema_name if store.kind == "postgres" else None,
+        )
+    )
 
 
 def _remove(path: Path) -> None:

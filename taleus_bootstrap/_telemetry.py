@@ -1,0 +1,343 @@
+"""OpenTelemetry metrics and traces of sessions, through the OpenTelemetry **API** only.
+
+:class:`Telemetry` is built from a ``meter_provider`` and a ``tracer_provider`` (default: the
+global ones, no-ops until an application installs the SDK). It gives each session one span
+(each state transition a span event named ``FROM -> TO`` with its trigger, one child span per
+token / identity / database hook call),
+wraps the hooks so that their calls are timed and nest under the session span (the span is the
+current context while the session runs, so a hook's own instrumented calls nest too), and
+records the metrics listed in :data:`METRICS`. No metric carries a peer id; spans carry only
+its digest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
+from typing import Any, Final, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from ._hooks import InviteeHooks, SessionHooks
+from ._states import TransitionRecord
+
+__all__ = ["METRICS", "PREFIX", "SessionTrace", "Telemetry", "peer_digest", "telemetry_for"]
+
+H = TypeVar("H", SessionHooks, InviteeHooks)
+T = TypeVar("T")
+
+PREFIX: Final = "taleus.bootstrap"
+INSTRUMENTATION_NAME: Final = "taleus_bootstrap"
+
+SESSION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STEP_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+#: name -> (instrument kind, unit, attributes, description); docs/operations.md lists these.
+METRICS: Final[Mapping[str, tuple[str, str, str, str]]] = {
+    f"{PREFIX}.session.started": (
+        "counter", "{session}", "side", "Sessions begun (inviter: streams received)."),
+    f"{PREFIX}.session.finished": (
+        "counter", "{session}", "side, outcome, role",
+        "Sessions ended, by terminal state (`completed`, `failed`, `timeout`)."),
+    f"{PREFIX}.session.rejections": (
+        "counter", "{rejection}", "side, rejection.code", "Failed sessions by rejection code."),
+    f"{PREFIX}.session.active": (
+        "updowncounter", "{session}", "side", "Sessions running now."),
+    f"{PREFIX}.session.duration": (
+        "histogram", "s", "side, outcome", "Whole-session duration."),
+    f"{PREFIX}.step.duration": (
+        "histogram", "s", "side, step, outcome",
+        "Time spent in each state (`step`); `outcome` is `ok`, `failed` or `timeout` by the "
+        "state that followed."),
+    f"{PREFIX}.hook.duration": (
+        "histogram", "s", "side, hook, outcome",
+        "Token, identity and database hook call duration (`hook` such as `token.validate`; "
+        "`outcome` `ok`, `error` or `cancelled`, which includes timeouts)."),
+    f"{PREFIX}.ratelimit.tracked_peers": (
+        "gauge", "{peer}", "", "Peers the per-peer rate limiter holds state for."),
+    f"{PREFIX}.audit.write.duration": (
+        "histogram", "s", "side",
+        "Time a session spent waiting for its audit events to be durable (the sum of its "
+        "audit hook `log_session` calls, about 10)."),
+    f"{PREFIX}.audit.queue_depth": (
+        "gauge", "{event}", "",
+        "Audit events waiting for the next group commit (audit hooks with `statistics()`)."),
+}  # fmt: skip
+
+#: The audit wait of the session running in this task (a one-element accumulator).
+_AUDIT_WAIT: ContextVar[list[float] | None] = ContextVar("taleus_audit_wait", default=None)
+
+logger = logging.getLogger("taleus_bootstrap.telemetry")
+
+_OUTCOMES: Final = {"COMPLETED": "completed", "FAILED": "failed", "TIMEOUT": "timeout"}
+#: Hook calls that get a child span (audit calls are only timed: ~10 per session).
+_SPANNED: Final = ("token", "identity", "database")
+
+
+def peer_digest(peer_id: str | None) -> str:
+    """A short SHA-256 digest of a peer id: what traces and explanations carry instead."""
+    if not peer_id:
+        return "-"
+    return hashlib.sha256(peer_id.encode()).hexdigest()[:16]
+
+
+def _state_outcome(state: str) -> str:
+    return {"FAILED": "failed", "TIMEOUT": "timeout"}.get(state, "ok")
+
+
+class _Instrumented:
+    """Proxy of one hook: every coroutine method call is timed (and, for token / identity /
+    database hooks, wrapped in a child span of the current session span)."""
+
+    def __init__(self, inner: Any, kind: str, side: str, telemetry: Telemetry) -> None:
+        self._inner, self._kind, self._side, self._telemetry = inner, kind, side, telemetry
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+        return functools.partial(
+            self._telemetry.call_hook, f"{self._kind}.{name}", self._side, attr
+        )
+
+
+class SessionTrace:
+    """One session's span, and the time it has waited for audit writes so far."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.audit_wait = [0.0]
+
+
+class Telemetry:
+    """Instruments of one meter / tracer provider pair (see the module docstring)."""
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        from . import __version__
+
+        meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider)
+        self.tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider)
+        self._meter = meter
+        self._started = meter.create_counter(*self._spec("session.started"))
+        self._finished = meter.create_counter(*self._spec("session.finished"))
+        self._rejections = meter.create_counter(*self._spec("session.rejections"))
+        self._active = meter.create_up_down_counter(*self._spec("session.active"))
+        self._duration = self._histogram("session.duration", SESSION_BUCKETS)
+        self._step = self._histogram("step.duration", STEP_BUCKETS)
+        self._hook = self._histogram("hook.duration", STEP_BUCKETS)
+        self._audit_write = self._histogram("audit.write.duration", STEP_BUCKETS)
+        self._gauges: dict[str, list[tuple[weakref.ref[Any], Callable[[Any], float | None]]]] = {}
+
+    @staticmethod
+    def _spec(short: str) -> tuple[str, str, str]:
+        name = f"{PREFIX}.{short}"
+        _, unit, _, description = METRICS[name]
+        return name, unit, description
+
+    def _histogram(self, short: str, buckets: tuple[float, ...]) -> Any:
+        name, unit, description = self._spec(short)
+        return self._meter.create_histogram(
+            name, unit, description, explicit_bucket_boundaries_advisory=buckets
+        )
+
+    # -- gauges ---------------------------------------------------------------------------
+
+    def observe(self, short: str, owner: T, read: Callable[[T], float | None]) -> None:
+        """Report ``read(owner)`` as the gauge ``short`` at each collection (None: skip), for as
+        long as ``owner`` lives (it is held weakly). Several owners of one gauge are summed
+        (e.g. two managers' tracked peers)."""
+        sources = self._gauges.get(short)
+        if sources is None:
+            sources = self._gauges[short] = []
+            name, unit, description = self._spec(short)
+
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                values = []
+                for ref, read_one in list(sources):
+                    alive = ref()
+                    if alive is None:
+                        sources.remove((ref, read_one))
+                    elif (value := read_one(alive)) is not None:
+                        values.append(value)
+                return [Observation(sum(values))] if values else []
+
+            self._meter.create_observable_gauge(name, [callback], unit, description)
+        sources.append((weakref.ref(owner), read))
+
+    def observe_audit(self, audit: Any) -> None:
+        """Report the audit hook's queue depth when it has ``statistics().queue_depth``."""
+        stats = getattr(audit, "statistics", None)
+        if callable(stats) and hasattr(stats(), "queue_depth"):
+            self.observe("audit.queue_depth", audit, lambda a: float(a.statistics().queue_depth))
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def instrument(self, hooks: H, side: str) -> H:
+        """A copy of ``hooks`` whose calls are timed and traced."""
+        fields = {name: _Instrumented(getattr(hooks, name), name, side, self) for name in
+                  ("token", "identity", "database", "audit") if hasattr(hooks, name)}  # fmt: skip
+        return replace(hooks, **fields)
+
+    async def call_hook(
+        self, hook: str, side: str, fn: Callable[..., Any], *a: Any, **kw: Any
+    ) -> Any:
+        """Await ``fn(*a, **kw)``, timing it (and spanning it unless it is an audit call)."""
+        span = self._hook_span(hook) if hook.split(".", 1)[0] in _SPANNED else None
+        token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        outcome, error, start = "error", "", time.perf_counter()
+        try:
+            result = await fn(*a, **kw)
+            outcome = "ok"
+            return result
+        except BaseException as exc:
+            outcome = "error" if isinstance(exc, Exception) else "cancelled"
+            error = type(exc).__name__
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            if token is not None:
+                otel_context.detach(token)
+            try:
+                self._hook_done(hook, side, outcome, elapsed, span, error)
+            except Exception:
+                logger.warning("telemetry failed after %s", hook, exc_info=True)
+
+    def _hook_span(self, hook: str) -> Span | None:
+        try:
+            return self.tracer.start_span(f"hook {hook}")
+        except Exception:
+            logger.warning("telemetry failed before %s", hook, exc_info=True)
+            return None
+
+    def _hook_done(
+        self, hook: str, side: str, outcome: str, elapsed: float, span: Span | None, error: str
+    ) -> None:
+        if hook == "audit.log_session":  # ~10 per session: summed, recorded once per session
+            waited = _AUDIT_WAIT.get()
+            if waited is not None:
+                waited[0] += elapsed
+        else:
+            attributes = {"taleus.side": side, "taleus.hook": hook, "taleus.outcome": outcome}
+            self._hook.record(elapsed, attributes)
+        if span is not None:
+            if error:
+                span.set_status(Status(StatusCode.ERROR, error))
+            span.end()
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def start_session(self, side: str, peer_id: str | None) -> SessionTrace:
+        """Count a session start and open its span (not yet current: see :meth:`activate`).
+        Never raises: a failing provider is logged and the session goes on untraced."""
+        try:
+            return self._start_session(side, peer_id)
+        except Exception:
+            logger.warning("telemetry failed at session start", exc_info=True)
+            return SessionTrace(trace.INVALID_SPAN)
+
+    def _start_session(self, side: str, peer_id: str | None) -> SessionTrace:
+        attributes = {"taleus.side": side}
+        self._started.add(1, attributes)
+        self._active.add(1, attributes)
+        kind = SpanKind.SERVER if side == "inviter" else SpanKind.CLIENT
+        span = self.tracer.start_span(
+            "taleus.bootstrap.session",
+            kind=kind,
+            attributes={"taleus.side": side, "taleus.peer.digest": peer_digest(peer_id)},
+        )
+        return SessionTrace(span)
+
+    @contextmanager
+    def activate(self, session: SessionTrace) -> Iterator[None]:
+        """Make the session's span current in this task (hooks called inside nest under it)."""
+        token = otel_context.attach(trace.set_span_in_context(session.span))
+        waited = _AUDIT_WAIT.set(session.audit_wait)
+        try:
+            yield
+        finally:
+            _AUDIT_WAIT.reset(waited)
+            otel_context.detach(token)
+
+    def finish_session(self, session: SessionTrace, **outcome: Any) -> None:
+        """Record a finished session's metrics, complete its span and end it (keywords as
+        :meth:`_finish_session`). Never raises: a failing provider is logged."""
+        try:
+            self._finish_session(session, **outcome)
+        except Exception:
+            logger.warning("telemetry failed at session end", exc_info=True)
+
+    def _finish_session(
+        self,
+        session: SessionTrace,
+        *,
+        side: str,
+        session_id: str,
+        final_state: str,
+        role: str | None,
+        code: str | None,
+        tally_id: str | None,
+        duration_s: float,
+        transitions: Iterable[TransitionRecord],
+    ) -> None:
+        span = session.span
+        outcome = _OUTCOMES.get(final_state, "failed")
+        side_attr = {"taleus.side": side}
+        self._active.add(-1, side_attr)
+        self._finished.add(
+            1, {**side_attr, "taleus.outcome": outcome, "taleus.role": role or "none"}
+        )
+        if code is not None:
+            self._rejections.add(1, {**side_attr, "taleus.rejection.code": code})
+        self._duration.record(duration_s, {**side_attr, "taleus.outcome": outcome})
+        self._audit_write.record(session.audit_wait[0], side_attr)
+        for record in transitions:
+            self._step.record(
+                record.time_in_previous_s,
+                {**side_attr, "taleus.step": record.from_state,
+                 "taleus.outcome": _state_outcome(record.to_state)},
+            )  # fmt: skip
+            span.add_event(
+                f"{record.from_state} -> {record.to_state}",
+                {"taleus.trigger": record.trigger.value},
+                timestamp=int(record.wall_time.timestamp() * 1e9),
+            )
+        span.set_attributes(
+            {"taleus.session_id": session_id, "taleus.outcome": outcome,
+             "taleus.final_state": final_state, "taleus.role": role or "none"}
+        )  # fmt: skip
+        if tally_id is not None:
+            span.set_attribute("taleus.tally_id", tally_id)
+        if code is not None:
+            span.set_attribute("taleus.rejection.code", code)
+            span.set_status(Status(StatusCode.ERROR, code))
+        else:
+            span.set_status(Status(StatusCode.OK))
+        span.end()
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(meter_provider: Any, tracer_provider: Any) -> Telemetry:
+    return Telemetry(meter_provider, tracer_provider)
+
+
+def telemetry_for(
+    meter_provider: MeterProvider | None, tracer_provider: TracerProvider | None
+) -> Telemetry:
+    """The :class:`Telemetry` of a provider pair, created once (instruments are not cheap)."""
+    return _cached(meter_provider, tracer_provider)

@@ -1,0 +1,221 @@
+"""``serve``'s observability: log formats, the OpenTelemetry SDK, and the HTTP endpoint that
+serves Prometheus ``/metrics`` and the ``/status`` JSON of the session manager."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+import trio
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .. import __version__
+from .._manager import SessionManager
+from .._telemetry import peer_digest
+
+__all__ = ["Providers", "serve_http", "setup_logging", "status_document", "telemetry_providers"]
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STATUS_SESSIONS: Final = 50
+MAX_REQUEST_BYTES: Final = 8192
+REQUEST_TIMEOUT_S: Final = 5.0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Log to stderr at ``level``, as ``text`` or ``json`` lines."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@dataclass
+class Providers:
+    """The SDK providers ``serve`` installs, and the Prometheus registry it serves."""
+
+    meter_provider: MeterProvider | None = None
+    tracer_provider: TracerProvider | None = None
+    registry: CollectorRegistry | None = None
+
+
+@contextmanager
+def telemetry_providers(
+    peer_id: str, *, prometheus: bool, otlp_endpoint: str | None
+) -> Iterator[Providers]:
+    """SDK providers for what was asked (none: the library's no-op default); shut down on
+    exit, which flushes what OTLP has not sent yet."""
+    if not prometheus and otlp_endpoint is None:
+        yield Providers()
+        return
+    resource = Resource.create(
+        {"service.name": "taleus-bootstrap", "service.version": __version__,
+         "service.instance.id": peer_digest(peer_id)}
+    )  # fmt: skip
+    readers: list[MetricReader] = []
+    registry = None
+    if prometheus:
+        registry = CollectorRegistry()
+        readers.append(PrometheusMetricReader(registry=registry))
+    tracer_provider = None
+    if otlp_endpoint is not None:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        base = otlp_endpoint.rstrip("/")
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(f"{base}/v1/metrics")))
+        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(f"{base}/v1/traces"))
+        )
+    # No exemplars: Prometheus text does not carry them, and sampling them costs on every record.
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, exemplar_filter=AlwaysOffExemplarFilter()
+    )
+    try:
+        yield Providers(meter_provider, tracer_provider, registry)
+    finally:
+        meter_provider.shutdown()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
+
+
+def status_document(manager: SessionManager, addrs: list[str]) -> dict[str, Any]:
+    """``/status``: the manager's statistics and its last finished sessions, with transitions."""
+    stats = manager.statistics()
+    recent = manager.history()[-STATUS_SESSIONS:]
+    return {
+        "peer_id": manager.local_peer_id,
+        "addrs": addrs,
+        "statistics": {
+            f.name: (dict(v) if isinstance(v, Mapping) else v)
+            for f in fields(stats)
+            for v in [getattr(stats, f.name)]
+        },
+        "recent_sessions": [
+            {
+                "session_id": r.session_id,
+                "peer_digest": peer_digest(r.peer_id),
+                "role": r.role,
+                "final_state": r.final_state,
+                "code": r.code.value if r.code is not None else None,
+                "detail": r.detail,
+                "tally_id": r.tally_id,
+                "started_at": r.started_at.isoformat(),
+                "duration_s": round(r.duration_s, 6),
+                "transitions": [
+                    {
+                        "from": t.from_state,
+                        "to": t.to_state,
+                        "trigger": t.trigger.value,
+                        "at": t.wall_time.isoformat(),
+                        "after_s": round(t.time_in_previous_s, 6),
+                    }
+                    for t in r.transitions
+                ],
+            }
+            for r in reversed(recent)
+        ],
+    }
+
+
+Route = Callable[[], tuple[str, bytes]]
+
+
+def routes(
+    manager: SessionManager, addrs: list[str], registry: CollectorRegistry | None
+) -> dict[str, Route]:
+    """``/status`` always; ``/metrics`` when Prometheus is on."""
+    table: dict[str, Route] = {
+        "/status": lambda: (
+            "application/json",
+            json.dumps(status_document(manager, addrs), indent=2).encode(),
+        )
+    }
+    if registry is not None:
+        table["/metrics"] = lambda: (CONTENT_TYPE_LATEST, generate_latest(registry))
+    return table
+
+
+async def serve_http(
+    host: str,
+    port: int,
+    table: dict[str, Route],
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A minimal HTTP/1.1 server for ``table`` (GET and HEAD; one request per connection);
+    reports the bound port through ``task_status``."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
+                await _answer(stream, table)
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started(bound)
+
+
+async def _answer(stream: trio.SocketStream, table: dict[str, Route]) -> None:
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = await stream.receive_some(1024)
+        if not chunk or len(request) + len(chunk) > MAX_REQUEST_BYTES:
+            return
+        request += chunk
+    parts = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
+        await _respond(stream, 405, "text/plain", b"method not allowed\n")
+        return
+    route = table.get(parts[1].split("?", 1)[0])
+    if route is None:
+        await _respond(stream, 404, "text/plain", b"not found\n")
+        return
+    content_type, body = route()
+    await _respond(stream, 200, content_type, b"" if parts[0] == "HEAD" else body, len(body))
+
+
+_REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+async def _respond(
+    stream: trio.SocketStream,
+    status: int,
+    content_type: str,
+    body: bytes,
+    length: int | None = None,
+) -> None:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
+    )
+    await stream.send_all(head.encode("latin-1") + body)
