@@ -276,9 +276,7 @@ def metrics_reference() -> str:
     for name, (kind, unit, attributes, meaning) in METRICS.items():
         series = "<br>".join(f"`{n}`" for n in prometheus_names(name, kind, unit))
         labels = ", ".join(f"`taleus.{a.strip()}`" for a in attributes.split(",") if a.strip())
-        lines.append(
-            f"| `{name}` | {series} | {kind} | `{unit}` | {labels or '-'} | {meaning} |"
-        )
+        lines.append(f"| `{name}` | {series} | {kind} | `{unit}` | {labels or '-'} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,7 @@ CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
 BEGIN SELECT RAISE(ABORT, 'audit_head cannot be deleted'); END;
 """
 
+
 class SqliteDatabase:
     """One SQLite file: one connection, one transaction at a time (``BEGIN IMMEDIATE``)."""
 
@@ -185,9 +186,7 @@ class SqliteBackend(SqlBackend):
         self.control = SqliteDatabase(self.data_dir / "control.sqlite", synchronous=synchronous)
         self.control.executescript(control_tables("REAL"))
         self.audit_db = SqliteDatabase(self.data_dir / "audit.sqlite", synchronous=synchronous)
-        self.audit_db.executescript(
-            audit_tables("REAL", "INTEGER", GENESIS_HASH) + AUDIT_TRIGGERS
-        )
+        self.audit_db.executescript(audit_tables("REAL", "INTEGER", GENESIS_HASH) + AUDIT_TRIGGERS)
         self.tokens = SqlTokenStore(self.control, clock=clock, reservation_lease=reservation_lease)
         self.database = SqlProvisioner(
             self.control,
