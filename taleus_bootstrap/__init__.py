@@ -6,6 +6,8 @@ The inviter runs a :class:`SessionManager` on its libp2p host and hands out
 provisions the shared database through its :class:`DatabaseHook`, and both confirm.
 """
 
+import logging
+
 from ._codec import (
     DEFAULT_MAX_FRAME_BYTES,
     AnyFrame,
@@ -91,6 +93,10 @@ from ._states import (
 )
 
 __version__ = "0.1.0"
+
+# A library does not print: without logging configured by the application, records stop here
+# instead of reaching logging's last-resort handler on stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",

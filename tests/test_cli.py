@@ -53,7 +53,7 @@ def test_demo_runs_both_roles_and_a_refused_replay() -> None:
     assert "refused as expected: invalid_token" in out
     assert "A's audit chain verified: 26 events, intact" in out
     assert "B's audit chain verified" in out
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr == ""  # the expected refusal is shown on stdout, not logged
 
 
 def test_serve_invite_dial_both_roles_replay_and_graceful_stop(tmp_path: Path) -> None:

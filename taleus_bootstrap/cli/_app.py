@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,11 @@ def cli(debug: bool) -> None:
     An inviter runs `serve` and hands out links made by `invite`; an invitee runs `dial` with
     a link. `demo` shows the whole exchange on this machine.
     """
+    # Warnings on stderr for every command (serve replaces this with its own set-up).
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 for command in (serve, invite, dial, demo, audit, tokens):

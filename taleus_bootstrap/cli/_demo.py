@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -41,6 +42,9 @@ def demo(keep: bool) -> None:
     both sides, A's audit trail and the verification of both audit chains.
     """
     console = stdout_console()
+    # The replay's refusal is expected and shown below; its WARNING explanation would only
+    # interleave with the output.
+    logging.getLogger("taleus_bootstrap.manager").setLevel(logging.ERROR)
     root = Path(tempfile.mkdtemp(prefix="taleus-demo-"))
     started = time.perf_counter()
     try:
