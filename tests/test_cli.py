@@ -26,6 +26,7 @@ COMMANDS = [
     ["tokens"],
     ["tokens", "list"],
     ["tokens", "revoke"],
+    ["loadtest"],
 ]
 
 

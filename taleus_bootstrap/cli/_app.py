@@ -13,6 +13,7 @@ from ._audit import audit
 from ._demo import demo
 from ._dial import dial
 from ._errors import CliError, ExitCode
+from ._loadtest import loadtest
 from ._serve import serve
 from ._tokens import invite, tokens
 
@@ -66,7 +67,7 @@ def cli(debug: bool) -> None:
     )
 
 
-for command in (serve, invite, dial, demo, audit, tokens):
+for command in (serve, invite, dial, demo, audit, tokens, loadtest):
     cli.add_command(command)
 
 

@@ -1,0 +1,119 @@
+"""One client process of ``taleus-bootstrap loadtest``.
+
+``python -m taleus_bootstrap.cli._loadclient --link LINK --sessions N --concurrency C --peers P
+[--deadline S]`` runs N bootstraps against LINK, C in flight, from P libp2p hosts (one peer id
+each; each host's connection to the inviter is reused). Every session has a deadline, so the
+run ends. While running it prints ``{"done": d, "failed": f}`` lines; at the end one line
+``{"final": true, "elapsed_s": ..., "latencies_s": [...], "outcomes": {...}}``. An outcome is
+``completed``, ``rejected:<code>``, ``timeout``, ``unreachable``, ``protocol:<code>``,
+``provision``, ``deadline`` or ``error:<exception type>``: nothing is left unclassified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+
+from .._errors import (
+    BootstrapError,
+    BootstrapProtocolError,
+    BootstrapProvisionError,
+    BootstrapRejected,
+    BootstrapTimeout,
+    BootstrapUnreachable,
+)
+from .._hooks import InviteeHooks
+from .._invitee import initiate_bootstrap
+from .._libp2p import new_bootstrap_host, running_host
+
+PROGRESS_EVERY_S = 0.25
+
+
+def classify(error: BaseException) -> str:
+    """The outcome name of a failed bootstrap."""
+    code = getattr(error, "code", None)
+    code_text = code.value if code is not None else "none"
+    if isinstance(error, BootstrapRejected):
+        return f"rejected:{code_text}"
+    if isinstance(error, BootstrapTimeout):
+        return "timeout"
+    if isinstance(error, BootstrapUnreachable):
+        return "unreachable"
+    if isinstance(error, BootstrapProvisionError):
+        return "provision"
+    if isinstance(error, BootstrapProtocolError | BootstrapError):
+        return f"protocol:{code_text}"
+    return f"error:{type(error).__name__}"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import importlib
+
+    memory = importlib.import_module("taleus_hooks.memory")
+    hooks: InviteeHooks = memory.MemoryBackend().invitee_hooks()
+    outcomes: Counter[str] = Counter()
+    latencies: list[float] = []
+    limiter = trio.CapacityLimiter(args.concurrency)
+    async with AsyncExitStack() as stack:
+        hosts = [
+            await stack.enter_async_context(running_host(new_bootstrap_host(), ()))
+            for _ in range(args.peers)
+        ]
+
+        async def one(index: int) -> None:
+            async with limiter:
+                started = time.perf_counter()
+                outcome = "completed"
+                with trio.move_on_after(args.deadline) as scope:
+                    try:
+                        await initiate_bootstrap(args.link, hosts[index % len(hosts)], hooks=hooks)
+                    except Exception as exc:
+                        outcome = classify(exc)
+                if scope.cancelled_caught:
+                    outcome = "deadline"
+                outcomes[outcome] += 1
+                if outcome == "completed":
+                    latencies.append(time.perf_counter() - started)
+
+        async def report() -> None:
+            while True:
+                await trio.sleep(PROGRESS_EVERY_S)
+                done = sum(outcomes.values())
+                print(json.dumps({"done": done, "failed": done - outcomes["completed"]}),
+                      flush=True)  # fmt: skip
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as reporter:
+            reporter.start_soon(report)
+            async with trio.open_nursery() as nursery:
+                for index in range(args.sessions):
+                    nursery.start_soon(one, index)
+            reporter.cancel_scope.cancel()
+        elapsed = time.perf_counter() - started
+    return {
+        "final": True,
+        "elapsed_s": elapsed,
+        "latencies_s": latencies,
+        "outcomes": dict(outcomes),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--link", required=True)
+    parser.add_argument("--sessions", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--peers", type=int, default=1)
+    parser.add_argument("--deadline", type=float, default=30.0)
+    args = parser.parse_args()
+    print(json.dumps(trio.run(run, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

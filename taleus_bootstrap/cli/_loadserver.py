@@ -1,0 +1,188 @@
+"""The server side of ``taleus-bootstrap loadtest --spawn``, run as its own process.
+
+``python -m taleus_bootstrap.cli._loadserver --backend memory|sqlite|postgres --role stock|foil
+[--baseline] [--data-dir DIR] [--dsn DSN]`` starts a libp2p host, serves either a real
+:class:`~taleus_bootstrap.SessionManager` (load-test limits: no rate limits, a cap far above any
+concurrency) or, with ``--baseline``, a bare handler that exchanges the same frames with no
+session manager, no hooks and no audit. It prints one JSON line (peer id, addresses, link) and
+serves until its standard input closes or it gets SIGTERM; then it prints one JSON line of
+statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import secrets
+import signal
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.abc import INetStream
+
+from .._channel import FrameChannel
+from .._codec import DEFAULT_MAX_FRAME_BYTES
+from .._config import HostLimits, ManagerConfig
+from .._driver import stock_provision_request
+from .._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned, Tally
+from .._hooks import ProvisionRequest
+from .._libp2p import (
+    PROTOCOL_ID,
+    host_multiaddrs,
+    new_bootstrap_host,
+    remote_peer_id,
+    running_host,
+    set_guarded_stream_handler,
+)
+from .._link import BootstrapLink
+from .._manager import SessionManager
+from .._session import new_session_id
+
+LOAD_MANAGER: ManagerConfig = ManagerConfig(
+    max_concurrent_sessions=10_000,
+    peer_rate=10**9,
+    peer_burst=10**9,
+    global_rate_per_s=10**9,
+    global_burst=10**9,
+)
+LOAD_HOST = HostLimits(max_connections=8192, connection_rate_per_peer=None)
+
+
+class BareHandler:
+    """The same frames as a session, with nothing else: the baseline of ``--baseline``."""
+
+    def __init__(self, local_peer_id: str, role: str) -> None:
+        self.local_peer_id, self.role = local_peer_id, role
+        self.completed = self.failed = 0
+
+    async def __call__(self, stream: INetStream) -> None:
+        channel = FrameChannel(stream, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES)
+        try:
+            contact = await channel.receive()
+            assert isinstance(contact, Contact)
+            session_id = new_session_id()
+            if self.role == "stock":
+                request = stock_provision_request(
+                    session_id, self.local_peer_id, remote_peer_id(stream)
+                )
+                await channel.send(self._accepted(session_id, _provision(request)))
+                assert isinstance(await channel.receive(), Ack)
+            else:
+                await channel.send(self._accepted(session_id, None))
+                assert isinstance(await channel.receive(), Provisioned)
+                await channel.send(Ack(session_id=session_id))
+            await channel.close()
+            self.completed += 1
+        except Exception:
+            self.failed += 1
+            await channel.reset()
+
+    def _accepted(self, session_id: str, provision: Provision | None) -> Accepted:
+        return Accepted(
+            session_id=session_id,
+            inviter_role=self.role,  # type: ignore[arg-type]
+            party_id=self.local_peer_id,
+            cadre_addrs=[],
+            provision=provision,
+        )
+
+
+def _provision(request: ProvisionRequest) -> Provision:
+    tally = Tally(
+        tally_id=request.tally_id,
+        provisioner_role=request.provisioner_role,
+        stock_party_id=request.stock_party_id,
+        foil_party_id=request.foil_party_id,
+        created_at=request.created_at,
+    )
+    return Provision(
+        tally=tally,
+        database=DatabaseInfo(endpoint=f"memory:{tally.tally_id}", credentials_ref="none"),
+    )
+
+
+def _open_store(backend: str, data_dir: Path, dsn: str | None) -> Any:
+    """The reference backend (imported by name: see ``_backend.sqlite_backend``)."""
+    if backend == "memory":
+        return importlib.import_module("taleus_hooks.memory").MemoryBackend()
+    if backend == "sqlite":
+        return importlib.import_module("taleus_hooks.sqlite").SqliteBackend(data_dir)
+    if dsn is None:
+        raise SystemExit("--dsn is required for postgres")
+    schema = "taleus_load_" + secrets.token_hex(4)
+    return importlib.import_module("taleus_hooks.postgres").PostgresBackend(dsn, schema=schema)
+
+
+async def serve(args: argparse.Namespace) -> dict[str, Any]:
+    host = new_bootstrap_host(limits=LOAD_HOST)
+    peer_id = host.get_id().to_base58()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.data_dir or tmp)
+        async with running_host(host, [args.listen]), trio.open_nursery() as nursery:
+            store = None
+            if args.baseline:
+                handler = BareHandler(peer_id, args.role)
+                set_guarded_stream_handler(host, PROTOCOL_ID, handler)
+                token = "baseline"
+            else:
+                store = _open_store(args.backend, data_dir, args.dsn)
+                token = store.tokens.mint(args.role, uses=None, ttl=timedelta(days=1))
+                manager = SessionManager(host, store.hooks(), LOAD_MANAGER)
+                await nursery.start(manager.run)
+            link = BootstrapLink(
+                responder_addrs=host_multiaddrs(host),
+                token=token,
+                expires_at=datetime.now(UTC) + timedelta(days=1),
+                inviter_role=args.role,
+            )
+            print(json.dumps({"peer_id": peer_id, "link": link.encode()}), flush=True)
+            await _until_stdin_closes_or_signal()
+            if args.baseline:
+                stats = {"COMPLETED": handler.completed, "FAILED": handler.failed}
+            else:
+                await manager.aclose()
+                stats = dict(manager.statistics().by_state)
+            nursery.cancel_scope.cancel()
+        if store is not None and hasattr(store, "close"):
+            store.close()
+    return {"by_state": stats}
+
+
+async def _until_stdin_closes_or_signal() -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def stdin_closed() -> None:
+            # mypy cannot match keywords after a TypeVarTuple here; trio 0.35 takes this one.
+            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)  # type: ignore[call-arg]
+            nursery.cancel_scope.cancel()
+
+        async def signalled() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(stdin_closed)
+        nursery.start_soon(signalled)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["memory", "sqlite", "postgres"], default="memory")
+    parser.add_argument("--role", choices=["stock", "foil"], default="stock")
+    parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--dsn")
+    args = parser.parse_args()
+    result = trio.run(serve, args)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""``taleus-bootstrap loadtest`` through its real entry point: a smoke run of 100 sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .clirun import assert_one_line_error, run_cli, served_node
+
+pytestmark = pytest.mark.libp2p
+
+
+def test_loadtest_smoke_with_baseline_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = run_cli(
+        "loadtest", "--spawn", "--sessions", "100", "--concurrency", "10", "--peers", "4",
+        "--processes", "2", "--baseline", "--json", out, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ours / baseline throughput:" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["shape"]["processes"] == 2 and report["shape"]["peers"] == 4
+    for name in ("ours", "baseline"):
+        run = report["runs"][name]
+        assert run["outcomes"] == {"completed": 100}, run
+        assert run["server_by_state"] == {"COMPLETED": 100} or name == "baseline"
+        assert run["sessions_per_s"] > 0
+        lat = run["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert run["server"]["cpu_ms_per_session"] > 0 and run["server"]["peak_rss_mib"] > 10
+    assert report["runs"]["baseline"]["server_by_state"] == {"COMPLETED": 100, "FAILED": 0}
+    assert report["ratio"] == pytest.approx(
+        report["runs"]["ours"]["sessions_per_s"] / report["runs"]["baseline"]["sessions_per_s"]
+    )
+
+
+def test_loadtest_against_a_served_data_dir_counts_rejections(tmp_path: Path) -> None:
+    config = tmp_path / "tight.toml"
+    config.write_text("[manager]\nmax_concurrent_sessions = 2\n")
+    with served_node(tmp_path / "a", "--config", config):
+        out = tmp_path / "figures.json"
+        proc = run_cli(
+            "loadtest", "--target", tmp_path / "a", "--sessions", "40", "--concurrency", "20",
+            "--json", out, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(out.read_text())["runs"]["target"]
+    assert sum(run["outcomes"].values()) == 40  # every session classified
+    assert set(run["outcomes"]) <= {"completed", "rejected:busy", "rejected:rate_limited"}
+    assert (
+        run["outcomes"].get("rejected:busy", 0) + run["outcomes"].get("rejected:rate_limited", 0)
+        > 0
+    )  # the node's cap and its default per-peer rate refuse part of the burst
+
+
+def test_loadtest_usage_errors(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("loadtest"), 2, "exactly one of --spawn and --target")
+    both = run_cli("loadtest", "--spawn", "--target", "taleus:bootstrap:x")
+    assert_one_line_error(both, 2, "exactly one of --spawn and --target")
+    baseline = run_cli("loadtest", "--target", "taleus:bootstrap:x", "--baseline")
+    assert_one_line_error(baseline, 2, "--baseline needs --spawn")
+    missing = run_cli("loadtest", "--target", tmp_path / "nothing")
+    assert_one_line_error(missing, 2, "does not exist")
