@@ -7,6 +7,8 @@ run ends. While running it prints ``{"done": d, "failed": f}`` lines; at the end
 ``{"final": true, "elapsed_s": ..., "latencies_s": [...], "outcomes": {...}}``. An outcome is
 ``completed``, ``rejected:<code>``, ``timeout``, ``unreachable``, ``protocol:<code>``,
 ``provision``, ``deadline`` or ``error:<exception type>``: nothing is left unclassified.
+With ``--idle K`` it instead opens K bootstrap streams that never send anything and reports
+how long the server took to end each one.
 """
 
 from __future__ import annotations
@@ -104,6 +106,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def hold_idle(args: argparse.Namespace) -> dict[str, Any]:
+    """Open ``--idle`` streams that never send a byte; report when the server ends each."""
+    from .._libp2p import open_bootstrap_stream
+    from .._link import BootstrapLink
+
+    addr = BootstrapLink.decode(args.link).responder_addrs[0]
+    reaped: list[float] = []
+    async with AsyncExitStack() as stack:
+        hosts = [
+            await stack.enter_async_context(running_host(new_bootstrap_host(), ()))
+            for _ in range(args.peers)
+        ]
+        streams = []
+        for index in range(args.idle):
+            streams.append(await open_bootstrap_stream(hosts[index % len(hosts)], addr))
+        opened = time.perf_counter()
+        print(json.dumps({"idle_opened": len(streams)}), flush=True)
+
+        async def wait_end(stream: Any) -> None:
+            with trio.move_on_after(args.deadline):
+                try:
+                    while await stream.read(4096):
+                        pass
+                except Exception:
+                    pass
+                reaped.append(time.perf_counter() - opened)
+
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(wait_end, stream)
+    reaped.sort()
+    return {
+        "final": True,
+        "idle_opened": args.idle,
+        "idle_reaped": len(reaped),
+        "reap_s": {"p50": reaped[len(reaped) // 2], "max": reaped[-1]} if reaped else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--link", required=True)
@@ -111,8 +152,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--peers", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=30.0)
+    parser.add_argument("--idle", type=int, default=0, help="hold this many silent streams")
     args = parser.parse_args()
-    print(json.dumps(trio.run(run, args)), flush=True)
+    print(json.dumps(trio.run(hold_idle if args.idle else run, args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,22 @@ CLIENT = [sys.executable, "-m", "taleus_bootstrap.cli._loadclient"]
     "frames with no session manager, and report our throughput as a ratio of it.",
 )
 @click.option(
+    "--idle-streams",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Meanwhile hold this many streams that send nothing (from another client process) "
+    "and report the server memory they take and when they are reaped.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Sessions run first and left out of the figures (server memory is measured from "
+    "after them).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -107,6 +123,8 @@ def loadtest(
     dsn: str | None,
     deadline: float,
     baseline: bool,
+    warmup: int,
+    idle_streams: int,
     json_path: Path | None,
 ) -> None:
     """Run N bootstraps, C in flight, and report throughput, latency percentiles, outcomes by
@@ -118,7 +136,8 @@ def loadtest(
     if backend == "postgres" and spawn and not dsn:
         raise CliError("--backend postgres needs --dsn or TALEUS_BOOTSTRAP_DSN", ExitCode.USAGE)
     shape = {"sessions": sessions, "concurrency": concurrency, "peers": peers,
-             "processes": min(processes, peers, concurrency), "deadline": deadline}  # fmt: skip
+             "processes": min(processes, peers, concurrency), "deadline": deadline,
+             "warmup": warmup, "idle_streams": idle_streams}  # fmt: skip
     runs: dict[str, dict[str, Any]] = {}
     if spawn:
         flags = ["--backend", backend, "--role", role] + (["--dsn", dsn] if dsn else [])
@@ -127,7 +146,10 @@ def loadtest(
             runs["baseline"] = _spawned_run("baseline", [*flags, "--baseline"], shape)
     else:
         assert target is not None
-        runs["target"] = _drive("target", _target_link(target), shape, None)
+        link = _target_link(target)
+        if warmup:
+            _drive("warm-up", link, {**shape, "sessions": warmup, "idle_streams": 0}, None)
+        runs["target"] = _drive("target", link, shape, None)
     report: dict[str, Any] = {"shape": {**shape, "role": role, "backend": backend}, "runs": runs}
     if baseline:
         report["ratio"] = runs["ours"]["sessions_per_s"] / max(
@@ -168,7 +190,11 @@ def _spawned_run(label: str, flags: list[str], shape: dict[str, Any]) -> dict[st
         line = server.stdout.readline()
         if not line:
             raise CliError(f"the {label} server did not start")
-        result = _drive(label, json.loads(line)["link"], shape, server.pid)
+        link = json.loads(line)["link"]
+        if shape["warmup"]:
+            warm = {**shape, "sessions": shape["warmup"], "idle_streams": 0}
+            _drive(f"{label} warm-up", link, warm, None)
+        result = _drive(label, link, shape, server.pid)
         server.stdin.close()
         final = json.loads(server.stdout.readline() or "{}")
         result["server_by_state"] = final.get("by_state", {})
@@ -199,6 +225,18 @@ def _drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None)
         assert client.stdout is not None
         threading.Thread(target=_pump, args=(index, client.stdout, lines), daemon=True).start()
         clients.append(client)
+    if shape["idle_streams"]:
+        idle = subprocess.Popen(
+            [*CLIENT, "--link", link, "--sessions", "0", "--concurrency", "1",
+             "--peers", str(min(shape["idle_streams"], 20)), "--idle", str(shape["idle_streams"]),
+             "--deadline", str(shape["deadline"])],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert idle.stdout is not None
+        threading.Thread(target=_pump, args=(len(clients), idle.stdout, lines), daemon=True).start()
+        clients.append(idle)
+    idle_index = len(clients) - 1 if shape["idle_streams"] else None
+    idle_rss: dict[str, float] = {}
     finals: dict[int, dict[str, Any]] = {}
     progress: dict[int, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -220,6 +258,8 @@ def _drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None)
                 continue
             if message.get("final"):
                 finals[index] = message
+            elif "idle_opened" in message:
+                idle_rss = _proc_stats(server_pid)
             else:
                 progress[index] = message
             done = sum(p["done"] for p in progress.values())
@@ -229,7 +269,14 @@ def _drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None)
     for client in clients:
         client.wait(timeout=30)
     after = _proc_stats(server_pid)
-    return _summary(list(finals.values()), before, after)
+    idle_final = finals.pop(idle_index) if idle_index is not None else None
+    result = _summary(list(finals.values()), before, after)
+    if idle_final is not None:
+        idle_final.pop("final")
+        if idle_rss and before:
+            idle_final["server_rss_extra_mib"] = idle_rss["rss_mib"] - before["rss_mib"]
+        result["idle"] = idle_final
+    return result
 
 
 def _pump(index: int, stream: IO[str], lines: queue.Queue[tuple[int, dict[str, Any]]]) -> None:
@@ -299,5 +346,8 @@ def _print(report: dict[str, Any]) -> None:
         )
     console = stdout_console()
     console.print(table)
+    for name, run in report["runs"].items():
+        if "idle" in run:
+            console.print(f"{name}: idle streams {json.dumps(run['idle'])}")
     if "ratio" in report:
         console.print(f"ours / baseline throughput: {report['ratio']:.2f}")
