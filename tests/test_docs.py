@@ -20,7 +20,7 @@ from taleus_bootstrap import INVITEE_TRANSITIONS, INVITER_TRANSITIONS
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 GEN_DOCS = DOCS / "gen_docs.py"
-PAGES = ("index", "protocol", "state-machine", "hooks", "operations", "security")
+PAGES = ("index", "protocol", "state-machine", "hooks", "operations", "performance", "security")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

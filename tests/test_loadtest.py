@@ -63,3 +63,18 @@ def test_loadtest_usage_errors(tmp_path: Path) -> None:
     assert_one_line_error(baseline, 2, "--baseline needs --spawn")
     missing = run_cli("loadtest", "--target", tmp_path / "nothing")
     assert_one_line_error(missing, 2, "does not exist")
+
+
+def test_loadtest_idle_streams_are_reaped_while_sessions_complete(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = run_cli(
+        "loadtest", "--spawn", "--sessions", "30", "--concurrency", "3", "--idle-streams", "30",
+        "--json", out, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(out.read_text())["runs"]["ours"]
+    assert run["outcomes"] == {"completed": 30}
+    idle = run["idle"]
+    assert idle["idle_opened"] == idle["idle_reaped"] == 30  # the server ended every one
+    assert idle["reap_s"]["max"] < 30  # by the step timeout, well before the client's deadline
+    assert "server_rss_extra_mib" in idle
