@@ -68,8 +68,8 @@ def test_loadtest_usage_errors(tmp_path: Path) -> None:
 def test_loadtest_idle_streams_are_reaped_while_sessions_complete(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     proc = run_cli(
-        "loadtest", "--spawn", "--sessions", "30", "--concurrency", "3", "--idle-streams", "30",
-        "--json", out, timeout=300,
+        "loadtest", "--spawn", "--backend", "ephemeral", "--sessions", "30", "--concurrency", "3",
+        "--idle-streams", "30", "--json", out, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     run = json.loads(out.read_text())["runs"]["ours"]

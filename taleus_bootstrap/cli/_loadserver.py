@@ -30,7 +30,7 @@ from .._codec import DEFAULT_MAX_FRAME_BYTES
 from .._config import HostLimits, ManagerConfig
 from .._driver import stock_provision_request
 from .._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned, Tally
-from .._hooks import ProvisionRequest
+from .._hooks import NoopAudit, ProvisionRequest, SessionHooks
 from .._libp2p import (
     PROTOCOL_ID,
     host_multiaddrs,
@@ -106,8 +106,53 @@ def _provision(request: ProvisionRequest) -> Provision:
     )
 
 
+class EphemeralStore:
+    """Memory hooks that keep nothing once a session has ended: no audit log, tallies
+    forgotten on commit and release. The node's own memory can be measured with it (the memory
+    reference backend keeps every event and tally by design)."""
+
+    def __init__(self) -> None:
+        self._memory = importlib.import_module("taleus_hooks.memory").MemoryBackend()
+        self.tokens = self._memory.tokens
+
+    def hooks(self) -> SessionHooks:
+        hooks: SessionHooks = self._memory.hooks(
+            audit=NoopAudit(), database=_Forgetful(self._memory.provisioner)
+        )
+        return hooks
+
+
+class _Forgetful:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def provision(self, request: ProvisionRequest) -> Any:
+        return await self._inner.provision(request)
+
+    async def accept(self, result: Any, *, session_id: str) -> bool:
+        return bool(await self._inner.accept(result, session_id=session_id))
+
+    async def release(self, result: Any, *, session_id: str) -> None:
+        await self._inner.release(result, session_id=session_id)
+        self._forget(result)
+
+    async def commit(self, result: Any, *, session_id: str) -> None:
+        await self._inner.commit(result, session_id=session_id)
+        self._forget(result)
+
+    def _forget(self, result: Any) -> None:
+        for table in ("tallies", "accepted", "committed", "released"):
+            held = getattr(self._inner, table, None)
+            if isinstance(held, dict):
+                held.pop(result.tally.tally_id, None)
+            elif isinstance(held, list | set):
+                held.clear()
+
+
 def _open_store(backend: str, data_dir: Path, dsn: str | None) -> Any:
     """The reference backend (imported by name: see ``_backend.sqlite_backend``)."""
+    if backend == "ephemeral":
+        return EphemeralStore()
     if backend == "memory":
         return importlib.import_module("taleus_hooks.memory").MemoryBackend()
     if backend == "sqlite":
@@ -173,7 +218,9 @@ async def _until_stdin_closes_or_signal() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["memory", "sqlite", "postgres"], default="memory")
+    parser.add_argument(
+        "--backend", choices=["memory", "ephemeral", "sqlite", "postgres"], default="memory"
+    )
     parser.add_argument("--role", choices=["stock", "foil"], default="stock")
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")

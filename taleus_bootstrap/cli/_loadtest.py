@@ -70,10 +70,11 @@ CLIENT = [sys.executable, "-m", "taleus_bootstrap.cli._loadclient"]
 )
 @click.option(
     "--backend",
-    type=click.Choice(["memory", "sqlite", "postgres"]),
+    type=click.Choice(["memory", "ephemeral", "sqlite", "postgres"]),
     default="memory",
     show_default=True,
-    help="The spawned node's hooks.",
+    help="The spawned node's hooks (ephemeral: memory hooks that keep nothing after a session, "
+    "to measure the node's own memory).",
 )
 @click.option("--dsn", envvar=DSN_ENV, help="PostgreSQL DSN for --backend postgres.")
 @click.option(
