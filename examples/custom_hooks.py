@@ -117,14 +117,11 @@ class JsonFileTallies:
         self.directory = directory
 
     async def provision(self, request: ProvisionRequest) -> Provision:
-        tally = {k: v for k, v in request.model_dump(mode="json").items() if k != "session_id"}
+        tally = request.draft_tally()
         path = self.directory / f"{request.tally_id}.json"
-        await trio.Path(path).write_text(json.dumps(tally, indent=2))
-        return Provision.model_validate(
-            {
-                "tally": tally,
-                "database": DatabaseInfo(endpoint=f"file://{path}", credentials_ref="none"),
-            }
+        await trio.Path(path).write_text(json.dumps(tally.model_dump(mode="json"), indent=2))
+        return Provision(
+            tally=tally, database=DatabaseInfo(endpoint=f"file://{path}", credentials_ref="none")
         )
 
     async def release(self, result: Provision, *, session_id: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 from pydantic import JsonValue
 
-from taleus_bootstrap import InviteeHooks, ProvisionRequest, Role, SessionHooks, Tally
+from taleus_bootstrap import InviteeHooks, Role, SessionHooks
 
 __all__ = [
     "Clock",
@@ -27,7 +27,6 @@ __all__ = [
     "SqlDatabase",
     "TokenRecord",
     "canonical_json",
-    "draft_tally",
     "utc_now",
 ]
 
@@ -72,17 +71,6 @@ class TokenRecord:
         if self.max_in_flight is not None and held >= self.max_in_flight:
             return False
         return self.max_uses is None or self.used + held < self.max_uses
-
-
-def draft_tally(request: ProvisionRequest) -> Tally:
-    """The draft tally a provision request describes."""
-    return Tally(
-        tally_id=request.tally_id,
-        provisioner_role=request.provisioner_role,
-        stock_party_id=request.stock_party_id,
-        foil_party_id=request.foil_party_id,
-        created_at=request.created_at,
-    )
 
 
 class HookBundle:

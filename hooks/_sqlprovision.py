@@ -19,7 +19,7 @@ import trio
 
 from taleus_bootstrap import DatabaseInfo, Provision, ProvisionRequest, ProvisionResult, Tally
 
-from ._common import Clock, Cursor, SqlDatabase, draft_tally, run_in_thread, utc_now
+from ._common import Clock, Cursor, SqlDatabase, run_in_thread, utc_now
 
 __all__ = ["DEFAULT_PROVISION_TTL", "ProvisionRecord", "SqlProvisioner", "TallyFactory"]
 
@@ -79,7 +79,7 @@ class SqlProvisioner:
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
         """Create the tally's database; tracked as ``pending`` until ``commit``."""
-        tally = draft_tally(request)
+        tally = request.draft_tally()
         result = Provision(tally=tally, database=self.factory.locate(tally.tally_id))
         inserted = await run_in_thread(
             self._db, lambda cur: self._insert(cur, result, "local", request.session_id)

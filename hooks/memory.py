@@ -34,7 +34,6 @@ from ._common import (
     RequirementsIdentityValidator,
     TokenRecord,
     check_mint_arguments,
-    draft_tally,
     utc_now,
 )
 
@@ -163,7 +162,7 @@ class MemoryProvisioner:
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
         """Record a draft tally and return where it lives."""
         await trio.lowlevel.checkpoint()
-        tally = draft_tally(request)
+        tally = request.draft_tally()
         self.tallies[tally.tally_id] = tally
         return Provision(
             tally=tally,

@@ -638,13 +638,7 @@ async def _db_provision(make: _Factory[DatabaseHookHarness]) -> None:
         _check(isinstance(h.hook, DatabaseHook), "hook lacks the DatabaseHook methods")
         request = _request("prov")
         result = await _provision(h, request)
-        want = Tally(
-            tally_id=request.tally_id,
-            provisioner_role=request.provisioner_role,
-            stock_party_id=request.stock_party_id,
-            foil_party_id=request.foil_party_id,
-            created_at=request.created_at,
-        )
+        want = request.draft_tally()
         for name in Tally.model_fields:
             got_value, want_value = getattr(result.tally, name), getattr(want, name)
             _check(

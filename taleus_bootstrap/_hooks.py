@@ -21,7 +21,7 @@ from typing import Annotated, Protocol, runtime_checkable
 from pydantic import Field, JsonValue
 
 from ._events import AuditEvent
-from ._frames import PeerIdStr, Provision, Role, UtcDatetime, _Model
+from ._frames import PeerIdStr, Provision, Role, Tally, UtcDatetime, _Model
 
 __all__ = [
     "AuditHook",
@@ -58,6 +58,16 @@ class ProvisionRequest(_Model):
     stock_party_id: PeerIdStr
     foil_party_id: PeerIdStr
     created_at: UtcDatetime
+
+    def draft_tally(self) -> Tally:
+        """The draft tally this request describes (what the provisioned database must hold)."""
+        return Tally(
+            tally_id=self.tally_id,
+            provisioner_role=self.provisioner_role,
+            stock_party_id=self.stock_party_id,
+            foil_party_id=self.foil_party_id,
+            created_at=self.created_at,
+        )
 
 
 @runtime_checkable

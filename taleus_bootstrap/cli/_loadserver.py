@@ -29,7 +29,7 @@ from .._channel import FrameChannel
 from .._codec import DEFAULT_MAX_FRAME_BYTES
 from .._config import HostLimits, ManagerConfig
 from .._driver import stock_provision_request
-from .._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned, Tally
+from .._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned
 from .._hooks import NoopAudit, ProvisionRequest, SessionHooks
 from .._libp2p import (
     PROTOCOL_ID,
@@ -93,13 +93,7 @@ class BareHandler:
 
 
 def _provision(request: ProvisionRequest) -> Provision:
-    tally = Tally(
-        tally_id=request.tally_id,
-        provisioner_role=request.provisioner_role,
-        stock_party_id=request.stock_party_id,
-        foil_party_id=request.foil_party_id,
-        created_at=request.created_at,
-    )
+    tally = request.draft_tally()
     return Provision(
         tally=tally,
         database=DatabaseInfo(endpoint=f"memory:{tally.tally_id}", credentials_ref="none"),
