@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any, Final, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -34,6 +34,8 @@ from ._states import TransitionRecord
 __all__ = ["METRICS", "PREFIX", "SessionTrace", "Telemetry", "peer_digest", "telemetry_for"]
 
 H = TypeVar("H", SessionHooks, InviteeHooks)
+P = ParamSpec("P")
+R = TypeVar("R")
 T = TypeVar("T")
 
 PREFIX: Final = "taleus.bootstrap"
@@ -111,6 +113,29 @@ class _Instrumented:
         return functools.partial(
             self._telemetry.call_hook, f"{self._kind}.{name}", self._side, attr
         )
+
+
+def _never_raises(
+    what: str, fallback: Callable[[], R]
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Telemetry must not fail a session: log what the wrapped call raises, return
+    ``fallback()`` instead."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except Exception:
+                logger.warning("telemetry failed at %s", what, exc_info=True)
+                return fallback()
+
+        return guarded
+
+    return decorate
+
+
+_NO_SPAN: Span | None = None
 
 
 class SessionTrace:
@@ -213,18 +238,13 @@ class Telemetry:
             elapsed = time.perf_counter() - start
             if token is not None:
                 otel_context.detach(token)
-            try:
-                self._hook_done(hook, side, outcome, elapsed, span, error)
-            except Exception:
-                logger.warning("telemetry failed after %s", hook, exc_info=True)
+            self._hook_done(hook, side, outcome, elapsed, span, error)
 
+    @_never_raises("a hook call's start", lambda: _NO_SPAN)
     def _hook_span(self, hook: str) -> Span | None:
-        try:
-            return self.tracer.start_span(f"hook {hook}")
-        except Exception:
-            logger.warning("telemetry failed before %s", hook, exc_info=True)
-            return None
+        return self.tracer.start_span(f"hook {hook}")
 
+    @_never_raises("a hook call's end", lambda: None)
     def _hook_done(
         self, hook: str, side: str, outcome: str, elapsed: float, span: Span | None, error: str
     ) -> None:
@@ -242,16 +262,10 @@ class Telemetry:
 
     # -- sessions -------------------------------------------------------------------------
 
+    @_never_raises("session start", lambda: SessionTrace(trace.INVALID_SPAN))
     def start_session(self, side: str, peer_id: str | None) -> SessionTrace:
         """Count a session start and open its span (not yet current: see :meth:`activate`).
         Never raises: a failing provider is logged and the session goes on untraced."""
-        try:
-            return self._start_session(side, peer_id)
-        except Exception:
-            logger.warning("telemetry failed at session start", exc_info=True)
-            return SessionTrace(trace.INVALID_SPAN)
-
-    def _start_session(self, side: str, peer_id: str | None) -> SessionTrace:
         attributes = {"taleus.side": side}
         self._started.add(1, attributes)
         self._active.add(1, attributes)
@@ -274,15 +288,8 @@ class Telemetry:
             _AUDIT_WAIT.reset(waited)
             otel_context.detach(token)
 
-    def finish_session(self, session: SessionTrace, **outcome: Any) -> None:
-        """Record a finished session's metrics, complete its span and end it (keywords as
-        :meth:`_finish_session`). Never raises: a failing provider is logged."""
-        try:
-            self._finish_session(session, **outcome)
-        except Exception:
-            logger.warning("telemetry failed at session end", exc_info=True)
-
-    def _finish_session(
+    @_never_raises("session end", lambda: None)
+    def finish_session(
         self,
         session: SessionTrace,
         *,
@@ -295,6 +302,8 @@ class Telemetry:
         duration_s: float,
         transitions: Iterable[TransitionRecord],
     ) -> None:
+        """Record a finished session's metrics, complete its span and end it. Never raises: a
+        failing provider is logged."""
         span = session.span
         outcome = _OUTCOMES.get(final_state, "failed")
         side_attr = {"taleus.side": side}
