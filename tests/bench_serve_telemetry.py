@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from taleus_hooks.memory import MemoryBackend
 
-from taleus_bootstrap import initiate_bootstrap, new_bootstrap_host, running_host
+from taleus_bootstrap.cli import _loadclient as loadclient
+from taleus_bootstrap.cli._loadtest import proc_stats
 
 from .clirun import MODULE, cli_env, run_cli
 
@@ -53,25 +52,15 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def drive(link: str, sessions: int, concurrency: int) -> float:
-    invitee = MemoryBackend()
-    limiter = trio.CapacityLimiter(concurrency)
-    async with running_host(new_bootstrap_host(), ()) as host:
-
-        async def one() -> None:
-            async with limiter:
-                await initiate_bootstrap(link, host, hooks=invitee.invitee_hooks())
-
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(sessions):
-                nursery.start_soon(one)
-        return time.perf_counter() - started
+def drive(link: str, sessions: int, concurrency: int) -> float:
+    """Seconds for ``sessions`` bootstraps, ``concurrency`` in flight, from one client host
+    (the load tester's own client); every one must complete."""
+    args = argparse.Namespace(
+        link=link, sessions=sessions, concurrency=concurrency, peers=1, deadline=60.0
+    )
+    result = trio.run(loadclient.run, args)
+    assert result["outcomes"] == {"completed": sessions}, result["outcomes"]
+    return float(result["elapsed_s"])
 
 
 def one_round(root: Path, telemetry: str, sink: str, sessions: int, concurrency: int) -> Any:
@@ -98,10 +87,10 @@ def one_round(root: Path, telemetry: str, sink: str, sessions: int, concurrency:
             time.sleep(0.05)
         minted = run_cli("invite", "--data-dir", data, "--role", "stock", "--unlimited", "--json")
         link = json.loads(minted.stdout)["link"]
-        trio.run(drive, link, min(50, sessions), concurrency)  # warm-up
-        cpu = cpu_seconds(server.pid)
-        elapsed = trio.run(drive, link, sessions, concurrency)
-        cpu_ms = (cpu_seconds(server.pid) - cpu) / sessions * 1000
+        drive(link, min(50, sessions), concurrency)  # warm-up
+        cpu = proc_stats(server.pid)["cpu_s"]
+        elapsed = drive(link, sessions, concurrency)
+        cpu_ms = (proc_stats(server.pid)["cpu_s"] - cpu) / sessions * 1000
         return sessions / elapsed, cpu_ms
     finally:
         server.terminate()

@@ -6,7 +6,7 @@ import logging
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ._dial import result_table
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir
 from ._options import stdout_console
+from ._tokens import mint_link
 
 __all__ = ["demo"]
 
@@ -111,14 +112,11 @@ async def _demo(console: Console, root: Path) -> None:
 
 
 def _mint(store: Any, host: Any, role: str) -> BootstrapLink:
-    token = store.tokens.mint(
-        role, uses=1, ttl=timedelta(minutes=10), identity_requirements={"name": True}
-    )
-    return BootstrapLink(
-        responder_addrs=host_multiaddrs(host),
-        token=token,
-        expires_at=datetime.now(UTC) + timedelta(minutes=10),
-        inviter_role=role,  # type: ignore[arg-type]
+    return mint_link(
+        store.tokens,
+        host_multiaddrs(host),
+        role,
+        ttl=timedelta(minutes=10),
         identity_requirements={"name": True},
     )
 

@@ -18,12 +18,14 @@ import secrets
 import signal
 import sys
 import tempfile
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import trio
 from libp2p.abc import INetStream
+from pydantic import SecretStr
 
 from .._channel import FrameChannel
 from .._codec import DEFAULT_MAX_FRAME_BYTES
@@ -42,6 +44,10 @@ from .._libp2p import (
 from .._link import BootstrapLink
 from .._manager import SessionManager
 from .._session import new_session_id
+from ._backend import open_backend
+from ._nodedir import NodeDir
+from ._settings import BackendSettings
+from ._tokens import mint_link
 
 LOAD_MANAGER: ManagerConfig = ManagerConfig(
     max_concurrent_sessions=10_000,
@@ -143,42 +149,43 @@ class _Forgetful:
                 held.clear()
 
 
-def _open_store(backend: str, data_dir: Path, dsn: str | None) -> Any:
-    """The reference backend (imported by name: see ``_backend.sqlite_backend``)."""
+def _open_store(stack: ExitStack, backend: str, data_dir: Path, dsn: str | None) -> Any:
+    """The hooks of ``--backend``; SQLite and PostgreSQL are opened (and closed with ``stack``)
+    as ``serve`` opens them."""
     if backend == "ephemeral":
         return EphemeralStore()
     if backend == "memory":
         return importlib.import_module("taleus_hooks.memory").MemoryBackend()
-    if backend == "sqlite":
-        return importlib.import_module("taleus_hooks.sqlite").SqliteBackend(data_dir)
-    if dsn is None:
+    if backend == "postgres" and dsn is None:
         raise SystemExit("--dsn is required for postgres")
-    schema = "taleus_load_" + secrets.token_hex(4)
-    return importlib.import_module("taleus_hooks.postgres").PostgresBackend(dsn, schema=schema)
+    settings = BackendSettings(
+        kind=backend,  # type: ignore[arg-type]
+        dsn=SecretStr(dsn) if dsn else None,
+        schema_name="taleus_load_" + secrets.token_hex(4),
+    )
+    return stack.enter_context(open_backend(NodeDir(data_dir), settings))
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
     host = new_bootstrap_host(limits=LOAD_HOST)
     peer_id = host.get_id().to_base58()
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(args.data_dir or tmp)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         async with running_host(host, [args.listen]), trio.open_nursery() as nursery:
-            store = None
+            addrs = host_multiaddrs(host)
             if args.baseline:
                 handler = BareHandler(peer_id, args.role)
                 set_guarded_stream_handler(host, PROTOCOL_ID, handler)
-                token = "baseline"
+                link = BootstrapLink(
+                    responder_addrs=addrs,
+                    token="baseline",  # the bare handler checks no token
+                    expires_at=datetime.now(UTC) + timedelta(days=1),
+                    inviter_role=args.role,
+                )
             else:
-                store = _open_store(args.backend, data_dir, args.dsn)
-                token = store.tokens.mint(args.role, uses=None, ttl=timedelta(days=1))
+                store = _open_store(stack, args.backend, Path(args.data_dir or tmp), args.dsn)
+                link = mint_link(store.tokens, addrs, args.role, ttl=timedelta(days=1), uses=None)
                 manager = SessionManager(host, store.hooks(), LOAD_MANAGER)
                 await nursery.start(manager.run)
-            link = BootstrapLink(
-                responder_addrs=host_multiaddrs(host),
-                token=token,
-                expires_at=datetime.now(UTC) + timedelta(days=1),
-                inviter_role=args.role,
-            )
             print(json.dumps({"peer_id": peer_id, "link": link.encode()}), flush=True)
             await _until_stdin_closes_or_signal()
             if args.baseline:
@@ -187,8 +194,6 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
                 await manager.aclose()
                 stats = dict(manager.statistics().by_state)
             nursery.cancel_scope.cancel()
-        if store is not None and hasattr(store, "close"):
-            store.close()
     return {"by_state": stats}
 
 

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,14 +18,14 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._link import BootstrapLink
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
 from ._nodedir import NodeDir
 from ._options import DSN_ENV, stdout_console
 from ._settings import load_settings
+from ._tokens import mint_link, responder_addrs
 
-__all__ = ["loadtest"]
+__all__ = ["loadtest", "proc_stats"]
 
 SERVER = [sys.executable, "-m", "taleus_bootstrap.cli._loadserver"]
 CLIENT = [sys.executable, "-m", "taleus_bootstrap.cli._loadclient"]
@@ -168,18 +168,13 @@ def _target_link(target: str) -> str:
     if target.startswith("taleus:bootstrap:"):
         return target
     node = NodeDir.open(Path(target))
-    state = node.read_state()
-    if state is None or not state.addrs:
-        raise CliError(f"{target} has no recorded addresses; is serve running?", ExitCode.USAGE)
+    addrs = responder_addrs(node)
     store_settings = resolve_backend(load_settings(None, node.path), node, kind=None, dsn=None)
     with open_backend(node, store_settings) as store:
-        token = store.tokens.mint("stock", uses=None, ttl=timedelta(hours=6), label="loadtest")
-    return BootstrapLink(
-        responder_addrs=list(state.addrs),
-        token=token,
-        expires_at=datetime.now(UTC) + timedelta(hours=6),
-        inviter_role="stock",
-    ).encode()
+        link = mint_link(
+            store.tokens, addrs, "stock", ttl=timedelta(hours=6), uses=None, label="loadtest"
+        )
+    return link.encode()
 
 
 def _spawned_run(label: str, flags: list[str], shape: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +209,7 @@ def _drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None)
     k = shape["processes"]
     plan = zip(_split(shape["sessions"], k), _split(shape["concurrency"], k),
                _split(shape["peers"], k), strict=True)  # fmt: skip
-    before = _proc_stats(server_pid)
+    before = proc_stats(server_pid)
     lines: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
     clients = []
     for index, (n, c, p) in enumerate(plan):
@@ -260,7 +255,7 @@ def _drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None)
             if message.get("final"):
                 finals[index] = message
             elif "idle_opened" in message:
-                idle_rss = _proc_stats(server_pid)
+                idle_rss = proc_stats(server_pid)
             else:
                 progress[index] = message
             done = sum(p["done"] for p in progress.values())
@@ -269,7 +264,7 @@ def _drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None)
             bar.update(task, completed=done, rate=done / elapsed, failed=failed)
     for client in clients:
         client.wait(timeout=30)
-    after = _proc_stats(server_pid)
+    after = proc_stats(server_pid)
     idle_final = finals.pop(idle_index) if idle_index is not None else None
     result = _summary(list(finals.values()), before, after)
     if idle_final is not None:
@@ -285,7 +280,8 @@ def _pump(index: int, stream: IO[str], lines: queue.Queue[tuple[int, dict[str, A
         lines.put((index, json.loads(line)))
 
 
-def _proc_stats(pid: int | None) -> dict[str, float]:
+def proc_stats(pid: int | None) -> dict[str, float]:
+    """CPU seconds, RSS and peak RSS (MiB) of a process, from ``/proc`` (empty without a pid)."""
     if pid is None:
         return {}
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -30,14 +30,49 @@ from ._options import (
 )
 from ._settings import load_settings
 
-__all__ = ["invite", "tokens"]
+__all__ = ["invite", "mint_link", "responder_addrs", "tokens"]
 
 DEFAULT_TTL: Final = 86_400
 MIN_DIGEST_PREFIX: Final = 8
 
 
-def _responder_addrs(node: NodeDir, addrs: tuple[str, ...]) -> list[str]:
-    """``--addr`` values (each given the node's ``/p2p/`` suffix), or the last start's."""
+def mint_link(
+    tokens: Any,
+    addrs: list[str],
+    role: str,
+    *,
+    ttl: timedelta,
+    uses: int | None = 1,
+    identity_requirements: dict[str, Any] | None = None,
+    max_in_flight: int | None = None,
+    label: str | None = None,
+) -> BootstrapLink:
+    """Mint a token in ``tokens`` (a reference token store) and return its link to ``addrs``,
+    expiring with it. The link is built first, so a link that cannot be built
+    (``ValidationError``: too many addresses, too long...) mints nothing."""
+    token = secrets.token_urlsafe(24)
+    link = BootstrapLink(
+        responder_addrs=addrs,
+        token=token,
+        expires_at=datetime.now(UTC) + ttl,
+        inviter_role=role,  # type: ignore[arg-type]
+        identity_requirements=identity_requirements,
+    )
+    tokens.mint(
+        role,
+        uses=uses,
+        ttl=ttl,
+        identity_requirements=identity_requirements,
+        max_in_flight=max_in_flight,
+        label=label,
+        token=token,
+    )
+    return link
+
+
+def responder_addrs(node: NodeDir, addrs: tuple[str, ...] = ()) -> list[str]:
+    """``--addr`` values (each given the node's ``/p2p/`` suffix), or the addresses of the
+    node's last ``serve`` start (with a warning if serve is not running now)."""
     peer_id = node.peer_id()
     if not addrs:
         state = node.read_state()
@@ -141,29 +176,23 @@ def invite(
     node = NodeDir.open(data_dir)
     settings = load_settings(config_path, data_dir)
     store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn)
-    token = secrets.token_urlsafe(24)
-    expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
-    try:  # the link is checked before the token exists, so a refused link mints nothing
-        link = BootstrapLink(
-            responder_addrs=_responder_addrs(node, addr),
-            token=token,
-            expires_at=expires_at,
-            inviter_role=role,  # type: ignore[arg-type]
-            identity_requirements=requirements,
-        )
-    except ValidationError as exc:
-        first = exc.errors(include_input=False)[0]
-        raise CliError(f"cannot build the link: {first['msg']}", ExitCode.USAGE) from None
+    link_addrs = responder_addrs(node, addr)
     with open_backend(node, store_settings) as store:
-        store.tokens.mint(
-            role,
-            uses=None if unlimited else uses,
-            ttl=timedelta(seconds=ttl),
-            identity_requirements=requirements,
-            max_in_flight=max_in_flight,
-            label=label,
-            token=token,
-        )
+        try:
+            link = mint_link(
+                store.tokens,
+                link_addrs,
+                role,
+                ttl=timedelta(seconds=ttl),
+                uses=None if unlimited else uses,
+                identity_requirements=requirements,
+                max_in_flight=max_in_flight,
+                label=label,
+            )
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            raise CliError(f"cannot build the link: {first['msg']}", ExitCode.USAGE) from None
+    token, expires_at = link.token, link.expires_at
     text = link.encode()
     if as_json:
         click.echo(
