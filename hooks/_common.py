@@ -144,6 +144,8 @@ class Cursor(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
 
+    def executemany(self, sql: str, seq_of_params: Sequence[Sequence[Any]], /) -> Any: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -161,7 +163,12 @@ class SqlDatabase(Protocol):
         raises), in the calling thread. Thread-safe."""
         ...
 
+    async def run(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` as one transaction off the event loop; return once it is committed.
+        Not abandoned on cancellation: it finishes, and the cancellation comes after."""
+        ...
+
 
 async def run_in_thread(db: SqlDatabase, fn: Callable[[Cursor], T]) -> T:
     """Run one transaction off the event loop; it always finishes (not abandoned on cancel)."""
-    return await trio.to_thread.run_sync(db.transact, fn)
+    return await db.run(fn)

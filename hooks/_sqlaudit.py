@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 
 from taleus_bootstrap import AuditEvent
 
-from ._common import Cursor, SqlDatabase, canonical_json, run_in_thread
+from ._common import Cursor, SqlDatabase, canonical_json
 
 __all__ = [
     "GENESIS_HASH",
@@ -51,6 +51,18 @@ def chain_hash(prev_hash: str, seq: int, session_id: str, event: Any) -> str:
     """The hash of one audit row (``event`` as its JSON object)."""
     envelope = {"event": event, "prev": prev_hash, "seq": seq, "session_id": session_id}
     return hashlib.sha256(canonical_json(envelope).encode()).hexdigest()
+
+
+def _chain_hash_of_text(prev_hash: str, seq: int, session_id: str, event_text: str) -> str:
+    """:func:`chain_hash` from the event's canonical JSON text, without encoding it again.
+
+    The envelope's keys in sorted order are ``event``, ``prev``, ``seq``, ``session_id``, so its
+    canonical JSON is the concatenation below (the tests check both agree)."""
+    envelope = (
+        f'{{"event":{event_text},"prev":{canonical_json(prev_hash)},"seq":{seq},'
+        f'"session_id":{canonical_json(session_id)}}}'
+    )
+    return hashlib.sha256(envelope.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -140,8 +152,9 @@ class SqlAuditLog:
             entry.state = "writing"
         started = time.perf_counter()
         try:
-            # Not abandoned on cancellation: the batch is written (or fails) as a whole.
-            await run_in_thread(self._db, lambda cur: self._append(cur, batch))
+            # Not abandoned on cancellation: the batch is written (or fails) as a whole. Its own
+            # transaction: the log batches already, another group commit would only add a wait.
+            await trio.to_thread.run_sync(self._db.transact, lambda cur: self._append(cur, batch))
         except Exception as exc:
             for entry in batch:
                 entry.state, entry.error = "failed", exc
@@ -161,15 +174,17 @@ class SqlAuditLog:
         cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._db.for_update}")
         seq, prev = cur.fetchone()
         seq = int(seq)
+        rows = []
         for entry in batch:
             seq += 1
-            digest = chain_hash(prev, seq, entry.session_id, entry.event)
-            cur.execute(
-                "INSERT INTO audit_log (seq, session_id, kind, event, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, entry.session_id, entry.event["kind"], entry.text, prev, digest),
-            )
+            digest = _chain_hash_of_text(prev, seq, entry.session_id, entry.text)
+            rows.append((seq, entry.session_id, entry.event["kind"], entry.text, prev, digest))
             prev = digest
+        cur.executemany(
+            "INSERT INTO audit_log (seq, session_id, kind, event, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         cur.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
 
     def statistics(self) -> AuditStatistics:

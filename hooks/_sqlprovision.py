@@ -79,17 +79,20 @@ class SqlProvisioner:
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
         """Create the tally's database; tracked as ``pending`` until ``commit``."""
+        return await trio.to_thread.run_sync(self._provision, request)
+
+    def _provision(self, request: ProvisionRequest) -> Provision:
+        """Record as pending (committed), then create: one trip to a worker thread."""
         tally = request.draft_tally()
         result = Provision(tally=tally, database=self.factory.locate(tally.tally_id))
-        inserted = await run_in_thread(
-            self._db, lambda cur: self._insert(cur, result, "local", request.session_id)
-        )
-        if not inserted:
+        if not self._db.transact(
+            lambda cur: self._insert(cur, result, "local", request.session_id)
+        ):
             raise ValueError(f"tally {tally.tally_id!r} was already provisioned here")
         try:
-            await trio.to_thread.run_sync(self.factory.create, tally, result.database)
+            self.factory.create(tally, result.database)
         except Exception:
-            await self._release_pending(tally.tally_id, "local")
+            self._release_pending_sync(tally.tally_id, "local")
             raise
         return result
 
@@ -133,11 +136,13 @@ class SqlProvisioner:
 
     async def _release_pending(self, tally_id: str, origin: Origin | None) -> None:
         """Release the pending provisions of ``tally_id`` (of one origin, or both)."""
+        await trio.to_thread.run_sync(self._release_pending_sync, tally_id, origin)
+
+    def _release_pending_sync(self, tally_id: str, origin: Origin | None) -> None:
         where = "tally_id = ? AND state = 'pending'"
-        rows = await run_in_thread(self._db, lambda cur: self._select(cur, where, tally_id))
-        for record in rows:
+        for record in self._db.transact(lambda cur: self._select(cur, where, tally_id)):
             if origin is None or record.origin == origin:
-                await trio.to_thread.run_sync(self._drop_one, record, "released")
+                self._drop_one(record, "released")
 
     def _drop_one(self, record: ProvisionRecord, state: State) -> None:
         if record.origin == "local":  # the stored location, not the caller's: drop what we made

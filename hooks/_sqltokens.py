@@ -219,11 +219,21 @@ class SqlTokenStore:
             if row is None:
                 return None
             cur.execute(
-                "DELETE FROM reservations WHERE token_digest = ? AND lease_expires_at <= ?",
-                (digest, _ts(now)),
+                "SELECT session_id, lease_expires_at FROM reservations WHERE token_digest = ?",
+                (digest,),
             )
-            cur.execute("SELECT session_id FROM reservations WHERE token_digest = ?", (digest,))
-            record = _record(row, {str(r[0]) for r in cur.fetchall()})
+            held, expired = set(), False
+            for held_by, lease_expires_at in cur.fetchall():
+                if lease_expires_at <= _ts(now):
+                    expired = True
+                else:
+                    held.add(str(held_by))
+            if expired:  # reclaim abandoned reservations of this token now
+                cur.execute(
+                    "DELETE FROM reservations WHERE token_digest = ? AND lease_expires_at <= ?",
+                    (digest, _ts(now)),
+                )
+            record = _record(row, held)
             if not record.available(now) or session_id in record.reservations:
                 return None
             cur.execute(
@@ -248,18 +258,16 @@ class SqlTokenStore:
         now = _ts(self._clock())
 
         def commit(cur: Cursor) -> None:
-            cur.execute(f"SELECT 1 FROM tokens WHERE digest = ?{self._db.for_update}", (digest,))
+            if lock := self._db.for_update:  # lock the token's row first, as validate does
+                cur.execute(f"SELECT 1 FROM tokens WHERE digest = ?{lock}", (digest,))
             cur.execute(
-                "SELECT peer_id FROM reservations WHERE token_digest = ? AND session_id = ?",
+                "DELETE FROM reservations WHERE token_digest = ? AND session_id = ?"
+                " RETURNING peer_id",
                 (digest, session_id),
             )
             row = cur.fetchone()
             if row is None:
                 raise LookupError("no reservation held by this session")
-            cur.execute(
-                "DELETE FROM reservations WHERE token_digest = ? AND session_id = ?",
-                (digest, session_id),
-            )
             cur.execute(
                 "INSERT INTO redemptions (token_digest, session_id, peer_id, redeemed_at)"
                 " VALUES (?, ?, ?, ?)",

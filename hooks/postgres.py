@@ -27,6 +27,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode
 
 import psycopg
+import trio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
@@ -34,7 +35,7 @@ from psycopg_pool import ConnectionPool
 from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
-from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
+from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog, chain_hash
 from ._sqlbackend import MaintenanceReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
 from ._sqlschema import (
@@ -54,6 +55,7 @@ __all__ = [
     "SqlAuditLog",
     "SqlProvisioner",
     "SqlTokenStore",
+    "chain_hash",
     "PostgresBackend",
     "PostgresDatabase",
     "PostgresTallyFactory",
@@ -102,6 +104,9 @@ class _QmarkCursor:
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Any:
         return self._cursor.execute(query.replace("?", "%s").encode(), params)
+
+    def executemany(self, query: str, params_seq: Sequence[Sequence[Any]], /) -> Any:
+        return self._cursor.executemany(query.replace("?", "%s").encode(), params_seq)
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
@@ -154,6 +159,10 @@ class PostgresDatabase:
         """Run ``fn`` in one transaction on a pooled connection, in the calling thread."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             return fn(_QmarkCursor(cur))
+
+    async def run(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` in one transaction in a worker thread (PostgreSQL groups commits itself)."""
+        return await trio.to_thread.run_sync(self.transact, fn)
 
     def run_admin(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``fn`` with a raw pooled connection (autocommit) for DDL and role management."""

@@ -27,7 +27,8 @@ from typing import Final, Literal, TypeVar
 from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
-from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog
+from ._groupcommit import GroupCommit
+from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog, chain_hash
 from ._sqlbackend import MaintenanceReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
 from ._sqlschema import (
@@ -47,6 +48,7 @@ __all__ = [
     "SqlAuditLog",
     "SqlProvisioner",
     "SqlTokenStore",
+    "chain_hash",
     "SqliteBackend",
     "SqliteDatabase",
     "SqliteTallyFactory",
@@ -71,7 +73,11 @@ BEGIN SELECT RAISE(ABORT, 'audit_head cannot be deleted'); END;
 
 
 class SqliteDatabase:
-    """One SQLite file: one connection, one transaction at a time (``BEGIN IMMEDIATE``)."""
+    """One SQLite file: one connection, one transaction at a time (``BEGIN IMMEDIATE``).
+
+    The hooks' calls (:meth:`run`) are group-committed: those made while a commit is under way
+    share the next one (see :mod:`taleus_hooks._groupcommit`).
+    """
 
     for_update = ""  # BEGIN IMMEDIATE already holds the write lock for the whole transaction
 
@@ -87,6 +93,11 @@ class SqliteDatabase:
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.execute("PRAGMA foreign_keys=ON")
         os.chmod(path, 0o600)
+        self.group = GroupCommit(self._conn, self._lock)
+
+    async def run(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` off the event loop in the next group commit; return once it is durable."""
+        return await self.group.run(fn)
 
     def executescript(self, script: str) -> None:
         """Run DDL (idempotent scripts only)."""
@@ -116,25 +127,32 @@ class SqliteTallyFactory:
     """Each tally in its own SQLite file under ``directory`` (mode 0600)."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory.resolve()
 
     def locate(self, tally_id: str) -> DatabaseInfo:
-        """The file the tally will live in (named by a hash of its id)."""
+        """The file the tally will live in (named by a hash of its id), an absolute path."""
         name = hashlib.sha256(tally_id.encode()).hexdigest()[:32]
-        path = (self.directory / f"tally-{name}.sqlite").resolve()
+        path = self.directory / f"tally-{name}.sqlite"
         return DatabaseInfo(endpoint=str(path), credentials_ref=CREDENTIALS_REF)
 
     def create(self, tally: Tally, database: DatabaseInfo) -> None:
-        """Write the file under a temporary name, then rename it into place (atomic)."""
+        """Write the file under a temporary name, then rename it into place (atomic).
+
+        The temporary file needs no rollback journal (``journal_mode=OFF``): until the rename
+        nobody reads it, and a crash leaves only a ``.partial`` file that the next attempt
+        replaces. The file is fsynced before the rename and the directory after it, so a
+        returned tally database survives a crash.
+        """
         path = Path(database.endpoint)
         if path.exists():
             raise FileExistsError(f"tally database {path.name} already exists")
         partial = path.with_suffix(".partial")
         partial.unlink(missing_ok=True)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(partial, isolation_level=None)
         try:
-            os.chmod(partial, 0o600)
+            conn.execute("PRAGMA journal_mode=OFF")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("BEGIN")
             conn.execute(draft_tally_table("draft_tally"))
@@ -143,6 +161,7 @@ class SqliteTallyFactory:
         finally:
             conn.close()
         os.replace(partial, path)
+        _fsync_directory(path.parent)
 
     def drop(self, database: DatabaseInfo) -> None:
         """Delete the file (and any partial or journal file next to it)."""
@@ -150,6 +169,14 @@ class SqliteTallyFactory:
         for suffix in ("", "-journal", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         path.with_suffix(".partial").unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_draft_tally(endpoint: str) -> Tally | None:

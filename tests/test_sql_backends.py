@@ -6,9 +6,11 @@ through the returned endpoint), the sweep, the append-only hash-chained audit lo
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from taleus_bootstrap import ProvisionRequest, Rejection, RejectionCode, SessionStarted, Tally
@@ -348,3 +352,39 @@ async def test_run_maintenance_sweeps_at_start_and_on_its_interval(
         assert backend.database.pending() == [] and backend.tokens.reservations_held == 0
         nursery.cancel_scope.cancel()
     assert backend.database.released == [orphan.tally.tally_id]
+
+
+_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(_texts.filter(bool), _texts), min_size=1, max_size=8))
+def test_every_stored_hash_is_the_published_chain_hash_of_its_row(
+    rows: list[tuple[str, str]],
+) -> None:
+    """The writer hashes the stored text; any Unicode in ids and details gives the hash
+    :func:`chain_hash` defines (what another implementation would check against)."""
+    from taleus_hooks.sqlite import SqliteBackend, chain_hash
+
+    async def write(backend: Any) -> None:
+        for session_id, detail in rows:
+            rejection = Rejection(
+                at=datetime(2026, 11, 23, tzinfo=UTC),
+                side="inviter",
+                code=RejectionCode.INVALID_TOKEN,
+                direction="sent",
+                detail=detail,
+            )
+            await backend.audit.log_session(session_id, rejection)
+
+    with tempfile.TemporaryDirectory() as tmp, SqliteBackend(tmp) as backend:
+        trio.run(write, backend)
+        assert backend.audit.verify().ok
+        conn = sqlite3.connect(Path(tmp) / "audit.sqlite")
+        stored = conn.execute(
+            "SELECT seq, session_id, event, prev_hash, hash FROM audit_log ORDER BY seq"
+        ).fetchall()
+        conn.close()
+    assert [(sid_, json.loads(text)["detail"]) for _, sid_, text, _, _ in stored] == rows
+    for seq, session_id, text, prev_hash, digest in stored:
+        assert digest == chain_hash(prev_hash, seq, session_id, json.loads(text))
