@@ -11,6 +11,11 @@ The database itself refuses ``UPDATE`` and ``DELETE`` on ``audit_log`` (triggers
 ``audit_head`` (the last seq and hash) may only move forward, so truncating the tail is refused
 too. :meth:`SqlAuditLog.verify` recomputes everything and reports the first bad seq.
 
+Open sessions: the batch that logs a session's ``session_started`` also adds it to
+``open_sessions`` (with the log's ``owner``), and the one that logs its ``session_outcome`` removes
+it, so what a crashed process left in flight is one query away (:meth:`SqlAuditLog.open_sessions`,
+used by :meth:`~taleus_hooks._sqlbackend.SqlBackend.recover`).
+
 Group commit: ``log_session`` returns once its event is durable. Events logged while a batch is
 being written wait and go together in the next one: one transaction (one fsync) per batch, one
 batch in flight at a time, written in a worker thread by whichever waiting task leads.
@@ -23,6 +28,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import trio
@@ -33,11 +39,13 @@ from taleus_bootstrap import AuditEvent
 from ._common import Cursor, SqlDatabase, canonical_json
 
 __all__ = [
+    "DEFAULT_OWNER",
     "GENESIS_HASH",
     "AuditRow",
     "AuditStatistics",
     "AuditWriteError",
     "ChainReport",
+    "OpenSession",
     "SqlAuditLog",
     "chain_hash",
 ]
@@ -113,11 +121,29 @@ class _Entry:
         self.error: BaseException | None = None
 
 
-class SqlAuditLog:
-    """Audit hook on a SQL database, with sync readers for tools and tests."""
+@dataclass(frozen=True)
+class OpenSession:
+    """A session whose start is logged and whose outcome is not (yet)."""
 
-    def __init__(self, db: SqlDatabase) -> None:
+    session_id: str
+    side: str
+    started_at: datetime
+
+
+DEFAULT_OWNER: Final = "local"
+"""The owner of the open sessions of a log that one node writes alone."""
+
+
+class SqlAuditLog:
+    """Audit hook on a SQL database, with sync readers for tools and tests.
+
+    ``owner`` names the node writing: nodes that share one log (PostgreSQL) need distinct
+    owners, so that each recovers only the sessions it left open.
+    """
+
+    def __init__(self, db: SqlDatabase, *, owner: str = DEFAULT_OWNER) -> None:
         self._db = db
+        self.owner = owner
         self._queue: list[_Entry] = []
         self._writing = False
         self._batch_done = trio.Event()
@@ -185,7 +211,41 @@ class SqlAuditLog:
             " VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
+        self._track_open_sessions(cur, batch)
         cur.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
+
+    def _track_open_sessions(self, cur: Cursor, batch: list[_Entry]) -> None:
+        started = [
+            (e.session_id, self.owner, e.event["side"], _timestamp(e.event["at"]))
+            for e in batch
+            if e.event["kind"] == "session_started"
+        ]
+        ended = [(e.session_id,) for e in batch if e.event["kind"] == "session_outcome"]
+        if started:
+            cur.executemany(
+                "INSERT INTO open_sessions (session_id, owner, side, started_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                started,
+            )
+        if ended:
+            cur.executemany("DELETE FROM open_sessions WHERE session_id = ?", ended)
+
+    def open_sessions(self) -> list[OpenSession]:
+        """This owner's sessions that have started and not ended, oldest first. While the node
+        runs these are its sessions in flight; after a crash, the ones it left behind."""
+
+        def select(cur: Cursor) -> list[OpenSession]:
+            cur.execute(
+                "SELECT session_id, side, started_at FROM open_sessions WHERE owner = ?"
+                " ORDER BY started_at",
+                (self.owner,),
+            )
+            return [
+                OpenSession(str(sid), str(side), datetime.fromtimestamp(float(at), UTC))
+                for sid, side, at in cur.fetchall()
+            ]
+
+        return self._db.transact(select)
 
     def statistics(self) -> AuditStatistics:
         """Group-commit figures: events, batches, largest batch, queue depth, write time."""
@@ -267,6 +327,10 @@ class SqlAuditLog:
             return ChainReport(True, rows, head_hash=prev)
 
         return self._db.transact(check)
+
+
+def _timestamp(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339).timestamp()
 
 
 def _check_row(

@@ -1,18 +1,27 @@
-"""What the SQLite and PostgreSQL backends share: the four hooks bundled, and maintenance."""
+"""What the SQLite and PostgreSQL backends share: the four hooks bundled, maintenance, and
+recovery after a crash."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final, cast
 
 import trio
 
+from taleus_bootstrap import Rejection, RejectionCode, SessionOutcome
+from taleus_bootstrap._events import Side
+
 from ._common import HookBundle, RequirementsIdentityValidator
-from ._sqlaudit import SqlAuditLog
+from ._sqlaudit import OpenSession, SqlAuditLog
 from ._sqlprovision import SqlProvisioner
 from ._sqltokens import SqlTokenStore
 
-__all__ = ["MaintenanceReport", "SqlBackend"]
+__all__ = ["ABORTED", "MaintenanceReport", "RecoveryReport", "SqlBackend"]
+
+ABORTED: Final = "ABORTED"
+"""``SessionOutcome.final_state`` of a session closed by :meth:`SqlBackend.recover`."""
+ABORTED_DETAIL: Final = "the node stopped while this session was in flight; closed at restart"
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,15 @@ class MaintenanceReport:
 
     reservations_reclaimed: int
     tallies_swept: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What one :meth:`SqlBackend.recover` closed."""
+
+    sessions_aborted: tuple[str, ...]
+    reservations_settled: int
+    provisions_released: tuple[str, ...]
 
 
 class SqlBackend(HookBundle):
@@ -61,3 +79,67 @@ class SqlBackend(HookBundle):
         while True:
             await trio.sleep(interval)
             await self.sweep()
+
+    async def recover(self) -> RecoveryReport:
+        """Close what a previous run of this node left in flight; call once at start-up,
+        before serving (``serve`` does).
+
+        For each session the audit log still has open (started, no outcome) under this
+        backend's owner:
+
+        * if it had *completed* — its token use was recorded (``mark_used`` runs only once the
+          tally is formed: after the ack in the stock flow, just before sending it in the foil
+          flow) or its tally was committed — its pending provisions are committed and its
+          reservation is redeemed;
+        * otherwise its reservation is released and its pending provisions are released (a
+          tally database made for it is dropped);
+        * either way it is closed in the audit log with a ``Rejection`` (direction ``none``,
+          ``internal_error``) and a ``SessionOutcome`` whose ``final_state`` is ``ABORTED``,
+          with the ``tally_id`` of a completed session.
+
+        Resources are settled before the outcome is written, and completed sessions committed
+        before reservations are settled, so a crash during recovery leaves the sessions open
+        for the next one to finish the same way.
+        """
+        left = await trio.to_thread.run_sync(self.audit.open_sessions)
+        ids = [session.session_id for session in left]
+        if not ids:
+            return RecoveryReport((), 0, ())
+        completed = await trio.to_thread.run_sync(self._completed_sessions, ids)
+        await trio.to_thread.run_sync(self.database.commit_sessions, sorted(completed))
+        settled = await trio.to_thread.run_sync(self.tokens.release_sessions, ids)
+        unfinished = [sid for sid in ids if sid not in completed]
+        released = await trio.to_thread.run_sync(self.database.release_sessions, unfinished)
+        for session in left:
+            await self._close_aborted(session)
+        return RecoveryReport(tuple(ids), settled, tuple(r.tally_id for r in released))
+
+    def _completed_sessions(self, session_ids: list[str]) -> set[str]:
+        committed = {
+            record.session_id
+            for sid in session_ids
+            for record in self.database.records("session_id = ? AND state = 'committed'", sid)
+        }
+        return committed | self.tokens.redeemed_sessions(session_ids)
+
+    async def _close_aborted(self, session: OpenSession) -> None:
+        committed = await trio.to_thread.run_sync(
+            self.database.records, "session_id = ? AND state = 'committed'", session.session_id
+        )
+        now = datetime.now(UTC)
+        side = cast(Side, session.side)
+        code = RejectionCode.INTERNAL_ERROR
+        await self.audit.log_session(
+            session.session_id,
+            Rejection(at=now, side=side, code=code, direction="none", detail=ABORTED_DETAIL),
+        )
+        outcome = SessionOutcome(
+            at=now,
+            side=side,
+            final_state=ABORTED,
+            code=code,
+            role=None,
+            tally_id=committed[0].tally_id if committed else None,
+            duration_s=max(0.0, (now - session.started_at).total_seconds()),
+        )
+        await self.audit.log_session(session.session_id, outcome)

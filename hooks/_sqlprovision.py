@@ -134,6 +134,38 @@ class SqlProvisioner:
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)
         return [record.tally_id for record in stale]
 
+    def commit_sessions(self, session_ids: list[str]) -> list[str]:
+        """Commit the pending provisions of ``session_ids`` (sessions known to have completed,
+        whose outcome was never recorded); return their tally ids."""
+        now = self._clock().timestamp()
+
+        def update(cur: Cursor) -> list[str]:
+            committed = []
+            for sid in session_ids:
+                for record in self._select(cur, "session_id = ? AND state = 'pending'", sid):
+                    cur.execute(
+                        "UPDATE provisions SET state = 'committed', updated_at = ?"
+                        " WHERE tally_id = ? AND origin = ? AND state = 'pending'",
+                        (now, record.tally_id, record.origin),
+                    )
+                    committed.append(record.tally_id)
+            return committed
+
+        return self._db.transact(update)
+
+    def release_sessions(self, session_ids: list[str]) -> list[ProvisionRecord]:
+        """Release the pending provisions of ``session_ids`` (sessions known to be over, e.g.
+        those in flight when the node crashed) and return them; committed ones stay."""
+        where = "session_id = ? AND state = 'pending'"
+
+        def select(cur: Cursor) -> list[ProvisionRecord]:
+            return [r for sid in session_ids for r in self._select(cur, where, sid)]
+
+        released = self._db.transact(select)
+        for record in released:
+            self._drop_one(record, "released")
+        return released
+
     async def _release_pending(self, tally_id: str, origin: Origin | None) -> None:
         """Release the pending provisions of ``tally_id`` (of one origin, or both)."""
         await trio.to_thread.run_sync(self._release_pending_sync, tally_id, origin)

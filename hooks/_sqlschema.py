@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS provisions (
     PRIMARY KEY (tally_id, origin)
 );
 CREATE INDEX IF NOT EXISTS provisions_state ON provisions (state, created_at);
+CREATE INDEX IF NOT EXISTS provisions_session ON provisions (session_id);
 """
 
 _AUDIT: Final = """
@@ -79,6 +80,13 @@ CREATE TABLE IF NOT EXISTS audit_head (
     hash TEXT NOT NULL
 );
 INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS open_sessions (
+    session_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    side TEXT NOT NULL,
+    started_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS open_sessions_owner ON open_sessions (owner);
 """
 
 
@@ -88,7 +96,8 @@ def control_tables(real: str) -> str:
 
 
 def audit_tables(real: str, seq: str, genesis: str) -> str:
-    """DDL of audit_log and audit_head, with the genesis head row (idempotent)."""
+    """DDL of audit_log and audit_head (with the genesis head row), and open_sessions: the
+    sessions whose ``session_started`` is logged and ``session_outcome`` not yet (idempotent)."""
     return _AUDIT.replace("{real}", real).replace("{seq}", seq).replace("{genesis}", genesis)
 
 

@@ -7,7 +7,8 @@ check-then-write window, across tasks, threads or processes. Each reservation ca
 id and a lease: a reservation left by a crashed process is reclaimed once its lease has run out
 (by the next ``validate`` of that token, or by :meth:`SqlTokenStore.reclaim_expired`).
 ``mark_used`` moves the reservation to ``redemptions``, so the uses of a token can be matched
-against completed sessions.
+against completed sessions. A reservation settled without ``mark_used`` (lease run out, or its
+session known to be over) is redeemed if its session's tally was committed, released otherwise.
 """
 
 from __future__ import annotations
@@ -166,27 +167,73 @@ class SqlTokenStore:
         return self._db.transact(select)
 
     def reclaim_expired(self) -> int:
-        """Delete every reservation whose lease has run out; return how many."""
+        """Settle every reservation whose lease has run out (see :meth:`release_sessions`);
+        return how many were settled."""
         now = _ts(self._clock())
-
-        def delete(cur: Cursor) -> int:
-            cur.execute("DELETE FROM reservations WHERE lease_expires_at <= ?", (now,))
-            return max(cur.rowcount, 0)
-
-        return self._db.transact(delete)
+        return self._db.transact(
+            lambda cur: self._settle(cur, "lease_expires_at <= ?", (now,), now)
+        )
 
     def release_sessions(self, session_ids: list[str]) -> int:
-        """Release every reservation held by ``session_ids`` (sessions known to be dead, e.g.
-        those in flight when the node crashed); return how many were released."""
+        """Settle every reservation held by ``session_ids`` (sessions known to be over, e.g.
+        those in flight when the node crashed); return how many were settled.
 
-        def delete(cur: Cursor) -> int:
-            released = 0
+        A reservation whose session *completed* — its tally is committed in ``provisions``, but
+        ``mark_used`` never recorded the use (it failed after the ack, or the node died in
+        between) — is redeemed, not released: a one-time token is never used twice. Any other
+        reservation is given back.
+        """
+        now = _ts(self._clock())
+
+        def settle(cur: Cursor) -> int:
+            return sum(self._settle(cur, "session_id = ?", (sid,), now) for sid in session_ids)
+
+        return self._db.transact(settle)
+
+    def redeemed_sessions(self, session_ids: list[str]) -> set[str]:
+        """Those of ``session_ids`` that redeemed a use (``mark_used`` ran for them)."""
+
+        def select(cur: Cursor) -> set[str]:
+            found = set()
             for sid in session_ids:
-                cur.execute("DELETE FROM reservations WHERE session_id = ?", (sid,))
-                released += max(cur.rowcount, 0)
-            return released
+                cur.execute("SELECT 1 FROM redemptions WHERE session_id = ?", (sid,))
+                if cur.fetchone() is not None:
+                    found.add(sid)
+            return found
 
-        return self._db.transact(delete)
+        return self._db.transact(select)
+
+    def _settle(self, cur: Cursor, where: str, params: tuple[Any, ...], now: float) -> int:
+        cur.execute(
+            f"SELECT token_digest, session_id, peer_id FROM reservations WHERE {where}", params
+        )
+        rows = sorted(cur.fetchall())
+        lock = self._db.for_update
+        for digest, session_id, peer_id in rows:
+            if lock:  # token row first, as validate and mark_used lock it (no deadlock)
+                cur.execute(f"SELECT 1 FROM tokens WHERE digest = ?{lock}", (digest,))
+            cur.execute(
+                "DELETE FROM reservations WHERE token_digest = ? AND session_id = ?",
+                (digest, session_id),
+            )
+            if cur.rowcount < 1:
+                continue  # settled meanwhile by another process
+            cur.execute(
+                "SELECT 1 FROM provisions WHERE session_id = ? AND state = 'committed'",
+                (session_id,),
+            )
+            if cur.fetchone() is not None:
+                self._redeem(cur, digest, session_id, peer_id, now)
+        return len(rows)
+
+    @staticmethod
+    def _redeem(cur: Cursor, digest: str, session_id: str, peer_id: str, now: float) -> None:
+        cur.execute(
+            "INSERT INTO redemptions (token_digest, session_id, peer_id, redeemed_at)"
+            " VALUES (?, ?, ?, ?)",
+            (digest, session_id, peer_id, now),
+        )
+        cur.execute("UPDATE tokens SET used = used + 1 WHERE digest = ?", (digest,))
 
     def _records(self, digest: str | None) -> tuple[TokenRecord, ...]:
         def select(cur: Cursor) -> tuple[TokenRecord, ...]:
@@ -228,11 +275,11 @@ class SqlTokenStore:
                     expired = True
                 else:
                     held.add(str(held_by))
-            if expired:  # reclaim abandoned reservations of this token now
-                cur.execute(
-                    "DELETE FROM reservations WHERE token_digest = ? AND lease_expires_at <= ?",
-                    (digest, _ts(now)),
-                )
+            if expired:  # settle abandoned reservations of this token now, then read it again
+                where = "token_digest = ? AND lease_expires_at <= ?"
+                self._settle(cur, where, (digest, _ts(now)), _ts(now))
+                cur.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE digest = ?", (digest,))
+                row = cur.fetchone()
             record = _record(row, held)
             if not record.available(now) or session_id in record.reservations:
                 return None
@@ -268,12 +315,7 @@ class SqlTokenStore:
             row = cur.fetchone()
             if row is None:
                 raise LookupError("no reservation held by this session")
-            cur.execute(
-                "INSERT INTO redemptions (token_digest, session_id, peer_id, redeemed_at)"
-                " VALUES (?, ?, ?, ?)",
-                (digest, session_id, row[0], now),
-            )
-            cur.execute("UPDATE tokens SET used = used + 1 WHERE digest = ?", (digest,))
+            self._redeem(cur, digest, session_id, row[0], now)
 
         await run_in_thread(self._db, commit)
 

@@ -35,8 +35,15 @@ from psycopg_pool import ConnectionPool
 from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
-from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog, chain_hash
-from ._sqlbackend import MaintenanceReport, SqlBackend
+from ._sqlaudit import (
+    DEFAULT_OWNER,
+    GENESIS_HASH,
+    AuditWriteError,
+    ChainReport,
+    SqlAuditLog,
+    chain_hash,
+)
+from ._sqlbackend import MaintenanceReport, RecoveryReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
 from ._sqlschema import (
     DRAFT_TALLY_SELECT,
@@ -59,6 +66,7 @@ __all__ = [
     "PostgresBackend",
     "PostgresDatabase",
     "PostgresTallyFactory",
+    "RecoveryReport",
     "read_draft_tally",
 ]
 
@@ -263,8 +271,10 @@ def read_draft_tally(endpoint: str, password: str) -> Tally | None:
 class PostgresBackend(SqlBackend):
     """The token, identity, database and audit hooks of one or many nodes, in one schema.
 
-    Same options as :class:`~taleus_hooks.sqlite.SqliteBackend`, plus the pool size. Use as a
-    context manager or call :meth:`close`.
+    Same options as :class:`~taleus_hooks.sqlite.SqliteBackend`, plus the pool size and
+    ``owner``: the name of the node using this backend (``serve`` uses its peer id). Nodes
+    sharing one schema need distinct owners, so that :meth:`recover` closes only the sessions
+    this node left in flight. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -276,6 +286,7 @@ class PostgresBackend(SqlBackend):
         reservation_lease: timedelta = DEFAULT_RESERVATION_LEASE,
         provision_ttl: timedelta = DEFAULT_PROVISION_TTL,
         pool_size: int = 8,
+        owner: str = DEFAULT_OWNER,
     ) -> None:
         self.db = PostgresDatabase(dsn, schema, max_size=pool_size)
         try:
@@ -288,7 +299,7 @@ class PostgresBackend(SqlBackend):
             self.db, PostgresTallyFactory(self.db), clock=clock, provision_ttl=provision_ttl
         )
         self.identity = RequirementsIdentityValidator()
-        self.audit = SqlAuditLog(self.db)
+        self.audit = SqlAuditLog(self.db, owner=owner)
 
     def _set_up(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():

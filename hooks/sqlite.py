@@ -29,7 +29,7 @@ from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._groupcommit import GroupCommit
 from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog, chain_hash
-from ._sqlbackend import MaintenanceReport, SqlBackend
+from ._sqlbackend import MaintenanceReport, RecoveryReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
 from ._sqlschema import (
     DRAFT_TALLY_SELECT,
@@ -45,6 +45,7 @@ __all__ = [
     "AuditWriteError",
     "ChainReport",
     "MaintenanceReport",
+    "RecoveryReport",
     "SqlAuditLog",
     "SqlProvisioner",
     "SqlTokenStore",

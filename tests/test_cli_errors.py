@@ -21,7 +21,7 @@ from taleus_bootstrap import (
     set_guarded_stream_handler,
 )
 
-from .clirun import MODULE, assert_one_line_error, cli_env, json_of, run_cli, served_node
+from .clirun import MODULE, assert_one_line_error, cli_env, free_port, json_of, run_cli, served_node
 
 pytestmark = pytest.mark.libp2p
 
@@ -35,12 +35,6 @@ def link_to(addr: str, *, expires_in: timedelta = timedelta(minutes=5)) -> str:
         expires_at=datetime.now(UTC) + expires_in,
         inviter_role="stock",
     ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- serve -------------------------------------------------------------------------------------

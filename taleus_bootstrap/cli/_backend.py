@@ -69,9 +69,12 @@ def sqlite_backend(data_dir: Path, **options: Any) -> Any:
 
 
 @contextmanager
-def open_backend(node: NodeDir, backend: BackendSettings) -> Iterator[Any]:
+def open_backend(
+    node: NodeDir, backend: BackendSettings, *, owner: str | None = None
+) -> Iterator[Any]:
     """The node's :class:`~taleus_hooks.sqlite.SqliteBackend` or ``PostgresBackend``; closed
-    when the block ends."""
+    when the block ends. ``owner``: the serving node's name in a shared PostgreSQL store (its
+    sessions in flight are its own to recover); a SQLite data dir has one node."""
     lease = timedelta(seconds=backend.reservation_lease)
     ttl = timedelta(seconds=backend.provision_ttl)
     if backend.kind == "sqlite":
@@ -80,14 +83,16 @@ def open_backend(node: NodeDir, backend: BackendSettings) -> Iterator[Any]:
         except Exception as exc:  # sqlite3.Error, OSError
             raise CliError(f"cannot open the SQLite store in {node.path}: {exc}") from None
     else:
-        store = _open_postgres(backend, lease, ttl)
+        store = _open_postgres(backend, lease, ttl, owner)
     try:
         yield store
     finally:
         store.close()
 
 
-def _open_postgres(backend: BackendSettings, lease: timedelta, ttl: timedelta) -> Any:
+def _open_postgres(
+    backend: BackendSettings, lease: timedelta, ttl: timedelta, owner: str | None
+) -> Any:
     try:
         import psycopg
 
@@ -105,6 +110,7 @@ def _open_postgres(backend: BackendSettings, lease: timedelta, ttl: timedelta) -
             reservation_lease=lease,
             provision_ttl=ttl,
             pool_size=backend.pool_size,
+            **({"owner": owner} if owner is not None else {}),
         )
     except (psycopg.Error, OSError) as exc:
         # psycopg's messages name the host, port and user, never the password.

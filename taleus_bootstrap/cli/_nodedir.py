@@ -3,7 +3,9 @@
 ``node.key`` holds the libp2p Ed25519 private key (protobuf-serialized, as go-libp2p and
 js-libp2p store theirs), mode 0600, created on first use: the peer id is stable across
 restarts. ``node.json`` records the last start of ``serve`` (peer id, addresses, pid, backend
-kind; never a DSN). ``serve.lock`` is held (``flock``) while ``serve`` runs.
+kind; never a DSN). ``serve.lock`` is held (``flock``) while ``serve`` runs. ``node.id`` is a
+random id of this data directory, created on first use: nodes sharing one identity and one
+PostgreSQL store tell their sessions in flight apart by it (:meth:`NodeDir.owner`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +34,7 @@ __all__ = ["NodeDir", "NodeState", "write_json_atomically"]
 KEY_FILE: Final = "node.key"
 STATE_FILE: Final = "node.json"
 LOCK_FILE: Final = "serve.lock"
+ID_FILE: Final = "node.id"
 
 
 class NodeState(BaseModel):
@@ -106,6 +110,19 @@ class NodeDir:
             return  # another process created it first: use theirs
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+
+    def owner(self) -> str:
+        """``<peer id>/<data dir id>``: what this node's sessions are recorded under in a shared
+        store (several nodes may share one identity, never one data directory)."""
+        id_path = self.path / ID_FILE
+        try:
+            fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(8) + "\n")
+        return f"{self.peer_id()}/{id_path.read_text().strip()}"
 
     def key_pair(self) -> KeyPair:
         """The node's identity key pair (refused if others may read the key file)."""

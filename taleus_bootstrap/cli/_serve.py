@@ -142,7 +142,7 @@ async def _serve(
     with (
         node.serve_lock(),
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-        open_backend(node, store_settings) as store,
+        open_backend(node, store_settings, owner=node.owner()) as store,
         telemetry_providers(
             node.peer_id(),
             prometheus=observe.metrics_port is not None,
@@ -162,6 +162,7 @@ async def _serve(
                 meter_provider=providers.meter_provider,
                 tracer_provider=providers.tracer_provider,
             )
+            await _recover(store)
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_maintenance, settings.node.maintenance_interval)
                 await nursery.start(manager.run)
@@ -235,3 +236,16 @@ async def _drain_on_signals(signals: Any, manager: SessionManager, scope: trio.C
         await manager.aclose()
         watcher.cancel_scope.cancel()
     scope.cancel()
+
+
+async def _recover(store: Any) -> None:
+    """Close the sessions a previous run left in flight (a crash, kill -9) before serving."""
+    report = await store.recover()
+    if report.sessions_aborted:
+        logger.warning(
+            "recovered %d session(s) left in flight by the previous run: recorded as ABORTED,"
+            " %d reservation(s) settled, %d unacknowledged provision(s) released",
+            len(report.sessions_aborted),
+            report.reservations_settled,
+            len(report.provisions_released),
+        )

@@ -1,0 +1,223 @@
+"""Crash and restart: ``kill -9`` a serving node in the middle of load, start it again on the
+same data dir / DSN, and check that nothing was lost or used twice.
+
+Sessions in flight at the kill are of two kinds: invitees that got ``accepted`` and never ack
+(each holds a one-time token's reservation and an unacknowledged tally database), and a load of
+ordinary bootstraps cut off wherever the kill finds them. After the restart the node must have
+closed every session it left open (``ABORTED``), settled their reservations, dropped their
+tally databases, kept the audit chain intact, used no one-time token twice, and serve at once.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from taleus_bootstrap import (
+    Accepted,
+    BootstrapRejected,
+    Contact,
+    RejectionCode,
+    initiate_bootstrap,
+    new_bootstrap_host,
+    running_host,
+)
+from taleus_bootstrap._libp2p import open_bootstrap_stream
+from taleus_bootstrap.cli._nodedir import NodeDir
+from taleus_bootstrap.cli._tokens import mint_link
+from taleus_bootstrap.testing import read_frame, write_frame
+
+from .clirun import free_port, served_node
+from .conftest import Backend
+
+pytestmark = pytest.mark.libp2p
+
+STALLED = 6
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Node:
+    """How to serve the node of one backend kind, and to open its store from the test."""
+
+    def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.data_dir = tmp_path / "node"
+        config = tmp_path / "node.toml"
+        self.args = ["--listen", f"/ip4/127.0.0.1/tcp/{free_port()}", "--config", str(config)]
+        self.env: dict[str, str] = {}
+        text = "[manager]\npeer_burst = 100\npeer_rate = 100\n"  # the load is not rate-limited
+        if kind == "postgres":
+            self.dsn = request.getfixturevalue("pg_dsn")
+            self.schema = "crash_" + secrets.token_hex(4)
+            text += f'[backend]\nkind = "postgres"\nschema_name = "{self.schema}"\n'
+            self.env = {"TALEUS_BOOTSTRAP_DSN": self.dsn}
+        config.write_text(text)
+
+    @contextmanager
+    def store(self) -> Iterator[Any]:
+        if self.kind == "sqlite":
+            from taleus_hooks.sqlite import SqliteBackend
+
+            with SqliteBackend(self.data_dir) as backend:
+                yield backend
+        else:
+            from taleus_hooks.postgres import PostgresBackend
+
+            owner = NodeDir(self.data_dir).owner()  # what serve records its sessions under
+            with PostgresBackend(self.dsn, schema=self.schema, owner=owner) as backend:
+                yield backend
+
+
+async def stall_after_accepted(host: Any, link: Any) -> Any:
+    """Send ``contact``, read ``accepted``, and never ack: the session waits in AWAITING_ACK."""
+    stream = await open_bootstrap_stream(host, link.responder_addrs[0])
+    contact = Contact(
+        token=link.token, party_id=host.get_id().to_base58(), identity={}, cadre_addrs=[]
+    )
+    await write_frame(stream, contact)
+    frame = await read_frame(stream)
+    assert isinstance(frame, Accepted), frame
+    return stream
+
+
+def outcomes_by_session(store: Any) -> dict[str, list[Any]]:
+    outcomes: dict[str, list[Any]] = {}
+    for session_id, event in store.audit.events:
+        outcomes.setdefault(session_id, [])
+        if event.kind == "session_outcome":
+            outcomes[session_id].append(event)
+    return outcomes
+
+
+async def test_kill_9_mid_load_then_restart_recovers_everything(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    node = Node(kind, tmp_path, request)
+    ttl = timedelta(hours=1)
+    invitee = Backend()
+    completed_by_invitee: list[str] = []
+    under_way = trio.Event()
+    with served_node(node.data_dir, *node.args, env=node.env) as served:
+        with node.store() as store:
+            links = [mint_link(store.tokens, served.addrs, "stock", ttl=ttl) for _ in range(46)]
+        stalled, load = links[:STALLED], links[STALLED:]
+        async with running_host(new_bootstrap_host()) as host:
+            held = [await stall_after_accepted(host, link) for link in stalled]
+
+            async def bootstrap(link: Any) -> None:
+                try:
+                    result = await initiate_bootstrap(link, host, hooks=invitee.invitee_hooks())
+                except Exception:
+                    return  # cut off by the kill: what the node recorded is checked below
+                completed_by_invitee.append(result.tally.tally_id)
+                if len(completed_by_invitee) == 5:  # the load is under way: time to kill
+                    under_way.set()
+
+            async with trio.open_nursery() as nursery:
+                for link in load:
+                    nursery.start_soon(bootstrap, link)
+                with trio.fail_after(30):
+                    await under_way.wait()
+                served.process.kill()
+            assert len(held) == STALLED
+        await trio.to_thread.run_sync(served.process.wait)
+
+    # What the kill left behind.
+    with node.store() as store:
+        left_open = [s.session_id for s in store.audit.open_sessions()]
+        assert len(left_open) > STALLED  # the stalled ones, and some of the load
+        assert store.tokens.reservations_held >= STALLED
+        assert len(store.database.pending()) >= STALLED
+        pending_before = store.database.pending()
+
+    # Restart on the same data dir / DSN.
+    with served_node(node.data_dir, *node.args, env=node.env) as restarted:
+        assert restarted.peer_id == served.peer_id
+        # It serves at once: a stalled session's token was released, so it forms a tally now,
+        # once.
+        result = await _dial(stalled[0], invitee)
+        assert result.tally.tally_id
+        with pytest.raises(BootstrapRejected) as replay:
+            await _dial(stalled[0], invitee)
+        assert replay.value.code == RejectionCode.INVALID_TOKEN
+        status, _, stderr = restarted.stop()
+    assert status == 0
+    assert f"recovered {len(left_open)} session(s) left in flight" in stderr
+
+    await trio.to_thread.run_sync(check_recovered, node, left_open, pending_before)
+    # The invitee holds a tally once it has sent its ack (docs/protocol.md, section 10); a node
+    # killed before reading that ack cannot know of it. Such a tally is the only kind the node
+    # may not have committed, and its session must be one the kill cut off (ABORTED).
+    with node.store() as store:
+        committed = set(store.database.committed)
+        sessions = {r.tally_id: r.session_id for r in store.database.records()}
+        outcomes = outcomes_by_session(store)
+    behind = [t for t in completed_by_invitee if t not in committed]
+    for tally_id in behind:
+        assert outcomes[sessions[tally_id]][0].final_state == "ABORTED"
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "left_open": len(left_open),
+                "formed_by_invitee_before_kill": len(completed_by_invitee),
+                "of_which_not_committed_by_the_killed_node": len(behind),
+            }
+        )
+    )
+
+
+async def _dial(link: Any, invitee: Backend) -> Any:
+    async with running_host(new_bootstrap_host()) as host:
+        return await initiate_bootstrap(link, host, hooks=invitee.invitee_hooks())
+
+
+def check_recovered(node: Node, left_open: list[str], pending_before: Any) -> None:
+    with node.store() as store:
+        assert store.audit.open_sessions() == []
+        assert store.audit.verify().ok
+        outcomes = outcomes_by_session(store)
+        # Every session has exactly one terminal event; those left open were closed ABORTED.
+        assert all(len(events) == 1 for events in outcomes.values()), outcomes
+        for session_id in left_open:
+            assert outcomes[session_id][0].final_state == "ABORTED"
+        # Nothing held, nothing unacknowledged left: the tally databases made for sessions
+        # that had not completed are gone; those of sessions that had (their token use
+        # recorded) are committed, and their outcome names the tally.
+        assert store.tokens.reservations_held == 0
+        assert store.database.pending() == []
+        released, committed = set(store.database.released), set(store.database.committed)
+        for record in pending_before:
+            outcome = outcomes[record.session_id][0]
+            if record.tally_id in committed:
+                assert outcome.tally_id == record.tally_id
+                continue
+            assert record.tally_id in released and outcome.tally_id is None
+            if node.kind == "sqlite" and record.origin == "local":
+                assert not Path(record.provision.database.endpoint).exists()
+        # No one-time token used twice, and the uses are exactly the completed sessions (plus
+        # any session the kill cut off after its tally was committed).
+        redemptions = store.tokens.redemptions()
+        assert max(Counter(digest for digest, _ in redemptions).values()) == 1
+        redeemed = {session_id for _, session_id in redemptions}
+        completed = {
+            sid
+            for sid, events in outcomes.items()
+            if events[0].side == "inviter"
+            and (events[0].final_state == "COMPLETED" or events[0].tally_id is not None)
+        }
+        assert redeemed == completed
+        assert all(r.used <= 1 for r in store.tokens.records())
