@@ -124,11 +124,21 @@ class SqlProvisioner:
             raise LookupError(f"no pending provision of tally {tally_id!r}")
 
     async def sweep(self) -> list[str]:
-        """Remove provisions still pending after ``provision_ttl``; return their tally ids."""
+        """Remove provisions still pending after ``provision_ttl``; return their tally ids.
+
+        A pending provision whose session recorded its token use (a row in ``redemptions``,
+        which ``mark_used`` writes only once the tally is formed) is not stale but a tally whose
+        ``commit`` failed: it is committed instead, never swept."""
         cutoff = (self._clock() - self.provision_ttl).timestamp()
-        stale = await run_in_thread(
-            self._db, lambda cur: self._select(cur, "state = 'pending' AND created_at <= ?", cutoff)
+        stale_where = "state = 'pending' AND created_at <= ?"
+        formed = f"{stale_where} AND session_id IN (SELECT session_id FROM redemptions)"
+        formed_ids = await run_in_thread(
+            self._db, lambda cur: sorted({r.session_id for r in self._select(cur, formed, cutoff)})
         )
+        if formed_ids:
+            await trio.to_thread.run_sync(self.commit_sessions, formed_ids)
+            logger.warning("committed %d tally(ies) whose commit had failed", len(formed_ids))
+        stale = await run_in_thread(self._db, lambda cur: self._select(cur, stale_where, cutoff))
         for record in stale:
             await trio.to_thread.run_sync(self._drop_one, record, "swept")
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)

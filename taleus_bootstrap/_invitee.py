@@ -357,6 +357,7 @@ class _InviteeRun:
                 raise LocalProtocolError(
                     RejectionCode.PROVISION_FAILED, "database hook refused the provision"
                 )
+            self.own_provision = provision  # released (forgotten) unless the ack goes out
             await run_step(
                 "send ack", cfg.step_timeout, lambda: channel.send(Ack(session_id=frame.session_id))
             )

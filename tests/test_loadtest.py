@@ -16,10 +16,11 @@ def test_loadtest_smoke_with_baseline_and_json(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     proc = run_cli(
         "loadtest", "--spawn", "--sessions", "100", "--concurrency", "10", "--peers", "4",
-        "--processes", "2", "--baseline", "--json", out, timeout=300,
+        "--processes", "2", "--baseline", "--repeat", "2", "--json", out, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "ours / baseline throughput:" in proc.stdout
+    assert "the median pair of" in proc.stdout
     report = json.loads(out.read_text())
     assert report["shape"]["processes"] == 2 and report["shape"]["peers"] == 4
     for name in ("ours", "baseline"):
@@ -34,6 +35,7 @@ def test_loadtest_smoke_with_baseline_and_json(tmp_path: Path) -> None:
     assert report["ratio"] == pytest.approx(
         report["runs"]["ours"]["sessions_per_s"] / report["runs"]["baseline"]["sessions_per_s"]
     )
+    assert len(report["ratios"]) == 2 and report["ratio"] in report["ratios"]
 
 
 def test_loadtest_against_a_served_data_dir_counts_rejections(tmp_path: Path) -> None:
@@ -61,6 +63,8 @@ def test_loadtest_usage_errors(tmp_path: Path) -> None:
     assert_one_line_error(both, 2, "exactly one of --spawn and --target")
     baseline = run_cli("loadtest", "--target", "taleus:bootstrap:x", "--baseline")
     assert_one_line_error(baseline, 2, "--baseline needs --spawn")
+    repeat = run_cli("loadtest", "--spawn", "--repeat", "3")
+    assert_one_line_error(repeat, 2, "--repeat needs --baseline")
     missing = run_cli("loadtest", "--target", tmp_path / "nothing")
     assert_one_line_error(missing, 2, "does not exist")
 

@@ -165,3 +165,23 @@ async def test_nodes_sharing_postgres_recover_only_their_own_sessions(
         assert [e.kind for e in node_b.audit.for_session(sid(2))] == ["session_started"]
     finally:
         node_b.close()
+
+
+async def test_the_sweep_commits_a_formed_tally_whose_commit_failed(
+    kind: str, backend_factory: Any
+) -> None:
+    """``database.commit`` failed after the session completed (its token use is recorded): the
+    provision is still pending, but it is a formed tally, so the sweep commits it."""
+    clock = ManualClock()
+    backend = backend_factory(kind, clock=clock)
+    token = backend.tokens.mint("stock")
+    assert await backend.tokens.validate(token, session_id=sid(1), peer_id=INVITEE_PEER)
+    formed = await backend.database.provision(request_for("tally-formed", sid(1)))
+    await backend.tokens.mark_used(token, session_id=sid(1))  # and commit never succeeded
+    orphan = await backend.database.provision(request_for("tally-orphan", sid(2)))
+    clock.advance(backend.database.provision_ttl + timedelta(seconds=1))
+    report = await backend.sweep()
+    assert report.tallies_swept == ("tally-orphan",)
+    assert list(backend.database.committed) == ["tally-formed"]
+    assert backend.read_tally(formed) == formed.tally
+    assert backend.read_tally(orphan) is None

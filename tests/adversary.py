@@ -1,0 +1,176 @@
+"""What the adversarial tests share: raw bootstrap streams over real libp2p, a served node in
+the test process, and the honest client that must keep succeeding meanwhile."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from taleus_bootstrap import (
+    AnyFrame,
+    BootstrapLink,
+    FrameDecoder,
+    ManagerConfig,
+    RemoteProtocolError,
+    SessionManager,
+    host_multiaddrs,
+    initiate_bootstrap,
+    new_bootstrap_host,
+    open_session_manager,
+    running_host,
+)
+from taleus_bootstrap._libp2p import open_bootstrap_stream
+
+from .conftest import Backend
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open(f"/proc/{os.getpid()}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Reply:
+    """What came back on one raw stream."""
+
+    frames: list[AnyFrame] = field(default_factory=list)
+    raw: bytes = b""
+    error: str | None = None  # the reply could not be decoded (never expected from our node)
+    reset: bool = False  # the stream ended in a reset / error instead of an orderly end
+
+
+async def read_reply(stream: Any, *, timeout: float = 15.0) -> Reply:
+    """Read until the node ends the stream; decode what it sent."""
+    reply = Reply()
+    chunks = []
+    with trio.move_on_after(timeout) as scope:
+        try:
+            while data := await stream.read(65536):
+                chunks.append(data)
+        except Exception:
+            reply.reset = True
+    if scope.cancelled_caught:
+        reply.error = "no end of stream within the timeout"
+    reply.raw = b"".join(chunks)
+    decoder = FrameDecoder()
+    decoder.feed(reply.raw)
+    decoder.feed(b"")
+    try:
+        while (frame := decoder.next_frame()) is not None:
+            reply.frames.append(frame)
+    except RemoteProtocolError as exc:
+        reply.error = f"undecodable reply: {exc.detail}"
+    return reply
+
+
+async def send_raw(host: Any, addr: str, payload: bytes, *, half_close: bool = True) -> Reply:
+    """Open a bootstrap stream, write ``payload``, half-close, and read the reply."""
+    stream = await open_bootstrap_stream(host, addr)
+    try:
+        if payload:
+            await stream.write(payload)
+        if half_close:
+            await stream.close()
+        return await read_reply(stream)
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.reset()
+
+
+@dataclass
+class Node:
+    """An inviter node in the test process: host, manager, memory hooks, its address."""
+
+    host: Any
+    manager: SessionManager
+    backend: Any  # a reference backend: memory by default
+    addr: str
+
+    def link(self, token: str, role: str = "stock") -> str:
+        return BootstrapLink(
+            responder_addrs=[self.addr],
+            token=token,
+            expires_at=datetime.now(UTC) + timedelta(hours=1),
+            inviter_role=role,  # type: ignore[arg-type]
+        ).encode()
+
+
+@asynccontextmanager
+async def serving(
+    config: ManagerConfig, backend: Any = None, **hook_overrides: Any
+) -> AsyncIterator[Node]:
+    """Serve bootstraps with ``config`` on a fresh host, with ``backend``'s memory hooks (a new
+    one by default), any of them replaced by ``hook_overrides``."""
+    backend = backend if backend is not None else Backend()
+    async with (
+        running_host(new_bootstrap_host()) as host,
+        open_session_manager(host, backend.hooks(**hook_overrides), config) as manager,
+    ):
+        yield Node(host, manager, backend, host_multiaddrs(host)[0])
+
+
+@asynccontextmanager
+async def client_hosts(count: int) -> AsyncIterator[list[Any]]:
+    """``count`` running libp2p hosts, each with a fresh key (a distinct peer id)."""
+    async with AsyncExitStack() as stack:
+        hosts = [
+            await stack.enter_async_context(running_host(new_bootstrap_host()))
+            for _ in range(count)
+        ]
+        yield hosts
+
+
+async def honest_bootstraps(
+    node: Node, host: Any, count: int, results: list[bool], *, pause: float = 0.0
+) -> None:
+    """Run ``count`` ordinary one-time bootstraps one after the other, ``pause`` seconds apart;
+    record each success."""
+    invitee = Backend()
+    for i in range(count):
+        if i:
+            await trio.sleep(pause)
+        link = node.link(node.backend.tokens.mint("stock"))
+        try:
+            await initiate_bootstrap(link, host, hooks=invitee.invitee_hooks())
+        except Exception:
+            results.append(False)
+        else:
+            results.append(True)
+
+
+async def flood(addr: str, total: int, processes: int, *flags: str) -> dict[str, Any]:
+    """Run ``tests.flood_client`` in ``processes`` processes, ``total`` streams in all; merge
+    their answers: ``{"counts": Counter, "distinct": {code: set of raw answers}}``."""
+    outputs: list[bytes] = []
+
+    async def client(count: int) -> None:
+        result = await trio.run_process(
+            [sys.executable, "-m", "tests.flood_client", addr, str(count), *flags],
+            capture_stdout=True,
+            cwd=Path(__file__).parent.parent,
+        )
+        outputs.append(result.stdout)
+
+    async with trio.open_nursery() as nursery:
+        for k in range(processes):
+            nursery.start_soon(client, total // processes + (1 if k < total % processes else 0))
+    counts: Counter[str] = Counter()
+    distinct: dict[str, set[str]] = {}
+    for output in outputs:
+        part = json.loads(output)
+        counts.update(part["counts"])
+        for code, answers in part["distinct"].items():
+            distinct.setdefault(code, set()).update(answers)
+    return {"counts": counts, "distinct": distinct}
