@@ -109,6 +109,7 @@ async def test_kill_9_mid_load_then_restart_recovers_everything(
     ttl = timedelta(hours=1)
     invitee = Backend()
     completed_by_invitee: list[str] = []
+    received: list[str] = []
     under_way = trio.Event()
     with served_node(node.data_dir, *node.args, env=node.env) as served:
         with node.store() as store:
@@ -123,6 +124,7 @@ async def test_kill_9_mid_load_then_restart_recovers_everything(
                 except Exception:
                     return  # cut off by the kill: what the node recorded is checked below
                 completed_by_invitee.append(result.tally.tally_id)
+                received.append(repr(result))  # what the invitee got, for the secrets scan
                 if len(completed_by_invitee) == 5:  # the load is under way: time to kill
                     under_way.set()
 
@@ -133,7 +135,7 @@ async def test_kill_9_mid_load_then_restart_recovers_everything(
                     await under_way.wait()
                 served.process.kill()
             assert len(held) == STALLED
-        await trio.to_thread.run_sync(served.process.wait)
+        killed_out, killed_err = await trio.to_thread.run_sync(served.process.communicate)
 
     # What the kill left behind.
     with node.store() as store:
@@ -153,7 +155,8 @@ async def test_kill_9_mid_load_then_restart_recovers_everything(
         with pytest.raises(BootstrapRejected) as replay:
             await _dial(stalled[0], invitee)
         assert replay.value.code == RejectionCode.INVALID_TOKEN
-        status, _, stderr = restarted.stop()
+        received.append(repr(result))
+        status, stdout, stderr = restarted.stop()
     assert status == 0
     assert f"recovered {len(left_open)} session(s) left in flight" in stderr
 
@@ -165,6 +168,17 @@ async def test_kill_9_mid_load_then_restart_recovers_everything(
         committed = set(store.database.committed)
         sessions = {r.tally_id: r.session_id for r in store.database.records()}
         outcomes = outcomes_by_session(store)
+        # No secret in anything the node wrote or sent: its output, its audit log, what the
+        # invitees received. (SQLite tallies have no password; PostgreSQL ones do.)
+        secrets_used = [link.token for link in links]
+        if kind == "postgres":
+            refs = {r.provision.database.credentials_ref for r in store.database.records()}
+            secrets_used += [store.read_credentials(ref) for ref in refs if ref]
+        audit_text = "".join(e.model_dump_json() for _, e in store.audit.events)
+    haystack = "".join([killed_out, killed_err, stdout, stderr, audit_text, *received])
+    leaked = [secret for secret in secrets_used if secret and secret in haystack]
+    assert len(secrets_used) > len(links) or kind == "sqlite"
+    assert leaked == []
     behind = [t for t in completed_by_invitee if t not in committed]
     for tally_id in behind:
         assert outcomes[sessions[tally_id]][0].final_state == "ABORTED"
