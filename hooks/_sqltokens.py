@@ -185,10 +185,10 @@ class SqlTokenStore:
         """
         now = _ts(self._clock())
 
-        def settle(cur: Cursor) -> int:
-            return sum(self._settle(cur, "session_id = ?", (sid,), now) for sid in session_ids)
-
-        return self._db.transact(settle)
+        if not session_ids:
+            return 0
+        where = f"session_id IN ({', '.join('?' * len(session_ids))})"  # one pass: one lock order
+        return self._db.transact(lambda cur: self._settle(cur, where, tuple(session_ids), now))
 
     def redeemed_sessions(self, session_ids: list[str]) -> set[str]:
         """Those of ``session_ids`` that redeemed a use (``mark_used`` ran for them)."""
