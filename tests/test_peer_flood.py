@@ -6,7 +6,8 @@ node's CPU and 30 ms of the clients' here, so 40 new peers/s on this 2-core mach
 runs ``TALEUS_PEER_FLOOD`` (default 1 000) real fresh peers against a cap of 300 tracked peers
 and a global rate of 15/s; the 20 000 of the hardening issue run at the manager itself over
 memory streams (every admission decision is the same code; only the transport differs), and
-over libp2p with ``TALEUS_PEER_FLOOD=20000`` (about 9 minutes).
+over libp2p with ``TALEUS_PEER_FLOOD=20000`` (6 minutes here: 5 244 admitted in 351 s at
+15/s, at most 300 peers tracked).
 """
 
 from __future__ import annotations
