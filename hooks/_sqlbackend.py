@@ -105,27 +105,29 @@ class SqlBackend(HookBundle):
         ids = [session.session_id for session in left]
         if not ids:
             return RecoveryReport((), 0, ())
-        completed = await trio.to_thread.run_sync(self._completed_sessions, ids)
-        await trio.to_thread.run_sync(self.database.commit_sessions, sorted(completed))
+        tallies = await trio.to_thread.run_sync(self._committed_tallies, ids)
+        completed = set(tallies) | await trio.to_thread.run_sync(self.tokens.redeemed_sessions, ids)
+        for record in await trio.to_thread.run_sync(
+            self.database.commit_sessions, sorted(completed)
+        ):
+            tallies[record.session_id] = record.tally_id
         settled = await trio.to_thread.run_sync(self.tokens.release_sessions, ids)
         unfinished = [sid for sid in ids if sid not in completed]
         released = await trio.to_thread.run_sync(self.database.release_sessions, unfinished)
         for session in left:
-            await self._close_aborted(session)
+            await self._close_aborted(session, tallies.get(session.session_id))
         return RecoveryReport(tuple(ids), settled, tuple(r.tally_id for r in released))
 
-    def _completed_sessions(self, session_ids: list[str]) -> set[str]:
-        committed = {
-            record.session_id
+    def _committed_tallies(self, session_ids: list[str]) -> dict[str, str]:
+        """``{session id: tally id}`` of those sessions whose tally is committed."""
+        where = "session_id = ? AND state = 'committed'"
+        return {
+            r.session_id: r.tally_id
             for sid in session_ids
-            for record in self.database.records("session_id = ? AND state = 'committed'", sid)
+            for r in self.database.records(where, sid)
         }
-        return committed | self.tokens.redeemed_sessions(session_ids)
 
-    async def _close_aborted(self, session: OpenSession) -> None:
-        committed = await trio.to_thread.run_sync(
-            self.database.records, "session_id = ? AND state = 'committed'", session.session_id
-        )
+    async def _close_aborted(self, session: OpenSession, tally_id: str | None) -> None:
         now = datetime.now(UTC)
         side = cast(Side, session.side)
         code = RejectionCode.INTERNAL_ERROR
@@ -139,7 +141,7 @@ class SqlBackend(HookBundle):
             final_state=ABORTED,
             code=code,
             role=None,
-            tally_id=committed[0].tally_id if committed else None,
+            tally_id=tally_id,
             duration_s=max(0.0, (now - session.started_at).total_seconds()),
         )
         await self.audit.log_session(session.session_id, outcome)

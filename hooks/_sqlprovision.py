@@ -144,37 +144,30 @@ class SqlProvisioner:
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)
         return [record.tally_id for record in stale]
 
-    def commit_sessions(self, session_ids: list[str]) -> list[str]:
+    def commit_sessions(self, session_ids: list[str]) -> list[ProvisionRecord]:
         """Commit the pending provisions of ``session_ids`` (sessions known to have completed,
-        whose outcome was never recorded); return their tally ids."""
+        whose outcome was never recorded) and return them."""
         now = self._clock().timestamp()
 
-        def update(cur: Cursor) -> list[str]:
-            committed = []
-            for sid in session_ids:
-                for record in self._select(cur, "session_id = ? AND state = 'pending'", sid):
-                    cur.execute(
-                        "UPDATE provisions SET state = 'committed', updated_at = ?"
-                        " WHERE tally_id = ? AND origin = ? AND state = 'pending'",
-                        (now, record.tally_id, record.origin),
-                    )
-                    committed.append(record.tally_id)
-            return committed
+        def update(cur: Cursor) -> list[ProvisionRecord]:
+            pending = self._pending_of(cur, session_ids)
+            for record in pending:
+                self._leave_pending(cur, record, "committed", now)
+            return pending
 
         return self._db.transact(update)
 
     def release_sessions(self, session_ids: list[str]) -> list[ProvisionRecord]:
         """Release the pending provisions of ``session_ids`` (sessions known to be over, e.g.
         those in flight when the node crashed) and return them; committed ones stay."""
-        where = "session_id = ? AND state = 'pending'"
-
-        def select(cur: Cursor) -> list[ProvisionRecord]:
-            return [r for sid in session_ids for r in self._select(cur, where, sid)]
-
-        released = self._db.transact(select)
+        released = self._db.transact(lambda cur: self._pending_of(cur, session_ids))
         for record in released:
             self._drop_one(record, "released")
         return released
+
+    def _pending_of(self, cur: Cursor, session_ids: list[str]) -> list[ProvisionRecord]:
+        where = "session_id = ? AND state = 'pending'"
+        return [record for sid in session_ids for record in self._select(cur, where, sid)]
 
     async def _release_pending(self, tally_id: str, origin: Origin | None) -> None:
         """Release the pending provisions of ``tally_id`` (of one origin, or both)."""
@@ -190,15 +183,15 @@ class SqlProvisioner:
         if record.origin == "local":  # the stored location, not the caller's: drop what we made
             self.factory.drop(record.provision.database)
         now = self._clock().timestamp()
+        self._db.transact(lambda cur: self._leave_pending(cur, record, state, now))
 
-        def mark(cur: Cursor) -> None:
-            cur.execute(
-                "UPDATE provisions SET state = ?, updated_at = ?"
-                " WHERE tally_id = ? AND origin = ? AND state = 'pending'",
-                (state, now, record.tally_id, record.origin),
-            )
-
-        self._db.transact(mark)
+    @staticmethod
+    def _leave_pending(cur: Cursor, record: ProvisionRecord, state: State, now: float) -> None:
+        cur.execute(
+            "UPDATE provisions SET state = ?, updated_at = ?"
+            " WHERE tally_id = ? AND origin = ? AND state = 'pending'",
+            (state, now, record.tally_id, record.origin),
+        )
 
     def _insert(self, cur: Cursor, result: Provision, origin: Origin, session_id: str) -> bool:
         cur.execute(
