@@ -18,10 +18,15 @@ from typing import Any
 import trio
 
 from taleus_bootstrap import (
+    Accepted,
     AnyFrame,
     BootstrapLink,
+    Contact,
+    DatabaseInfo,
     FrameDecoder,
     ManagerConfig,
+    Provision,
+    ProvisionRequest,
     RemoteProtocolError,
     SessionManager,
     host_multiaddrs,
@@ -31,14 +36,46 @@ from taleus_bootstrap import (
     running_host,
 )
 from taleus_bootstrap._libp2p import open_bootstrap_stream
+from taleus_bootstrap.cli._loadtest import proc_stats
+from taleus_bootstrap.testing import read_frame, write_frame
 
 from .conftest import Backend
 
 
 def rss_bytes() -> int:
     """This process's resident set size."""
-    with open(f"/proc/{os.getpid()}/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return int(proc_stats(os.getpid())["rss_mib"] * 2**20)
+
+
+def contact_for(host: Any, token: str) -> Contact:
+    """The ``contact`` frame ``host`` sends with ``token`` (its own peer id, no identity)."""
+    return Contact(token=token, party_id=host.get_id().to_base58(), identity={}, cadre_addrs=[])
+
+
+def made_up_provision(
+    session_id: str, tally_id: str, provisioner_role: str, stock: str, foil: str
+) -> Provision:
+    """A well-formed provision no database stands behind (for scripted peers)."""
+    request = ProvisionRequest(
+        session_id=session_id,
+        tally_id=tally_id,
+        provisioner_role=provisioner_role,  # type: ignore[arg-type]
+        stock_party_id=stock,
+        foil_party_id=foil,
+        created_at=datetime.now(UTC),
+    )
+    database = DatabaseInfo(endpoint="memory://made-up", credentials_ref="none")
+    return Provision(tally=request.draft_tally(), database=database)
+
+
+async def stall_after_accepted(host: Any, addr: str, token: str) -> Any:
+    """Send ``contact``, read ``accepted``, and never ack: the session waits in AWAITING_ACK.
+    Returns the stream (held open by the caller)."""
+    stream = await open_bootstrap_stream(host, addr)
+    await write_frame(stream, contact_for(host, token))
+    frame = await read_frame(stream)
+    assert isinstance(frame, Accepted), frame
+    return stream
 
 
 @dataclass

@@ -18,17 +18,16 @@ from typing import Any
 
 import trio
 
-from taleus_bootstrap import Contact, Rejected, encode_frame, new_bootstrap_host, running_host
+from taleus_bootstrap import Rejected, encode_frame, new_bootstrap_host, running_host
 
-from .adversary import send_raw
+from .adversary import contact_for, send_raw
 
 
 async def answer(
     host: Any, addr: str, index: int, counts: Counter[str], raw: dict[str, set[str]]
 ) -> None:
-    me = host.get_id().to_base58()
     token = f"flood-{index:08d}-not-a-token"
-    contact = Contact(token=token, party_id=me, identity={}, cadre_addrs=[])
+    contact = contact_for(host, token)
     reply = await send_raw(host, addr, encode_frame(contact))
     frames = reply.frames
     if reply.error is None and len(frames) == 1 and isinstance(frames[0], Rejected):

@@ -8,10 +8,14 @@ from hypothesis import strategies as st
 _ED25519_PREFIX = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of an Ed25519 public key
 _SHA256_PREFIX = b"\x12\x20"
 
+
+def ed25519_peer_id(public_key: bytes) -> str:
+    """The peer id of a 32-byte Ed25519 public key (an identity multihash, base58)."""
+    return base58.b58encode(_ED25519_PREFIX + public_key).decode()
+
+
 peer_ids = st.one_of(
-    st.binary(min_size=32, max_size=32).map(
-        lambda key: base58.b58encode(_ED25519_PREFIX + key).decode()
-    ),
+    st.binary(min_size=32, max_size=32).map(ed25519_peer_id),
     st.binary(min_size=32, max_size=32).map(
         lambda digest: base58.b58encode(_SHA256_PREFIX + digest).decode()
     ),

@@ -8,7 +8,6 @@ import json
 import time
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 import pytest
 import trio
@@ -29,6 +28,7 @@ from taleus_bootstrap._libp2p import open_bootstrap_stream
 from .adversary import (
     Reply,
     client_hosts,
+    contact_for,
     flood,
     honest_bootstraps,
     read_reply,
@@ -50,10 +50,6 @@ GENEROUS = {
 
 def prefixed(body: bytes) -> bytes:
     return encode_varint(len(body)) + body
-
-
-def contact_for(host: Any, token: str) -> Contact:
-    return Contact(token=token, party_id=host.get_id().to_base58(), identity={}, cadre_addrs=[])
 
 
 def rejected_code(reply: Reply) -> RejectionCode | None:

@@ -23,19 +23,16 @@ import pytest
 import trio
 
 from taleus_bootstrap import (
-    Accepted,
     BootstrapRejected,
-    Contact,
     RejectionCode,
     initiate_bootstrap,
     new_bootstrap_host,
     running_host,
 )
-from taleus_bootstrap._libp2p import open_bootstrap_stream
 from taleus_bootstrap.cli._nodedir import NodeDir
 from taleus_bootstrap.cli._tokens import mint_link
-from taleus_bootstrap.testing import read_frame, write_frame
 
+from .adversary import stall_after_accepted
 from .clirun import free_port, served_node
 from .conftest import Backend
 
@@ -81,18 +78,6 @@ class Node:
                 yield backend
 
 
-async def stall_after_accepted(host: Any, link: Any) -> Any:
-    """Send ``contact``, read ``accepted``, and never ack: the session waits in AWAITING_ACK."""
-    stream = await open_bootstrap_stream(host, link.responder_addrs[0])
-    contact = Contact(
-        token=link.token, party_id=host.get_id().to_base58(), identity={}, cadre_addrs=[]
-    )
-    await write_frame(stream, contact)
-    frame = await read_frame(stream)
-    assert isinstance(frame, Accepted), frame
-    return stream
-
-
 def outcomes_by_session(store: Any) -> dict[str, list[Any]]:
     outcomes: dict[str, list[Any]] = {}
     for session_id, event in store.audit.events:
@@ -116,7 +101,10 @@ async def test_kill_9_mid_load_then_restart_recovers_everything(
             links = [mint_link(store.tokens, served.addrs, "stock", ttl=ttl) for _ in range(46)]
         stalled, load = links[:STALLED], links[STALLED:]
         async with running_host(new_bootstrap_host()) as host:
-            held = [await stall_after_accepted(host, link) for link in stalled]
+            held = [
+                await stall_after_accepted(host, link.responder_addrs[0], link.token)
+                for link in stalled
+            ]
 
             async def bootstrap(link: Any) -> None:
                 try:

@@ -17,7 +17,6 @@ import os
 import time
 from typing import Any
 
-import base58
 import pytest
 import trio
 
@@ -26,6 +25,7 @@ from taleus_bootstrap.testing import memory_stream_pair, read_frame, write_frame
 
 from .adversary import flood, serving
 from .conftest import INVITER_PEER, Backend
+from .strategies import ed25519_peer_id
 
 PEERS = int(os.environ.get("TALEUS_PEER_FLOOD", "1000"))
 
@@ -76,7 +76,7 @@ async def test_fresh_peer_ids_over_libp2p_keep_the_limiter_bounded_and_the_globa
 def _peer_id(i: int) -> str:
     """A distinct, well-formed peer id (an identity multihash of a made-up Ed25519 key)."""
     key = hashlib.sha256(i.to_bytes(8, "big")).digest()
-    return str(base58.b58encode(b"\x00\x24\x08\x01\x12\x20" + key).decode())
+    return ed25519_peer_id(key)
 
 
 async def test_twenty_thousand_peer_ids_at_the_manager(nursery: trio.Nursery) -> None:

@@ -18,11 +18,8 @@ from taleus_bootstrap import (
     BootstrapError,
     BootstrapLink,
     Contact,
-    DatabaseInfo,
     ManagerConfig,
-    Provision,
     Provisioned,
-    ProvisionRequest,
     encode_frame,
     host_multiaddrs,
     initiate_bootstrap,
@@ -33,7 +30,7 @@ from taleus_bootstrap import (
 from taleus_bootstrap._libp2p import open_bootstrap_stream
 from taleus_bootstrap.testing import read_frame, write_frame
 
-from .adversary import serving
+from .adversary import contact_for, made_up_provision, serving
 from .conftest import Backend
 
 pytestmark = pytest.mark.libp2p
@@ -84,7 +81,7 @@ async def test_invitee_resets_and_the_inviter_settles_everything(role: str, poin
         token = node.backend.tokens.mint(role)  # type: ignore[arg-type]
         me = client.get_id().to_base58()
         stream = await open_bootstrap_stream(client, node.addr)
-        contact = encode_frame(Contact(token=token, party_id=me, identity={}, cadre_addrs=[]))
+        contact = encode_frame(contact_for(client, token))
         if point != "before contact":
             await stream.write(contact if point != "mid contact" else contact[: len(contact) // 2])
         if point not in ("before contact", "mid contact"):
@@ -93,17 +90,12 @@ async def test_invitee_resets_and_the_inviter_settles_everything(role: str, poin
             if point == "after ack":
                 await write_frame(stream, Ack(session_id=accepted.session_id))
             elif point in ("mid provisioned", "after provisioned"):
-                request = ProvisionRequest(
-                    session_id=accepted.session_id,
-                    tally_id="tly_reset_test_0000000001",
-                    provisioner_role="foil",
-                    stock_party_id=node.host.get_id().to_base58(),
-                    foil_party_id=me,
-                    created_at=datetime.now(UTC),
-                )
-                provision = Provision(
-                    tally=request.draft_tally(),
-                    database=DatabaseInfo(endpoint="memory://reset", credentials_ref="none"),
+                provision = made_up_provision(
+                    accepted.session_id,
+                    "tly_reset_test_0000000001",
+                    "foil",
+                    stock=node.host.get_id().to_base58(),
+                    foil=me,
                 )
                 frame = encode_frame(
                     Provisioned(session_id=accepted.session_id, provision=provision)
@@ -161,17 +153,8 @@ async def test_inviter_resets_and_the_invitee_settles_everything(role: str, poin
             assert isinstance(contact, Contact)
             provision = None
             if role == "stock":
-                request = ProvisionRequest(
-                    session_id=SESSION,
-                    tally_id="tly_reset_test_0000000002",
-                    provisioner_role="stock",
-                    stock_party_id=me,
-                    foil_party_id=contact.party_id,
-                    created_at=datetime.now(UTC),
-                )
-                provision = Provision(
-                    tally=request.draft_tally(),
-                    database=DatabaseInfo(endpoint="memory://reset", credentials_ref="none"),
+                provision = made_up_provision(
+                    SESSION, "tly_reset_test_0000000002", "stock", stock=me, foil=contact.party_id
                 )
             accepted = encode_frame(
                 Accepted(

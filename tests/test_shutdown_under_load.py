@@ -17,17 +17,14 @@ import trio
 from taleus_hooks.sqlite import SqliteBackend
 
 from taleus_bootstrap import (
-    Accepted,
-    Contact,
     RejectionCode,
     encode_frame,
     initiate_bootstrap,
 )
 from taleus_bootstrap._libp2p import open_bootstrap_stream
 from taleus_bootstrap.cli._tokens import mint_link
-from taleus_bootstrap.testing import read_frame, write_frame
 
-from .adversary import Reply, client_hosts, read_reply
+from .adversary import Reply, client_hosts, contact_for, read_reply, stall_after_accepted
 from .clirun import served_node
 from .conftest import Backend
 
@@ -57,15 +54,10 @@ async def test_sigterm_mid_load_drains_refuses_new_streams_and_loses_nothing(
                 for _ in range(LOAD + STALLED + 1)
             ]
         async with client_hosts(8) as hosts:
-            stalled = []
-            for link in links[:STALLED]:  # accepted, never acknowledged
-                stream = await open_bootstrap_stream(hosts[0], link.responder_addrs[0])
-                me = hosts[0].get_id().to_base58()
-                await write_frame(
-                    stream, Contact(token=link.token, party_id=me, identity={}, cadre_addrs=[])
-                )
-                assert isinstance(await read_frame(stream), Accepted)
-                stalled.append(stream)
+            stalled = [  # accepted, never acknowledged
+                await stall_after_accepted(hosts[0], link.responder_addrs[0], link.token)
+                for link in links[:STALLED]
+            ]
             under_way = trio.Event()
 
             async def bootstrap(i: int, link: Any) -> None:
@@ -91,12 +83,7 @@ async def test_sigterm_mid_load_drains_refuses_new_streams_and_loses_nothing(
                 # A new stream, after the signal: refused with shutting_down.
                 last = links[-1]
                 stream = await open_bootstrap_stream(hosts[0], last.responder_addrs[0])
-                contact = Contact(
-                    token=last.token,
-                    party_id=hosts[0].get_id().to_base58(),
-                    identity={},
-                    cadre_addrs=[],
-                )
+                contact = contact_for(hosts[0], last.token)
                 await stream.write(encode_frame(contact))
                 refused_after.append(await read_reply(stream))
             status = await trio.to_thread.run_sync(lambda: node.process.wait(GRACE + 20))

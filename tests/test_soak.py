@@ -27,7 +27,6 @@ from taleus_hooks.sqlite import SqliteBackend
 from taleus_bootstrap import (
     Accepted,
     Ack,
-    Contact,
     ManagerConfig,
     encode_frame,
     initiate_bootstrap,
@@ -35,7 +34,7 @@ from taleus_bootstrap import (
 from taleus_bootstrap._libp2p import open_bootstrap_stream
 from taleus_bootstrap.testing import ManualClock, read_frame
 
-from .adversary import client_hosts, rss_bytes, send_raw, serving
+from .adversary import client_hosts, contact_for, rss_bytes, send_raw, serving
 from .conftest import Backend
 from .faults import Faulty
 
@@ -203,7 +202,6 @@ async def _run(
     seen: list[bytes],
     rng: Any,
 ) -> str:
-    me = host.get_id().to_base58()
     if kind in ("honest stock", "honest foil", "hook fault"):
         try:
             await initiate_bootstrap(node.link(token, role), host, hooks=invitee.invitee_hooks())
@@ -215,7 +213,7 @@ async def _run(
         reply = await send_raw(host, node.addr, rng.randbytes(rng.randrange(1, 200)))
         seen.append(reply.raw)
         return "garbage answered"
-    contact = Contact(token=token, party_id=me, identity={}, cadre_addrs=[])
+    contact = contact_for(host, token)
     if kind == "wrong token":
         wrong = contact.model_copy(update={"token": "wrong-" + token[::-1]})
         reply = await send_raw(host, node.addr, encode_frame(wrong))
