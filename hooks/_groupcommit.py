@@ -13,8 +13,9 @@ while a batch is being written wait, and go together in the next batch:
 * a call returns (or raises) only once its batch is committed, so a returned result is durable;
   if the commit itself fails, every call of the batch gets that error and nothing is recorded.
 
-Like ``trio.to_thread.run_sync``, a call is not abandoned on cancellation: it finishes (so a
-caller never loses track of a reservation it made) and the cancellation is delivered afterwards.
+The batching itself is :class:`~taleus_hooks._batching.Batcher`, as for the audit log. Like
+``trio.to_thread.run_sync``, a call is not abandoned on cancellation: it finishes (so a caller
+never loses track of a reservation it made) and the cancellation is delivered afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import trio
 
+from ._batching import Batcher
 from ._common import Cursor
 
 __all__ = ["MAX_GROUP", "GroupCommit"]
@@ -36,11 +38,10 @@ MAX_GROUP: Final = 256
 
 
 class _Call(Generic[T]):
-    __slots__ = ("done", "error", "fn", "value")
+    __slots__ = ("error", "fn", "value")
 
     def __init__(self, fn: Callable[[Cursor], T]) -> None:
         self.fn = fn
-        self.done = False
         self.value: T | None = None
         self.error: BaseException | None = None
 
@@ -59,37 +60,28 @@ class GroupCommit:
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
         self._conn = conn
         self._lock = lock
-        self._queue: list[_Call[Any]] = []
-        self._writing = False
-        self._batch_done = trio.Event()
-        self.commits = 0
-        self.calls = 0
+        self._batcher: Batcher[_Call[Any]] = Batcher(self._transact, MAX_GROUP)
+
+    @property
+    def commits(self) -> int:
+        """Batches committed since the connection was opened."""
+        return self._batcher.batches
+
+    @property
+    def calls(self) -> int:
+        """Calls those batches carried."""
+        return self._batcher.items_written
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
         """Run ``fn`` in the next batch; return its result once the batch is committed."""
         call: _Call[T] = _Call(fn)
-        self._queue.append(call)
         with trio.CancelScope(shield=True):
-            while not call.done:
-                if self._writing:
-                    await self._batch_done.wait()
-                else:
-                    await self._write_next_batch()
+            await self._batcher.submit(call)
         return call.result()
 
-    async def _write_next_batch(self) -> None:
-        self._writing = True
-        batch, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-        try:
-            await trio.to_thread.run_sync(self._transact, batch)
-        finally:
-            for call in batch:
-                call.done = True
-            self._writing = False
-            done, self._batch_done = self._batch_done, trio.Event()
-            done.set()
-
     def _transact(self, batch: list[_Call[Any]]) -> None:
+        """One transaction for the batch; raises (after the rollback) if it cannot commit, or
+        with the error of a lone call."""
         with self._lock:
             cur = self._conn.cursor()
             try:
@@ -100,16 +92,10 @@ class GroupCommit:
                     for call in batch:
                         _run_in_savepoint(cur, call)
                 cur.execute("COMMIT")
-            except BaseException as exc:
+            except BaseException:
                 if self._conn.in_transaction:
                     cur.execute("ROLLBACK")
-                for call in batch:  # a lone call's own error, or the failed commit's
-                    call.error, call.value = exc, None
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                self.commits += 1
-                self.calls += len(batch)
+                raise
 
 
 def _run_in_savepoint(cur: sqlite3.Cursor, call: _Call[Any]) -> None:

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import trio
 from pydantic import TypeAdapter
 
 from taleus_bootstrap import AuditEvent
 
+from ._batching import Batcher
 from ._common import Cursor, SqlDatabase, canonical_json
 
 __all__ = [
@@ -111,14 +110,12 @@ class AuditWriteError(RuntimeError):
 
 
 class _Entry:
-    __slots__ = ("error", "event", "session_id", "state", "text")
+    __slots__ = ("event", "session_id", "text")
 
     def __init__(self, session_id: str, event: dict[str, Any]) -> None:
         self.session_id = session_id
         self.event = event  # the JSON object, hashed as such
         self.text = canonical_json(event)  # what is stored
-        self.state = "queued"  # queued -> writing -> done | failed
-        self.error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -144,57 +141,22 @@ class SqlAuditLog:
     def __init__(self, db: SqlDatabase, *, owner: str = DEFAULT_OWNER) -> None:
         self._db = db
         self.owner = owner
-        self._queue: list[_Entry] = []
-        self._writing = False
-        self._batch_done = trio.Event()
-        self._events_written = 0
-        self._batches = 0
-        self._largest = 0
-        self._write_seconds = 0.0
+        # Its own transactions: the log batches already, the SQLite group commit would only
+        # add a wait. A batch is written (or fails) as a whole, not abandoned on cancellation.
+        self._batcher: Batcher[_Entry] = Batcher(self._write, MAX_BATCH)
 
     # -- the hook -------------------------------------------------------------------------
 
     async def log_session(self, session_id: str, event: AuditEvent) -> None:
-        """Append ``event``; returns once it is durable (see group commit above)."""
-        entry = _Entry(session_id, event.model_dump(mode="json"))
-        self._queue.append(entry)
+        """Append ``event``; returns once it is durable (see group commit above). Cancelled
+        before its batch is written, the event is dropped (not recorded)."""
         try:
-            while entry.state in ("queued", "writing"):
-                if self._writing:
-                    await self._batch_done.wait()
-                else:
-                    await self._write_next_batch()
-        except trio.Cancelled:
-            if entry.state == "queued":  # never handed to a writer: drop it, it is not recorded
-                self._queue.remove(entry)
-            raise
-        if entry.state == "failed":
-            raise AuditWriteError("audit batch could not be written") from entry.error
-
-    async def _write_next_batch(self) -> None:
-        self._writing = True
-        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        for entry in batch:
-            entry.state = "writing"
-        started = time.perf_counter()
-        try:
-            # Not abandoned on cancellation: the batch is written (or fails) as a whole. Its own
-            # transaction: the log batches already, another group commit would only add a wait.
-            await trio.to_thread.run_sync(self._db.transact, lambda cur: self._append(cur, batch))
+            await self._batcher.submit(_Entry(session_id, event.model_dump(mode="json")))
         except Exception as exc:
-            for entry in batch:
-                entry.state, entry.error = "failed", exc
-        else:
-            for entry in batch:
-                entry.state = "done"
-            self._events_written += len(batch)
-            self._batches += 1
-            self._largest = max(self._largest, len(batch))
-        finally:
-            self._write_seconds += time.perf_counter() - started
-            self._writing = False
-            done, self._batch_done = self._batch_done, trio.Event()
-            done.set()
+            raise AuditWriteError("audit batch could not be written") from exc
+
+    def _write(self, batch: list[_Entry]) -> None:
+        self._db.transact(lambda cur: self._append(cur, batch))
 
     def _append(self, cur: Cursor, batch: list[_Entry]) -> None:
         cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._db.for_update}")
@@ -249,12 +211,13 @@ class SqlAuditLog:
 
     def statistics(self) -> AuditStatistics:
         """Group-commit figures: events, batches, largest batch, queue depth, write time."""
+        batcher = self._batcher
         return AuditStatistics(
-            events_written=self._events_written,
-            batches=self._batches,
-            largest_batch=self._largest,
-            queue_depth=len(self._queue),
-            write_seconds_total=self._write_seconds,
+            events_written=batcher.items_written,
+            batches=batcher.batches,
+            largest_batch=batcher.largest_batch,
+            queue_depth=batcher.queue_depth,
+            write_seconds_total=batcher.write_seconds,
         )
 
     # -- readers (sync) ---------------------------------------------------------------------
