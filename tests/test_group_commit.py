@@ -4,6 +4,7 @@ a failed commit records nothing, and cancellation never loses a committed call."
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ import pytest
 import trio
 from taleus_hooks.sqlite import SqliteBackend, SqliteDatabase
 
+from taleus_bootstrap import SessionStarted
+
+from .conftest import INVITEE_PEER
 from .test_sql_backends import sid
 
 
@@ -140,3 +144,28 @@ async def test_sqlite_backend_hook_calls_are_group_committed(tmp_path: Path) -> 
         assert all(info is not None for info in infos)
         assert len(backend.tokens.redemptions(token)) == 50
         assert backend.control.group.commits - before < 100  # 100 calls, fewer fsyncs
+
+
+async def test_an_audit_event_cancelled_before_its_batch_is_written_is_not_recorded(
+    tmp_path: Path,
+) -> None:
+    at = datetime(2026, 11, 23, tzinfo=UTC)
+    event = SessionStarted(at=at, side="inviter", peer_id=INVITEE_PEER)
+    with SqliteBackend(tmp_path / "node") as backend:
+        connection_lock = backend.audit_db._lock  # held: the first batch cannot finish yet
+        connection_lock.acquire()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.audit.log_session, sid(1), event)  # leads, writing
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+
+                async def cancel_once_queued() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+                    connection_lock.release()
+
+                nursery.start_soon(cancel_once_queued)
+                await backend.audit.log_session(sid(2), event)  # queued behind it
+        assert scope.cancelled_caught
+        assert [s for s, _ in backend.audit.events] == [sid(1)]
+        assert backend.audit.statistics().queue_depth == 0
