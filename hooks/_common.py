@@ -167,8 +167,3 @@ class SqlDatabase(Protocol):
         """Run ``fn`` as one transaction off the event loop; return once it is committed.
         Not abandoned on cancellation: it finishes, and the cancellation comes after."""
         ...
-
-
-async def run_in_thread(db: SqlDatabase, fn: Callable[[Cursor], T]) -> T:
-    """Run one transaction off the event loop; it always finishes (not abandoned on cancel)."""
-    return await db.run(fn)

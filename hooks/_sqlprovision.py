@@ -19,7 +19,7 @@ import trio
 
 from taleus_bootstrap import DatabaseInfo, Provision, ProvisionRequest, ProvisionResult, Tally
 
-from ._common import Clock, Cursor, SqlDatabase, run_in_thread, utc_now
+from ._common import Clock, Cursor, SqlDatabase, utc_now
 
 __all__ = ["DEFAULT_PROVISION_TTL", "ProvisionRecord", "SqlProvisioner", "TallyFactory"]
 
@@ -103,9 +103,7 @@ class SqlProvisioner:
 
     async def accept(self, result: ProvisionResult, *, session_id: str) -> bool:
         """Record the other party's provision (False if this tally id is already known)."""
-        return await run_in_thread(
-            self._db, lambda cur: self._insert(cur, result, "remote", session_id)
-        )
+        return await self._db.run(lambda cur: self._insert(cur, result, "remote", session_id))
 
     async def commit(self, result: ProvisionResult, *, session_id: str) -> None:
         """Make the session's tally permanent (raises LookupError if it is not pending)."""
@@ -120,7 +118,7 @@ class SqlProvisioner:
             )
             return cur.rowcount
 
-        if await run_in_thread(self._db, update) < 1:
+        if await self._db.run(update) < 1:
             raise LookupError(f"no pending provision of tally {tally_id!r}")
 
     async def sweep(self) -> list[str]:
@@ -132,13 +130,13 @@ class SqlProvisioner:
         cutoff = (self._clock() - self.provision_ttl).timestamp()
         stale_where = "state = 'pending' AND created_at <= ?"
         formed = f"{stale_where} AND session_id IN (SELECT session_id FROM redemptions)"
-        formed_ids = await run_in_thread(
-            self._db, lambda cur: sorted({r.session_id for r in self._select(cur, formed, cutoff)})
+        formed_ids = await self._db.run(
+            lambda cur: sorted({r.session_id for r in self._select(cur, formed, cutoff)})
         )
         if formed_ids:
             await trio.to_thread.run_sync(self.commit_sessions, formed_ids)
             logger.warning("committed %d tally(ies) whose commit had failed", len(formed_ids))
-        stale = await run_in_thread(self._db, lambda cur: self._select(cur, stale_where, cutoff))
+        stale = await self._db.run(lambda cur: self._select(cur, stale_where, cutoff))
         for record in stale:
             await trio.to_thread.run_sync(self._drop_one, record, "swept")
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)

@@ -29,7 +29,6 @@ from ._common import (
     SqlDatabase,
     TokenRecord,
     check_mint_arguments,
-    run_in_thread,
     utc_now,
 )
 
@@ -290,7 +289,7 @@ class SqlTokenStore:
             )
             return record
 
-        record = await run_in_thread(self._db, reserve)
+        record = await self._db.run(reserve)
         if record is None:
             return None
         return TokenInfo(
@@ -317,7 +316,7 @@ class SqlTokenStore:
                 raise LookupError("no reservation held by this session")
             self._redeem(cur, digest, session_id, row[0], now)
 
-        await run_in_thread(self._db, commit)
+        await self._db.run(commit)
 
     async def release(self, token: str, *, session_id: str) -> None:
         """Give back the reservation ``session_id`` holds (no-op if none)."""
@@ -329,7 +328,7 @@ class SqlTokenStore:
                 (digest, session_id),
             )
 
-        await run_in_thread(self._db, delete)
+        await self._db.run(delete)
 
 
 def _record(row: Any, reservations: set[str]) -> TokenRecord:
