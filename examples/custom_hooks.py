@@ -18,7 +18,7 @@ import hmac
 import json
 import secrets
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,11 +147,13 @@ class JsonFileTallies:
 
 
 class PrintingAudit:
-    """Audit hook: one line per event."""
+    """Audit hook: one line per event. A session hands over its events in batches (written
+    before each frame it sends and each hook call with a side effect)."""
 
-    async def log_session(self, session_id: str, event: AuditEvent) -> None:
-        detail = getattr(event, "to_state", None) or getattr(event, "code", None) or ""
-        print(f"  audit {event.side:7} {session_id[:8]} {event.kind:16} {detail}")
+    async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
+        for event in events:
+            detail = getattr(event, "to_state", None) or getattr(event, "code", None) or ""
+            print(f"  audit {event.side:7} {session_id[:8]} {event.kind:16} {detail}")
 
 
 async def main() -> None:

@@ -15,12 +15,12 @@ from libp2p.network.stream.net_stream import INetStream
 from taleus_hooks.memory import MemoryAuditSink, MemoryProvisioner, MemoryTokenStore
 
 from taleus_bootstrap import (
-    BootstrapLink,
     InviteeHooks,
     SessionHooks,
     SessionManager,
     host_multiaddrs,
     initiate_bootstrap,
+    mint_link,
     new_bootstrap_host,
     open_bootstrap_stream,
     running_host,
@@ -54,12 +54,7 @@ async def main() -> None:
             )
             print(f"client asked the time: {(await stream.read(100)).decode()}")
 
-            link = BootstrapLink(
-                responder_addrs=host_multiaddrs(node),
-                token=tokens.mint("stock"),
-                expires_at=datetime.now(UTC) + timedelta(minutes=5),
-                inviter_role="stock",
-            )
+            link = mint_link(tokens, host_multiaddrs(node), "stock", ttl=timedelta(minutes=5))
             result = await initiate_bootstrap(
                 link, client, hooks=InviteeHooks(database=MemoryProvisioner())
             )

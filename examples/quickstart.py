@@ -1,29 +1,31 @@
 """Quickstart: a real stock and a real foil bootstrap between two libp2p hosts in one process.
 
 Run it with ``python examples/quickstart.py``. Host A (the inviter) serves bootstraps on a SQLite
-store (:class:`taleus_hooks.sqlite.SqliteBackend`, in a temporary directory) and mints two
-one-time links; host B (the invitee) dials each one with a store of its own. Both sides' results
-are printed, then a replay of the first link is shown being refused.
+store (:class:`taleus_hooks.sqlite.SqliteBackend`, in a temporary directory) with
+:func:`~taleus_bootstrap.serve_backend` (recovery, maintenance, then a session manager, as
+``taleus-bootstrap serve`` does) and mints two one-time links with
+:func:`~taleus_bootstrap.mint_link`; host B (the invitee) dials each one with a store of its own.
+Both sides' results are printed, then a replay of the first link is shown being refused.
 """
 
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import trio
 from taleus_hooks.sqlite import SqliteBackend
 
 from taleus_bootstrap import (
-    BootstrapLink,
     BootstrapRejected,
     ManagerConfig,
     host_multiaddrs,
     initiate_bootstrap,
+    mint_link,
     new_bootstrap_host,
-    open_session_manager,
     running_host,
+    serve_backend,
 )
 
 
@@ -37,26 +39,26 @@ async def main() -> None:
 
 
 async def bootstrap_twice(store_a: SqliteBackend, store_b: SqliteBackend) -> None:
-    tokens = store_a.tokens
-    inviter_hooks = store_a.hooks()  # token, identity (requirements policy), database, audit
     invitee_hooks = store_b.invitee_hooks()  # database and audit
+    config = ManagerConfig(cadre_addrs=("/dns4/a.example/tcp/65430",))
 
     async with (
         running_host(new_bootstrap_host()) as host_a,
         running_host(new_bootstrap_host()) as host_b,
-        open_session_manager(
-            host_a, inviter_hooks, ManagerConfig(cadre_addrs=("/dns4/a.example/tcp/65430",))
-        ) as manager,
+        # A's hooks are store_a.hooks(): token, identity (requirements policy), database, audit
+        serve_backend(host_a, store_a, config) as served,
     ):
+        manager = served.manager
         print(f"inviter A {host_a.get_id().to_base58()} listening on {host_multiaddrs(host_a)[0]}")
         print(f"invitee B {host_b.get_id().to_base58()}")
         links = []
-        for role in ("stock", "foil"):
-            link = BootstrapLink(
-                responder_addrs=host_multiaddrs(host_a),
-                token=tokens.mint(role, uses=1, identity_requirements={"name": True}),
-                expires_at=datetime.now(UTC) + timedelta(minutes=10),
-                inviter_role=role,
+        for role in ("stock", "foil"):  # one-time links (uses=1)
+            link = mint_link(
+                store_a.tokens,
+                host_multiaddrs(host_a),
+                role,
+                ttl=timedelta(minutes=10),
+                identity_requirements={"name": True},
             )
             links.append(link)
             text = link.encode()

@@ -16,16 +16,17 @@ Open sessions: the batch that logs a session's ``session_started`` also adds it 
 it, so what a crashed process left in flight is one query away (:meth:`SqlAuditLog.open_sessions`,
 used by :meth:`~taleus_hooks._sqlbackend.SqlBackend.recover`).
 
-Group commit: ``log_session`` returns once its event is durable. Events logged while a batch is
-being written wait and go together in the next one: one transaction (one fsync) per batch, one
-batch in flight at a time, written in a worker thread by whichever waiting task leads.
+Group commit: ``log_events`` returns once its events are durable. The events of one call are
+written in one transaction, whole or not at all; calls made while a transaction is being written
+wait and go together in the next one: one transaction (one fsync) per group, one group in flight
+at a time, written in a worker thread by whichever waiting task leads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -142,21 +143,29 @@ class SqlAuditLog:
         self._db = db
         self.owner = owner
         # Its own transactions: the log batches already, the SQLite group commit would only
-        # add a wait. A batch is written (or fails) as a whole, not abandoned on cancellation.
-        self._batcher: Batcher[_Entry] = Batcher(self._write, MAX_BATCH)
+        # add a wait. A group is written (or fails) as a whole, not abandoned on cancellation.
+        self._batcher: Batcher[list[_Entry]] = Batcher(self._write, MAX_BATCH)
+        self.events_written = 0
 
     # -- the hook -------------------------------------------------------------------------
 
-    async def log_session(self, session_id: str, event: AuditEvent) -> None:
-        """Append ``event``; returns once it is durable (see group commit above). Cancelled
-        before its batch is written, the event is dropped (not recorded)."""
+    async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
+        """Append ``events``, in order; returns once they are durable (see group commit
+        above). Cancelled before its group is written, the batch is dropped (not recorded)."""
+        entries = [_Entry(session_id, event.model_dump(mode="json")) for event in events]
         try:
-            await self._batcher.submit(_Entry(session_id, event.model_dump(mode="json")))
+            await self._batcher.submit(entries)
         except Exception as exc:
             raise AuditWriteError("audit batch could not be written") from exc
 
-    def _write(self, batch: list[_Entry]) -> None:
+    async def log_session(self, session_id: str, event: AuditEvent) -> None:
+        """Append one ``event`` (a batch of one)."""
+        await self.log_events(session_id, (event,))
+
+    def _write(self, groups: list[list[_Entry]]) -> None:
+        batch = [entry for group in groups for entry in group]
         self._db.transact(lambda cur: self._append(cur, batch))
+        self.events_written += len(batch)
 
     def _append(self, cur: Cursor, batch: list[_Entry]) -> None:
         cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._db.for_update}")
@@ -213,7 +222,7 @@ class SqlAuditLog:
         """Group-commit figures: events, batches, largest batch, queue depth, write time."""
         batcher = self._batcher
         return AuditStatistics(
-            events_written=batcher.items_written,
+            events_written=self.events_written,
             batches=batcher.batches,
             largest_batch=batcher.largest_batch,
             queue_depth=batcher.queue_depth,

@@ -131,10 +131,7 @@ class SqlBackend(HookBundle):
         now = datetime.now(UTC)
         side = cast(Side, session.side)
         code = RejectionCode.INTERNAL_ERROR
-        await self.audit.log_session(
-            session.session_id,
-            Rejection(at=now, side=side, code=code, direction="none", detail=ABORTED_DETAIL),
-        )
+        rejection = Rejection(at=now, side=side, code=code, direction="none", detail=ABORTED_DETAIL)
         outcome = SessionOutcome(
             at=now,
             side=side,
@@ -144,4 +141,4 @@ class SqlBackend(HookBundle):
             tally_id=tally_id,
             duration_s=max(0.0, (now - session.started_at).total_seconds()),
         )
-        await self.audit.log_session(session.session_id, outcome)
+        await self.audit.log_events(session.session_id, (rejection, outcome))

@@ -9,7 +9,7 @@ on restart.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -208,8 +208,13 @@ class MemoryAuditSink:
     def __init__(self) -> None:
         self.events: list[tuple[str, AuditEvent]] = []
 
+    async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
+        """Append ``events`` (each through :meth:`log_session`, atomically: no await between)."""
+        for event in events:
+            await self.log_session(session_id, event)
+
     async def log_session(self, session_id: str, event: AuditEvent) -> None:
-        """Append ``event``."""
+        """Append one ``event``."""
         self.events.append((session_id, event))
 
     def for_session(self, session_id: str) -> list[AuditEvent]:

@@ -4,10 +4,27 @@ The inviter runs a :class:`SessionManager` on its libp2p host and hands out
 :class:`BootstrapLink` texts; the invitee calls :func:`initiate_bootstrap` with one. Over a single
 ``/taleus/bootstrap/2.0.0`` stream the two validate the token and each other, the stock party
 provisions the shared database through its :class:`DatabaseHook`, and both confirm.
+
+Each side's rules live in a sans-I/O protocol object (:class:`InviterProtocol`,
+:class:`InviteeProtocol`); one driver runs both over a byte stream (:func:`run_invitee` takes
+any stream, :func:`initiate_bootstrap` dials one over libp2p first).
 """
 
 import logging
 
+from ._actions import (
+    Action,
+    AwaitPeerEnd,
+    CallHook,
+    Close,
+    Dial,
+    Done,
+    EndStream,
+    Interruption,
+    Receive,
+    Send,
+)
+from ._bootstrap import initiate_bootstrap, run_invitee
 from ._codec import (
     DEFAULT_MAX_FRAME_BYTES,
     AnyFrame,
@@ -16,7 +33,6 @@ from ._codec import (
     encode_frame,
 )
 from ._config import HostLimits, InviteeConfig, ManagerConfig
-from ._driver import SessionRecord
 from ._errors import (
     BootstrapError,
     BootstrapProtocolError,
@@ -34,7 +50,9 @@ from ._errors import (
     RemoteProtocolError,
 )
 from ._events import (
+    AdmissionSummary,
     AuditEvent,
+    AuditLevel,
     ContactReceived,
     HookError,
     Rejection,
@@ -67,8 +85,10 @@ from ._hooks import (
     SessionHooks,
     TokenHook,
     TokenInfo,
+    batched_audit,
 )
-from ._invitee import BootstrapResult, initiate_bootstrap
+from ._invitee import BootstrapResult, InviteeProtocol
+from ._inviter import InviterProtocol
 from ._libp2p import (
     PROTOCOL_ID,
     host_multiaddrs,
@@ -78,9 +98,10 @@ from ._libp2p import (
     running_host,
     set_guarded_stream_handler,
 )
-from ._link import LINK_PREFIX, BootstrapLink
-from ._manager import ManagerStatistics, SessionManager, open_session_manager
-from ._session import BootstrapSession
+from ._link import LINK_PREFIX, BootstrapLink, TokenMinter, mint_link
+from ._manager import ADMISSION_AUDIT_ID, ManagerStatistics, SessionManager, open_session_manager
+from ._service import ServedBackend, ServingNode, serve_backend
+from ._session import BootstrapSession, SessionRecord
 from ._states import (
     INVITEE_TRANSITIONS,
     INVITER_TRANSITIONS,
@@ -91,14 +112,14 @@ from ._states import (
     TransitionRecord,
     Trigger,
 )
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 # A library does not print: without logging configured by the application, records stop here
 # instead of reaching logging's last-resort handler on stderr.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "ADMISSION_AUDIT_ID",
     "DEFAULT_MAX_FRAME_BYTES",
     "INVITEE_TRANSITIONS",
     "INVITER_TRANSITIONS",
@@ -106,9 +127,13 @@ __all__ = [
     "PROTOCOL_ID",
     "Accepted",
     "Ack",
+    "Action",
+    "AdmissionSummary",
     "AnyFrame",
     "AuditEvent",
     "AuditHook",
+    "AuditLevel",
+    "AwaitPeerEnd",
     "BootstrapError",
     "BootstrapLink",
     "BootstrapProtocolError",
@@ -118,19 +143,27 @@ __all__ = [
     "BootstrapSession",
     "BootstrapTimeout",
     "BootstrapUnreachable",
+    "CallHook",
+    "Close",
     "Contact",
     "ContactReceived",
     "DatabaseHook",
     "DatabaseInfo",
+    "Dial",
+    "Done",
+    "EndStream",
     "Frame",
     "FrameDecoder",
     "HookError",
     "HostLimits",
     "IdentityHook",
     "IllegalTransition",
+    "Interruption",
     "InviteeConfig",
     "InviteeHooks",
+    "InviteeProtocol",
     "InviteeState",
+    "InviterProtocol",
     "InviterState",
     "LinkContentError",
     "LinkError",
@@ -145,34 +178,43 @@ __all__ = [
     "ProvisionRequest",
     "ProvisionResult",
     "Provisioned",
+    "Receive",
     "RefuseIdentity",
     "Rejected",
     "Rejection",
     "RejectionCode",
     "RemoteProtocolError",
     "Role",
+    "Send",
     "SessionHooks",
     "SessionManager",
     "SessionOutcome",
     "SessionRecord",
+    "ServedBackend",
+    "ServingNode",
     "SessionStarted",
     "StateChanged",
     "StateMachine",
     "Tally",
     "TokenHook",
     "TokenInfo",
+    "TokenMinter",
     "TransitionRecord",
     "Trigger",
     "__version__",
+    "batched_audit",
     "decode_frame_body",
     "encode_frame",
     "host_multiaddrs",
     "initiate_bootstrap",
+    "mint_link",
     "new_bootstrap_host",
     "open_bootstrap_stream",
     "open_session_manager",
     "remote_peer_id",
+    "run_invitee",
     "running_host",
+    "serve_backend",
     "set_guarded_stream_handler",
     "token_digest",
 ]

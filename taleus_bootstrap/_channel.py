@@ -1,12 +1,15 @@
-"""Frames over a byte stream: the thin I/O layer between a libp2p stream and the sans-I/O codec.
+"""Frames over a byte stream: the thin I/O layer between a stream and the sans-I/O codec.
 
-Works with any object that has ``read(n)``, ``write(data)``, ``close()`` and ``reset()`` (a
-py-libp2p ``INetStream``, or :func:`taleus_bootstrap.testing.memory_stream_pair` in tests).
-Reads never go past the frame in progress, so nothing is buffered between frames.
+Works with any :class:`ByteStream`: a py-libp2p stream wrapped by
+:func:`taleus_bootstrap._libp2p.as_byte_stream` (which maps libp2p's exceptions to
+:class:`StreamBroken`), or :func:`taleus_bootstrap.testing.memory_stream_pair` in tests. Only
+:class:`StreamBroken` is taken for a broken stream; any other exception from a stream is a bug
+and propagates. Reads never go past the frame in progress, so nothing is buffered between frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Final, Protocol
 
@@ -14,25 +17,34 @@ import trio
 
 from ._codec import AnyFrame, FrameDecoder, encode_frame
 from ._errors import RejectionCode, RemoteProtocolError
-from ._frames import Rejected
 
-__all__ = ["REJECTION_LINGER", "ByteStream", "FrameChannel", "PeerGone"]
+__all__ = ["REJECTION_LINGER", "ByteStream", "FrameChannel", "PeerGone", "StreamBroken"]
 
 REJECTION_LINGER: Final = 1.0
 """Seconds a peer gets to read a final ``rejected`` frame before the stream is reset."""
+MAX_DRAIN_BYTES: Final = 64 * 1024
+"""What a side still reads and drops while it waits for the peer's end of stream."""
 
 logger = logging.getLogger("taleus_bootstrap.channel")
+
+
+class StreamBroken(Exception):
+    """The stream failed: reset by the peer, its connection lost, or closed for writing.
+
+    :class:`ByteStream` implementations raise this (and only this) for a stream that cannot
+    be used any more; ``read`` may instead return ``b""``.
+    """
 
 
 class ByteStream(Protocol):
     """The stream interface sessions need (a subset of py-libp2p's ``INetStream``)."""
 
     async def read(self, n: int | None = None) -> bytes:
-        """Up to ``n`` bytes; ``b""`` or an exception at end of stream."""
+        """Up to ``n`` bytes; ``b""`` at end of stream (or :class:`StreamBroken`)."""
         ...
 
     async def write(self, data: bytes) -> None:
-        """Write all of ``data``."""
+        """Write all of ``data``; :class:`StreamBroken` if the stream cannot take it."""
         ...
 
     async def close(self) -> None:
@@ -54,6 +66,8 @@ class PeerGone(RemoteProtocolError):
 class FrameChannel:
     """Reads and writes whole frames; remembers whether writing is still possible."""
 
+    __slots__ = ("_decoder", "closed", "max_frame_bytes", "stream", "writable")
+
     def __init__(self, stream: ByteStream, *, max_frame_bytes: int) -> None:
         self.stream = stream
         self.max_frame_bytes = max_frame_bytes
@@ -63,42 +77,35 @@ class FrameChannel:
 
     async def receive(self) -> AnyFrame:
         """The next frame. Raises :class:`RemoteProtocolError` (bad frame) or :class:`PeerGone`."""
+        decoder = self._decoder
         while True:
-            frame = self._decoder.next_frame()
+            frame = decoder.next_frame()
             if frame is not None:
                 return frame
-            if self._decoder.at_eof:
+            if decoder.at_eof:
                 raise PeerGone("stream ended before the expected frame")
             try:
-                data = await self.stream.read(self._decoder.bytes_needed)
-            except Exception as exc:  # libp2p: StreamEOF, StreamReset, StreamClosed...
-                logger.debug("read ended: %s", type(exc).__name__)
+                data = await self.stream.read(decoder.bytes_needed)
+            except StreamBroken as exc:
+                logger.debug("read ended: %s", exc)
                 data = b""
             # b"" marks the end of stream: the next round raises for a truncated frame,
             # or PeerGone if the stream ended between frames.
-            self._decoder.feed(data)
+            decoder.feed(data)
 
     async def send(self, frame: AnyFrame) -> None:
         """Write one frame. Raises :class:`PeerGone` if the stream is broken."""
-        payload = encode_frame(frame, max_frame_bytes=self.max_frame_bytes)
+        await self.send_bytes(encode_frame(frame, max_frame_bytes=self.max_frame_bytes))
+
+    async def send_bytes(self, payload: bytes) -> None:
+        """Write one encoded frame. Raises :class:`PeerGone` if the stream is broken."""
         if not self.writable:
             raise PeerGone("stream is no longer writable")
         try:
             await self.stream.write(payload)
-        except Exception as exc:
+        except StreamBroken as exc:
             self.writable = False
-            raise PeerGone(f"write failed: {type(exc).__name__}") from None
-
-    async def send_rejection(self, code: RejectionCode, retry_after_s: float | None = None) -> bool:
-        """Best effort: write ``rejected`` as the last frame; True if it was written."""
-        if not self.writable:
-            return False
-        try:
-            await self.send(Rejected(code=code, retry_after_s=retry_after_s))
-        except PeerGone:
-            return False
-        self.writable = False
-        return True
+            raise PeerGone(f"write failed: {exc or type(exc).__name__}") from None
 
     async def close(self) -> None:
         """Half-close after the last frame (the peer can still read what was written)."""
@@ -111,47 +118,57 @@ class FrameChannel:
     async def _half_close(self) -> None:
         try:
             await self.stream.close()
-        except Exception as exc:
-            logger.debug("close failed: %s", type(exc).__name__)
+        except StreamBroken as exc:
+            logger.debug("close failed: %s", exc)
 
-    async def fail(
-        self, code: RejectionCode | None, retry_after_s: float | None = None, *, bound: float
-    ) -> None:
-        """End the stream after a failure: ``rejected`` with ``code`` as the last frame (none
-        when ``code`` is None: the peer rejected first, or is gone), then the end of stream.
+    async def send_last(self, payload: bytes) -> None:
+        """Write ``payload`` as the last frame and half-close; a broken stream is ignored."""
+        with contextlib.suppress(PeerGone):
+            await self.send_bytes(payload)
+        await self.close()
+
+    async def fail(self, rejection: bytes | None, *, bound: float) -> None:
+        """End the stream after a failure: ``rejection`` (an encoded ``rejected`` frame) as the
+        last frame, or none (the peer rejected first, or is gone), then the end of stream.
+
         Each part is bounded by ``bound`` seconds; nothing raises but cancellation."""
         sent = False
-        if code is not None:
+        if rejection is not None and self.writable:
             with trio.move_on_after(bound):
-                sent = await self.send_rejection(code, retry_after_s)
+                try:
+                    await self.send_bytes(rejection)
+                    sent = True
+                except PeerGone:
+                    pass
+        self.writable = False
         with trio.move_on_after(bound):
             if sent:
                 await self.end_after_rejection(REJECTION_LINGER)
             else:
                 await self.reset()
 
-    async def end_after_rejection(self, linger: float, max_drain_bytes: int = 64 * 1024) -> None:
+    async def end_after_rejection(self, linger: float) -> None:
         """Close our side after a final ``rejected`` frame, then reset.
 
         A yamux reset right after a write can destroy the unread frame on the peer's side, so
         the stream is half-closed first and the peer given up to ``linger`` seconds to read it
         and end its side (what it still sends is drained and dropped, at most
-        ``max_drain_bytes``); then the stream is reset so no entry stays behind.
+        :data:`MAX_DRAIN_BYTES`); then the stream is reset so no entry stays behind.
         """
         if not self.closed:
             await self._half_close()
-            await self.await_peer_end(linger, max_drain_bytes)
+            await self.await_peer_end(linger)
         await self.reset()
 
-    async def await_peer_end(self, bound: float, max_drain_bytes: int = 64 * 1024) -> bool:
+    async def await_peer_end(self, bound: float) -> bool:
         """Wait up to ``bound`` seconds for the peer to end its side of the stream, dropping what
-        it still sends (at most ``max_drain_bytes``). True if the end of stream arrived."""
+        it still sends (at most :data:`MAX_DRAIN_BYTES`). True if the end of stream arrived."""
         with trio.move_on_after(bound):
             drained = 0
-            while drained <= max_drain_bytes:
+            while drained <= MAX_DRAIN_BYTES:
                 try:
                     data = await self.stream.read(4096)
-                except Exception:
+                except StreamBroken:
                     return True  # reset or closed: the peer is done with the stream
                 if not data:
                     return True
@@ -166,5 +183,5 @@ class FrameChannel:
         self.closed = True
         try:
             await self.stream.reset()
-        except Exception as exc:
-            logger.debug("reset failed: %s", type(exc).__name__)
+        except StreamBroken as exc:
+            logger.debug("reset failed: %s", exc)

@@ -10,19 +10,23 @@ from typing import Annotated, Final
 from pydantic import ConfigDict, Field, model_validator
 
 from ._codec import DEFAULT_MAX_FRAME_BYTES
+from ._events import AuditLevel
 from ._frames import MAX_CADRE_ADDRS, MultiaddrStr, _Model
 
 __all__ = [
+    "DEFAULT_AUDIT_LEVEL",
     "DEFAULT_CLEANUP_INTERVAL",
     "DEFAULT_GLOBAL_BURST",
     "DEFAULT_GLOBAL_RATE_PER_S",
     "DEFAULT_MAX_CONCURRENT_SESSIONS",
+    "DEFAULT_MAX_REFUSALS_IN_FLIGHT",
     "DEFAULT_MAX_SESSION_HISTORY",
     "DEFAULT_MAX_TRACKED_PEERS",
     "DEFAULT_PEER_BURST",
     "DEFAULT_PEER_RATE",
     "DEFAULT_PEER_RATE_PERIOD",
     "DEFAULT_PROVISION_TIMEOUT",
+    "DEFAULT_REFUSAL_SUMMARY_INTERVAL",
     "DEFAULT_SESSION_TIMEOUT",
     "DEFAULT_SHUTDOWN_GRACE",
     "DEFAULT_STEP_TIMEOUT",
@@ -50,6 +54,9 @@ DEFAULT_DIAL_TIMEOUT: Final = 5.0
 DEFAULT_DIAL_ATTEMPTS: Final = 2
 DEFAULT_DIAL_BACKOFF: Final = 0.25
 DEFAULT_DIAL_BACKOFF_MAX: Final = 2.0
+DEFAULT_AUDIT_LEVEL: Final[AuditLevel] = "full"
+DEFAULT_MAX_REFUSALS_IN_FLIGHT: Final = 512
+DEFAULT_REFUSAL_SUMMARY_INTERVAL: Final = 60.0
 
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
@@ -78,6 +85,9 @@ class _Timeouts(_Model):
     """Largest frame body accepted or sent; a bigger length prefix is ``frame_too_large``."""
     cadre_addrs: Annotated[tuple[MultiaddrStr, ...], Field(max_length=MAX_CADRE_ADDRS)] = ()
     """This party's cadre multiaddrs, sent to the other party after acceptance."""
+    audit_level: AuditLevel = DEFAULT_AUDIT_LEVEL
+    """``full``: every transition is audited; ``minimal``: the start, rejections, hook errors
+    and the outcome, which then carries the session's path of states."""
 
     @model_validator(mode="after")
     def _steps_fit_session(self) -> _Timeouts:
@@ -109,13 +119,22 @@ class ManagerConfig(_Timeouts):
     global_burst: Annotated[int, Field(ge=1)] = DEFAULT_GLOBAL_BURST
     """Session starts the node may take at once."""
     max_tracked_peers: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_MAX_TRACKED_PEERS
-    """Bound on the per-peer limiter's memory; the least recently seen peer is evicted."""
+    """Bound on the per-peer limiter's memory. Only a peer whose limit has fully recovered is
+    forgotten; while every tracked peer is still limited, a new peer id is ``rate_limited``."""
     max_session_history: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_MAX_SESSION_HISTORY
     """Finished sessions kept (with their transitions) for :meth:`SessionManager.history`."""
     cleanup_interval: Seconds = DEFAULT_CLEANUP_INTERVAL
     """How often idle limiter state is pruned."""
     shutdown_grace: Annotated[float, Field(ge=0, le=3600)] = DEFAULT_SHUTDOWN_GRACE
     """On close, how long running sessions may finish before they are cancelled."""
+    max_refusals_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = (
+        DEFAULT_MAX_REFUSALS_IN_FLIGHT
+    )
+    """Refused streams (``busy``, ``rate_limited``, ``shutting_down``) that may linger at once
+    (waiting up to 1 s for the peer to read ``rejected`` and end the stream); beyond it a
+    refused stream gets its ``rejected`` frame and a half-close, and the peer ends it."""
+    refusal_summary_interval: Seconds = DEFAULT_REFUSAL_SUMMARY_INTERVAL
+    """How often the refusals of the last window are audited together (one event)."""
 
 
 class InviteeConfig(_Timeouts):

@@ -27,6 +27,7 @@ from pydantic import JsonValue
 
 from ._errors import RejectionCode
 from ._events import (
+    AdmissionSummary,
     AuditEvent,
     ContactReceived,
     HookError,
@@ -45,6 +46,7 @@ from ._hooks import (
     ProvisionResult,
     TokenHook,
     TokenInfo,
+    batched_audit,
 )
 
 __all__ = [
@@ -478,6 +480,18 @@ def _audit_events(session: int, count: int = _AUDIT_EVENTS) -> list[AuditEvent]:
                 role="stock",
                 tally_id=f"tally-{session}",
                 duration_s=1.5 + j,
+                path=("CREATED", "READING_REQUEST", "FAILED") if session % 2 else None,
+            )
+        elif j == count - 2:
+            event = AdmissionSummary(
+                at=at,
+                side="inviter",
+                window_start=at - timedelta(seconds=60),
+                window_s=60.0,
+                refused={RejectionCode.BUSY: j, RejectionCode.RATE_LIMITED: session},
+                top_peers=[("0f" * 8, j)],
+                peers=1,
+                peers_capped=False,
             )
         elif j % 4 == 1:
             event = StateChanged(
@@ -529,15 +543,24 @@ def _first_difference(got: Sequence[AuditEvent], want: Sequence[AuditEvent]) -> 
     return "no difference"
 
 
+def _batches(events: list[AuditEvent]) -> list[list[AuditEvent]]:
+    """``events`` cut into batches of 1, 2, 3... events, as sessions write them."""
+    batches, start, size = [], 0, 1
+    while start < len(events):
+        batches.append(events[start : start + size])
+        start, size = start + size, size + 1
+    return batches
+
+
 async def _audit_ordering(make: _Factory[AuditHookHarness]) -> None:
     async with make() as h:
-        _check(isinstance(h.hook, AuditHook), "hook lacks log_session")
+        hook = _audit_writer(h.hook)
         sids = _session_ids("audit", _AUDIT_SESSIONS)
         logged = {sid: _audit_events(i) for i, sid in enumerate(sids)}
 
         async def log_one_session(sid: str) -> None:
-            for event in logged[sid]:
-                await h.hook.log_session(sid, event)
+            for batch in _batches(logged[sid]):
+                await hook.log_events(sid, batch)
                 await trio.lowlevel.checkpoint()  # let the other sessions interleave
 
         async with trio.open_nursery() as nursery:
@@ -554,23 +577,33 @@ async def _audit_ordering(make: _Factory[AuditHookHarness]) -> None:
 
 async def _audit_durable_on_return(make: _Factory[AuditHookHarness]) -> None:
     async with make() as h:
+        hook = _audit_writer(h.hook)
         (sid,) = _session_ids("durable", 1)
         events = _audit_events(0)
-        for j, event in enumerate(events):
-            await h.hook.log_session(sid, event)
+        written = 0
+        for batch in _batches(events):
+            await hook.log_events(sid, batch)
+            written += len(batch)
             got = list(h.read(sid))
-            difference = _first_difference(got, events[: j + 1])
-            _check(
-                got == events[: j + 1], f"after log_session of event #{j} returned: {difference}"
-            )
+            difference = _first_difference(got, events[:written])
+            first, last = written - len(batch), written - 1
+            which = f"event #{first}" if first == last else f"events #{first}..#{last}"
+            _check(got == events[:written], f"after log_events of {which} returned: {difference}")
 
 
 async def _audit_unknown_session(make: _Factory[AuditHookHarness]) -> None:
     async with make() as h:
         logged, never = _session_ids("empty", 2)
-        await h.hook.log_session(logged, _audit_events(0, 2)[0])
+        await _audit_writer(h.hook).log_events(logged, _audit_events(0, 2)[:1])
         got = list(h.read(never))
         _check(got == [], f"a session that logged nothing reads back {len(got)} events")
+
+
+def _audit_writer(hook: object) -> AuditHook:
+    try:
+        return batched_audit(hook)
+    except TypeError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 _AUDIT_CHECKS: Final[Sequence[tuple[str, _SubCheck[AuditHookHarness]]]] = (
@@ -588,11 +621,14 @@ async def check_audit_hook(
     ``make()`` must return an async context manager yielding a fresh :class:`AuditHookHarness`;
     it is opened once per sub-check. Asserted:
 
-    * 20 sessions logging 12 events each of every kind, concurrently (one task per session,
-      interleaved with checkpoints): ``read(session_id)`` returns exactly that session's
-      events, in logged order, each equal to the logged model;
-    * once ``log_session`` has returned, ``read`` sees the event;
+    * 20 sessions logging 12 events each of every kind in batches of 1, 2, 3... events,
+      concurrently (one task per session, interleaved with checkpoints): ``read(session_id)``
+      returns exactly that session's events, in logged order, each equal to the logged model;
+    * once ``log_events`` has returned, ``read`` sees the whole batch;
     * a session id that logged nothing reads back empty.
+
+    A hook with only ``log_session(session_id, event)`` is checked through
+    :func:`~taleus_bootstrap.batched_audit`, as sessions would call it.
     """
     await _run("check_audit_hook", _AUDIT_CHECKS, make)
 

@@ -8,15 +8,17 @@ never on the wire.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from ._errors import RejectionCode
 from ._frames import Role, UtcDatetime, _Model
 
 __all__ = [
+    "AdmissionSummary",
     "AuditEvent",
+    "AuditLevel",
     "ContactReceived",
     "HookError",
     "Rejection",
@@ -27,7 +29,11 @@ __all__ = [
 ]
 
 Side = Literal["inviter", "invitee"]
+AuditLevel = Literal["full", "minimal"]
+"""``full``: every event; ``minimal``: the start, rejections, hook errors and the outcome (which
+then carries the session's path of states)."""
 MAX_ERROR_CHARS: Final = 500
+MAX_SUMMARY_PEERS: Final = 10
 
 
 def token_digest(token: str) -> str:
@@ -95,7 +101,12 @@ class HookError(_Event):
 
 
 class SessionOutcome(_Event):
-    """The terminal record of a session: its final state and, on success, the tally."""
+    """The terminal record of a session: its final state and, on success, the tally.
+
+    ``path``: the states the session went through, first to last, recorded at the ``minimal``
+    audit level (which keeps no ``StateChanged`` events); absent (and not serialized) at
+    ``full``.
+    """
 
     kind: Literal["session_outcome"] = "session_outcome"
     final_state: str
@@ -103,10 +114,42 @@ class SessionOutcome(_Event):
     role: Role | None
     tally_id: str | None
     duration_s: float
+    path: tuple[str, ...] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_path(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("path") is None:
+            data.pop("path", None)
+        return data
+
+
+class AdmissionSummary(_Event):
+    """Streams refused at admission (``busy``, ``rate_limited``, ``shutting_down``) over one
+    window: no session exists for a refused stream, so they are audited together, periodically.
+
+    ``top_peers``: the peer ids refused most often in the window, as ``[digest, count]`` pairs
+    (digests, never peer ids); ``peers``: how many distinct peers were refused (counted up to a
+    bound, see ``peers_capped``).
+    """
+
+    kind: Literal["admission_summary"] = "admission_summary"
+    window_start: UtcDatetime
+    window_s: float
+    refused: dict[RejectionCode, int]
+    top_peers: list[tuple[str, int]]
+    peers: int
+    peers_capped: bool
 
 
 AuditEvent = Annotated[
-    SessionStarted | StateChanged | ContactReceived | Rejection | HookError | SessionOutcome,
+    SessionStarted
+    | StateChanged
+    | ContactReceived
+    | Rejection
+    | HookError
+    | SessionOutcome
+    | AdmissionSummary,
     Field(discriminator="kind"),
 ]
 """Any audit event, discriminated on ``kind``."""

@@ -10,13 +10,18 @@ told ``commit`` when the session completes; a provision of a session that does n
 given back through ``release``; never both for one tally. A hook called after completion
 (``token.mark_used`` in the stock flow, ``database.commit``) cannot fail the session any more:
 its failure is audited as a ``HookError`` and logged.
+
+The audit hook receives a session's events in batches (:meth:`AuditHook.log_events`), written
+before each frame is sent, before each hook call with a side effect and at the end of the
+session; an audit hook written for ``log_session(session_id, event)`` alone still works
+(:func:`batched_audit` feeds it one event at a time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import Field, JsonValue
 
@@ -26,6 +31,7 @@ from ._frames import PeerIdStr, Provision, Role, Tally, UtcDatetime, _Model
 __all__ = [
     "AuditHook",
     "DatabaseHook",
+    "batched_audit",
     "IdentityHook",
     "InviteeHooks",
     "NoopAudit",
@@ -142,19 +148,48 @@ class DatabaseHook(Protocol):
 
 @runtime_checkable
 class AuditHook(Protocol):
-    """Receives every audit event of every session, in order per session."""
+    """Receives every audit event of every session, in order per session, in batches."""
 
-    async def log_session(self, session_id: str, event: AuditEvent) -> None:
-        """Record ``event`` for ``session_id``."""
+    async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
+        """Record ``events`` (one or more, oldest first) for ``session_id``; return once they are
+        durable. A batch is recorded whole or not at all: raising means none of it is."""
         ...
 
 
 class NoopAudit:
     """The default audit hook: discards every event."""
 
-    async def log_session(self, session_id: str, event: AuditEvent) -> None:
-        """Discard ``event``."""
+    async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
+        """Discard ``events``."""
         return None
+
+
+class _OneEventAtATime:
+    """An audit hook with only ``log_session(session_id, event)``, fed a batch event by event."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
+        for event in events:
+            await self.hook.log_session(session_id, event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hook, name)
+
+
+def batched_audit(hook: Any) -> AuditHook:
+    """``hook`` as an :class:`AuditHook`: itself when it has ``log_events``; a hook with only
+    ``log_session(session_id, event)`` (this package's 0.1 interface) is fed one event at a
+    time. ``TypeError`` for an object with neither."""
+    if callable(getattr(hook, "log_events", None)):
+        return hook  # type: ignore[no-any-return]
+    if callable(getattr(hook, "log_session", None)):
+        return _OneEventAtATime(hook)
+    raise TypeError(
+        f"audit hook {type(hook).__name__} has neither log_events(session_id, events) nor"
+        " log_session(session_id, event)"
+    )
 
 
 class RefuseIdentity:

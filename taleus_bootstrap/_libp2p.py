@@ -7,8 +7,11 @@ tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until
 ``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
 (:func:`route_libp2p_logging`). Also: the negative dial cache and stale peerstore addresses
-(:func:`open_bootstrap_stream`), and ``SO_REUSEPORT`` listeners that silently share a fixed port
-with another process (:func:`running_host` refuses a port in use).
+(:func:`open_bootstrap_stream`), ``SO_REUSEPORT`` listeners that silently share a fixed port
+with another process (:func:`running_host` refuses a port in use), and libp2p's stream
+exceptions, which are mapped to the package's own here and nowhere else
+(:class:`Libp2pByteStream`: end of stream is ``b""``, a broken stream
+:class:`~taleus_bootstrap._channel.StreamBroken`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from libp2p.metrics.swarm import SwarmEvent
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.exceptions import SwarmException
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -48,7 +52,9 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
 
-from ._config import HostLimits
+from ._channel import ByteStream, StreamBroken
+from ._config import HostLimits, InviteeConfig
+from ._errors import BootstrapUnreachable
 
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
 
@@ -294,9 +300,64 @@ def host_multiaddrs(host: IHost) -> list[str]:
     return [f"{addr}{suffix}" for addr in host.get_transport_addrs()]
 
 
-def remote_peer_id(stream: INetStream) -> str:
+def remote_peer_id(stream: INetStream | Libp2pByteStream) -> str:
     """Base58 peer id of the other end of ``stream`` (authenticated: our hosts are Noise-only)."""
+    if isinstance(stream, Libp2pByteStream):
+        stream = stream.inner
     return stream.muxed_conn.peer_id.to_base58()
+
+
+class Libp2pByteStream:
+    """A py-libp2p stream as a :class:`~taleus_bootstrap._channel.ByteStream`.
+
+    The one place libp2p's stream exceptions are translated: ``StreamEOF`` on read is the end
+    of stream (``b""``); ``StreamReset``, ``StreamClosed``, any other ``BaseLibp2pError`` and the
+    socket errors beneath them become :class:`~taleus_bootstrap._channel.StreamBroken`. Anything
+    else (a bug) propagates as it is.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, stream: INetStream) -> None:
+        self.inner = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        """Up to ``n`` bytes; ``b""`` at end of stream."""
+        try:
+            return await self.inner.read(n)
+        except StreamEOF:
+            return b""
+        except _STREAM_ERRORS as exc:
+            raise StreamBroken(f"read: {type(exc).__name__}") from None
+
+    async def write(self, data: bytes) -> None:
+        """Write all of ``data``."""
+        try:
+            await self.inner.write(data)
+        except _STREAM_ERRORS as exc:
+            raise StreamBroken(f"write: {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        """Half-close."""
+        try:
+            await self.inner.close()
+        except _STREAM_ERRORS as exc:
+            raise StreamBroken(f"close: {type(exc).__name__}") from None
+
+    async def reset(self) -> None:
+        """Reset both directions."""
+        try:
+            await self.inner.reset()
+        except _STREAM_ERRORS as exc:
+            raise StreamBroken(f"reset: {type(exc).__name__}") from None
+
+
+def as_byte_stream(stream: object) -> ByteStream:
+    """``stream`` as a :class:`~taleus_bootstrap._channel.ByteStream`: a py-libp2p stream is
+    wrapped in :class:`Libp2pByteStream`; anything else is taken to be one already."""
+    if isinstance(stream, INetStream):
+        return Libp2pByteStream(stream)
+    return stream  # type: ignore[return-value]
 
 
 async def reset_stream(stream: INetStream) -> None:
@@ -373,3 +434,33 @@ async def open_bootstrap_stream(
     if scope.cancelled_caught:
         raise SwarmException(f"dialing {info.peer_id} took more than {timeout} s")
     return await host.new_stream(info.peer_id, [protocol_id])
+
+
+async def dial_bootstrap_stream(
+    host: IHost, addrs: Sequence[str], config: InviteeConfig
+) -> tuple[Libp2pByteStream, str, str]:
+    """Open a bootstrap stream to the first of ``addrs`` that answers: each tried in order,
+    ``dial_attempts`` times with a doubling backoff, each attempt within ``dial_timeout``.
+
+    Returns the stream, its authenticated remote peer id and the address that answered; raises
+    :class:`~taleus_bootstrap.BootstrapUnreachable` (with every attempt's cause) when none did.
+    """
+    attempts: list[tuple[str, str]] = []
+    for addr in addrs:
+        delay = config.dial_backoff
+        for attempt in range(config.dial_attempts):
+            if attempt:
+                await trio.sleep(delay)
+                delay = min(delay * 2, config.dial_backoff_max)
+            with trio.move_on_after(config.dial_timeout) as scope:
+                try:
+                    stream = await open_bootstrap_stream(host, addr)
+                except Exception as exc:  # libp2p raises many unrelated types here
+                    attempts.append((addr, f"{type(exc).__name__}: {exc}"[:300]))
+                    continue
+                return Libp2pByteStream(stream), remote_peer_id(stream), addr
+            if scope.cancelled_caught:
+                attempts.append((addr, f"timed out after {config.dial_timeout:g} s"))
+    raise BootstrapUnreachable(
+        f"could not reach the inviter at any of {len(addrs)} addresses", tuple(attempts)
+    )

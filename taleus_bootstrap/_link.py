@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import datetime
-from typing import Annotated, Final
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Protocol
 
 import multiaddr
 from pydantic import AfterValidator, Field, StringConstraints, ValidationError, model_validator
@@ -18,7 +20,7 @@ from pydantic import AfterValidator, Field, StringConstraints, ValidationError, 
 from ._errors import LinkContentError, LinkFormatError
 from ._frames import MAX_TOKEN_CHARS, IdentityObject, MultiaddrStr, Role, UtcDatetime, _Model
 
-__all__ = ["LINK_PREFIX", "MAX_LINK_CHARS", "BootstrapLink"]
+__all__ = ["LINK_PREFIX", "MAX_LINK_CHARS", "BootstrapLink", "TokenMinter", "mint_link"]
 
 LINK_PREFIX: Final = "taleus:bootstrap:"
 MAX_LINK_CHARS: Final = 4096
@@ -100,3 +102,61 @@ class BootstrapLink(_Model):
             where = ".".join(str(part) for part in first["loc"]) or "link"
             raise LinkContentError(f"invalid link: {where}: {first['msg']}") from None
         return link
+
+
+class TokenMinter(Protocol):
+    """A token store that can mint (the reference stores' ``tokens``): what :func:`mint_link`
+    needs."""
+
+    def mint(
+        self,
+        inviter_role: Role,
+        *,
+        uses: int | None = ...,
+        ttl: timedelta | None = ...,
+        identity_requirements: Mapping[str, Any] | None = ...,
+        max_in_flight: int | None = ...,
+        label: str | None = ...,
+        token: str | None = ...,
+    ) -> str:
+        """Create ``token`` (or a new one) and return it."""
+        ...
+
+
+def mint_link(
+    tokens: TokenMinter,
+    addrs: Sequence[str],
+    role: Role,
+    *,
+    ttl: timedelta,
+    uses: int | None = 1,
+    identity_requirements: Mapping[str, Any] | None = None,
+    max_in_flight: int | None = None,
+    label: str | None = None,
+) -> BootstrapLink:
+    """Mint a token in ``tokens`` and return its link to ``addrs`` (each ending in
+    ``/p2p/<peer id>``), expiring with it.
+
+    ``uses=None``: unlimited; ``max_in_flight`` caps the sessions holding a reservation at once.
+    The link is built first, so one that cannot be built (pydantic ``ValidationError``: too
+    many addresses, a token too long...) mints nothing.
+    """
+    token = secrets.token_urlsafe(24)
+    requirements = dict(identity_requirements) if identity_requirements is not None else None
+    link = BootstrapLink(
+        responder_addrs=list(addrs),
+        token=token,
+        expires_at=datetime.now(UTC) + ttl,
+        inviter_role=role,
+        identity_requirements=requirements,
+    )
+    tokens.mint(
+        role,
+        uses=uses,
+        ttl=ttl,
+        identity_requirements=requirements,
+        max_in_flight=max_in_flight,
+        label=label,
+        token=token,
+    )
+    return link

@@ -1,8 +1,10 @@
-"""The inviter's session manager: admission, rate limits, one nursery for all sessions, drain.
+"""The inviter's session manager: admission, one nursery for all sessions, drain.
 
-Per inbound stream, before anything is read: the shutdown check, the concurrent-session cap
-(``busy``), the per-peer and global session-start rates (``rate_limited``). Admitted streams run a
-:class:`BootstrapSession` in the manager's own nursery.
+Per inbound stream, before anything is read or built, :class:`~._admission.Admission` decides
+``shutting_down``, ``busy`` or ``rate_limited`` from the authenticated peer id and counters; a
+refused stream gets one ``rejected`` frame and the end of the stream, and is counted (metrics,
+statistics, an explanation line, the periodic :class:`~taleus_bootstrap.AdmissionSummary` audit
+event). Admitted streams run a :class:`BootstrapSession` in the manager's own nursery.
 """
 
 from __future__ import annotations
@@ -11,33 +13,39 @@ import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 import trio
 from libp2p.abc import IHost, INetStream
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
+from ._admission import Admission, Refusal, RefusalWindow, refuse
 from ._config import ManagerConfig
-from ._driver import SessionRecord
-from ._errors import RejectionCode
-from ._explain import Refusal, RejectionExplainer
-from ._hooks import SessionHooks
-from ._libp2p import PROTOCOL_ID, remote_peer_id, set_guarded_stream_handler
-from ._ratelimit import Gcra, KeyedRateLimiter, SingleRateLimiter
-from ._session import BootstrapSession
+from ._engine import utc_now
+from ._explain import RejectionExplainer
+from ._hooks import SessionHooks, batched_audit
+from ._libp2p import PROTOCOL_ID, as_byte_stream, remote_peer_id, set_guarded_stream_handler
+from ._session import BootstrapSession, SessionRecord
 from ._telemetry import SessionTrace, telemetry_for
 
-__all__ = ["ManagerStatistics", "SessionManager", "open_session_manager"]
+__all__ = ["ADMISSION_AUDIT_ID", "ManagerStatistics", "SessionManager", "open_session_manager"]
 
 logger = logging.getLogger("taleus_bootstrap.manager")
+
+ADMISSION_AUDIT_ID: Final = "admission"
+"""The session id the periodic refusal summaries are audited under."""
 
 
 @dataclass(frozen=True)
 class ManagerStatistics:
-    """A snapshot of a :class:`SessionManager` (in the manner of trio's ``statistics()``)."""
+    """A snapshot of a :class:`SessionManager` (in the manner of trio's ``statistics()``).
+
+    ``by_state`` and ``sessions_*`` count sessions (admitted streams); ``streams_refused``
+    counts the streams refused at admission, and ``by_rejection`` the rejection codes of both.
+    """
 
     accepting: bool
     active_sessions: int
@@ -48,6 +56,8 @@ class ManagerStatistics:
     by_rejection: Mapping[str, int]
     tracked_peers: int
     history_size: int
+    streams_refused: int = 0
+    refusals_in_flight: int = 0
 
 
 class SessionManager:
@@ -73,9 +83,10 @@ class SessionManager:
         OpenTelemetry providers, which do nothing until an application installs the SDK)."""
         self.host = host
         self.hooks = hooks
-        self.config = config or ManagerConfig()
+        self.config = cfg = config or ManagerConfig()
         self._telemetry = telemetry_for(meter_provider, tracer_provider)
-        self._session_hooks = self._telemetry.instrument(hooks, "inviter")
+        batched = replace(hooks, audit=batched_audit(hooks.audit))
+        self._session_hooks = self._telemetry.instrument(batched, "inviter")
         self._telemetry.observe("ratelimit.tracked_peers", self, SessionManager._tracked_peers)
         self._telemetry.observe_audit(hooks.audit)
         self._explainer = RejectionExplainer(logger, clock=trio.current_time)
@@ -84,17 +95,14 @@ class SessionManager:
         if local_peer_id is None:
             raise ValueError("local_peer_id is required when no host is given")
         self.local_peer_id = local_peer_id
-        cfg = self.config
-        self._peer_limiter = KeyedRateLimiter(
-            Gcra(cfg.peer_rate, cfg.peer_rate_period, cfg.peer_burst), cfg.max_tracked_peers
-        )
-        self._global_limiter = SingleRateLimiter(Gcra(cfg.global_rate_per_s, 1.0, cfg.global_burst))
+        self._admission = Admission(cfg)
+        self._window = RefusalWindow(trio.current_time(), utc_now())
         self._sessions: dict[str, BootstrapSession] = {}
         self._history: deque[SessionRecord] = deque(maxlen=cfg.max_session_history)
+        self._refusals: deque[SessionRecord] = deque(maxlen=cfg.max_session_history)
         self._by_state: Counter[str] = Counter()
         self._by_rejection: Counter[str] = Counter()
-        self._admitted = 0
-        self._finished = 0
+        self._admitted = self._finished = self._refused = self._refusals_in_flight = 0
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._close_requested = trio.Event()
@@ -111,7 +119,8 @@ class SessionManager:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._cleanup_loop)
+                nursery.start_soon(self._prune_loop)
+                nursery.start_soon(self._summary_loop)
                 if self.host is not None:
                     set_guarded_stream_handler(
                         self.host, PROTOCOL_ID, self._handle_stream, on_error=self._on_handler_error
@@ -120,6 +129,8 @@ class SessionManager:
                 task_status.started(self)
                 await self._close_requested.wait()
                 await self._drain()
+                with trio.CancelScope(shield=True):
+                    await self._write_summary()
                 nursery.cancel_scope.cancel()
         finally:
             self._accepting = False
@@ -138,20 +149,46 @@ class SessionManager:
         if self._nursery is not None:
             await self._stopped.wait()
 
+    def cancel_sessions(self) -> None:
+        """End every running session now with ``shutting_down`` (each still cleans up and
+        records its outcome; one past its last frame completes all the same)."""
+        for session in list(self._sessions.values()):
+            session.cancel()
+
     async def _drain(self) -> None:
         self._accepting = False
         with trio.move_on_after(self.config.shutdown_grace):
             await self._idle.wait()
-        for session in list(self._sessions.values()):
-            session.cancel_scope.cancel()
+        self.cancel_sessions()
         await self._idle.wait()
 
-    async def _cleanup_loop(self) -> None:
+    async def _prune_loop(self) -> None:
         while True:
             await trio.sleep(self.config.cleanup_interval)
-            pruned = self._peer_limiter.prune(trio.current_time())
+            pruned = self._admission.peers.prune(trio.current_time())
             if pruned:
-                logger.debug("pruned %d idle peers from the rate limiter", pruned)
+                logger.debug("pruned %d recovered peers from the rate limiter", pruned)
+
+    async def _summary_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.refusal_summary_interval)
+            await self._write_summary()
+
+    async def _write_summary(self) -> None:
+        """Audit the refusals since the last summary as one event (nothing if none)."""
+        window = self._window
+        if not window:
+            return
+        now, wall = trio.current_time(), utc_now()
+        self._window = RefusalWindow(now, wall)
+        event = window.summary(now, wall)
+        with trio.move_on_after(self.config.cleanup_timeout) as scope:
+            try:
+                await self._session_hooks.audit.log_events(ADMISSION_AUDIT_ID, [event])
+            except Exception:
+                logger.exception("audit hook failed for the admission summary")
+        if scope.cancelled_caught:
+            logger.error("audit hook timed out on the admission summary")
 
     # -- inbound streams ------------------------------------------------------------------
 
@@ -164,6 +201,11 @@ class SessionManager:
         Called by the libp2p handler; also usable directly with any byte stream (tests, other
         transports), provided ``peer_id`` really is authenticated.
         """
+        running = len(self._sessions) if self._accepting and self._nursery is not None else None
+        refusal = self._admission.decide(peer_id, running=running, now=trio.current_time())
+        if refusal is not None:
+            return await self._refuse(stream, peer_id, refusal)
+        assert self._nursery is not None
         session = BootstrapSession(
             stream,
             peer_id=peer_id,
@@ -172,56 +214,53 @@ class SessionManager:
             config=self.config,
         )
         span = self._telemetry.start_session("inviter", peer_id)
-        refusal = self._admission(peer_id)
-        if refusal is not None or self._nursery is None:
-            refusal = refusal or Refusal(RejectionCode.SHUTTING_DOWN, None, "not running")
-            with self._telemetry.activate(span):
-                await session.refuse(refusal.code, refusal.retry_after_s, refusal.detail)
-            record = session.record()
-            self._record(record, span, refusal)
-            return record
         self._sessions[session.session_id] = session
         self._admitted += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        if self._idle.is_set():
+            self._idle = trio.Event()
         done = trio.Event()
         result: list[SessionRecord] = []
         self._nursery.start_soon(self._run_session, session, span, done, result)
         await done.wait()
         return result[0]
 
-    def _admission(self, peer_id: str) -> Refusal | None:
+    async def _refuse(self, stream: Any, peer_id: str, refusal: Refusal) -> SessionRecord:
+        """One ``rejected`` frame and the end of the stream; counted, explained, summarized."""
+        started, started_at = trio.current_time(), utc_now()
+        code = refusal.code
+        self._refused += 1
+        self._by_rejection[code.value] += 1
+        self._window.add(code, peer_id)
+        self._telemetry.refused(code.value)
+        self._explainer.explain_refusal(peer_id, refusal)
         cfg = self.config
-        if not self._accepting:
-            return Refusal(RejectionCode.SHUTTING_DOWN, None, "manager is draining")
-        running = len(self._sessions)
-        if running >= cfg.max_concurrent_sessions:
-            return Refusal(
-                RejectionCode.BUSY,
-                cfg.busy_retry_after_s,
-                f"{running} sessions running, cap {cfg.max_concurrent_sessions}",
-                limit=f"max_concurrent_sessions={cfg.max_concurrent_sessions}",
-                usage=f"{running} running",
+        linger = self._refusals_in_flight < cfg.max_refusals_in_flight
+        self._refusals_in_flight += 1
+        try:
+            await refuse(
+                as_byte_stream(stream),
+                self._admission.frame(refusal),
+                linger=linger,
+                bound=cfg.cleanup_timeout,
+                max_frame_bytes=cfg.max_frame_bytes,
             )
-        now = trio.current_time()
-        decision = self._peer_limiter.check(peer_id, now)
-        if not decision.allowed:
-            return Refusal(
-                RejectionCode.RATE_LIMITED,
-                round(decision.retry_after_s, 3),
-                f"peer over {cfg.peer_rate} starts per {cfg.peer_rate_period:g} s",
-                limit=f"peer_rate={cfg.peer_rate}/{cfg.peer_rate_period:g}s burst={cfg.peer_burst}",
-                usage=f"burst spent, next start in {decision.retry_after_s:.3g} s",
-            )
-        decision = self._global_limiter.check(now)
-        if not decision.allowed:
-            return Refusal(
-                RejectionCode.RATE_LIMITED,
-                round(decision.retry_after_s, 3),
-                f"node over {cfg.global_rate_per_s:g} starts per second",
-                limit=f"global_rate_per_s={cfg.global_rate_per_s:g} burst={cfg.global_burst}",
-                usage=f"burst spent, next start in {decision.retry_after_s:.3g} s",
-            )
-        return None
+        finally:
+            self._refusals_in_flight -= 1
+        record = SessionRecord(
+            session_id="",
+            side="inviter",
+            peer_id=peer_id,
+            role=None,
+            final_state="FAILED",
+            code=code,
+            tally_id=None,
+            started_at=started_at,
+            duration_s=max(0.0, trio.current_time() - started),
+            transitions=(),
+            detail=refusal.detail,
+        )
+        self._refusals.append(record)
+        return record
 
     async def _run_session(
         self,
@@ -248,9 +287,7 @@ class SessionManager:
         while self._sessions:
             await self._idle.wait()
 
-    def _record(
-        self, record: SessionRecord, span: SessionTrace, refusal: Refusal | None = None
-    ) -> None:
+    def _record(self, record: SessionRecord, span: SessionTrace) -> None:
         self._finished += 1
         self._by_state[record.final_state] += 1
         if record.code is not None:
@@ -277,10 +314,10 @@ class SessionManager:
                 record.duration_s * 1000,
             )
         else:
-            self._explainer.explain(record, refusal)
+            self._explainer.explain(record)
 
     def _tracked_peers(self) -> float | None:
-        return float(len(self._peer_limiter)) if self._accepting else None
+        return float(len(self._admission.peers)) if self._accepting else None
 
     def _on_handler_error(self, stream: INetStream, error: Exception) -> None:
         logger.error("bootstrap stream handler failed: %s", type(error).__name__)
@@ -297,13 +334,20 @@ class SessionManager:
             sessions_finished=self._finished,
             by_state=MappingProxyType(dict(self._by_state)),
             by_rejection=MappingProxyType(dict(self._by_rejection)),
-            tracked_peers=len(self._peer_limiter),
+            tracked_peers=len(self._admission.peers),
             history_size=len(self._history),
+            streams_refused=self._refused,
+            refusals_in_flight=self._refusals_in_flight,
         )
 
     def history(self) -> tuple[SessionRecord, ...]:
         """The most recent finished sessions (at most ``max_session_history``), oldest first."""
         return tuple(self._history)
+
+    def refusals(self) -> tuple[SessionRecord, ...]:
+        """The most recent streams refused at admission (at most ``max_session_history``),
+        oldest first; their records have an empty ``session_id`` and no transitions."""
+        return tuple(self._refusals)
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from ._hooks import InviteeHooks, SessionHooks
 from ._states import TransitionRecord
+from ._version import __version__
 
 __all__ = ["METRICS", "PREFIX", "SessionTrace", "Telemetry", "peer_digest", "telemetry_for"]
 
@@ -54,7 +55,8 @@ METRICS: Final[Mapping[str, tuple[str, str, str, str]]] = {
         "counter", "{session}", "side, outcome, role",
         "Sessions ended, by terminal state (`completed`, `failed`, `timeout`)."),
     f"{PREFIX}.session.rejections": (
-        "counter", "{rejection}", "side, rejection.code", "Failed sessions by rejection code."),
+        "counter", "{rejection}", "side, rejection.code",
+        "Failed sessions by rejection code, streams refused at admission included."),
     f"{PREFIX}.session.active": (
         "updowncounter", "{session}", "side", "Sessions running now."),
     f"{PREFIX}.session.duration": (
@@ -72,7 +74,7 @@ METRICS: Final[Mapping[str, tuple[str, str, str, str]]] = {
     f"{PREFIX}.audit.write.duration": (
         "histogram", "s", "side",
         "Time a session spent waiting for its audit events to be durable (the sum of its "
-        "audit hook `log_session` calls, about 10)."),
+        "audit hook `log_events` calls, 2 to 6 batches)."),
     f"{PREFIX}.audit.queue_depth": (
         "gauge", "{event}", "",
         "Audit events waiting for the next group commit (audit hooks with `statistics()`)."),
@@ -84,7 +86,7 @@ _AUDIT_WAIT: ContextVar[list[float] | None] = ContextVar("taleus_audit_wait", de
 logger = logging.getLogger("taleus_bootstrap.telemetry")
 
 _OUTCOMES: Final = {"COMPLETED": "completed", "FAILED": "failed", "TIMEOUT": "timeout"}
-#: Hook calls that get a child span (audit calls are only timed: ~10 per session).
+#: Hook calls that get a child span (audit calls are only timed).
 _SPANNED: Final = ("token", "identity", "database")
 
 
@@ -154,8 +156,6 @@ class Telemetry:
         meter_provider: MeterProvider | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
-        from . import __version__
-
         meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider)
         self.tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider)
         self._meter = meter
@@ -248,7 +248,7 @@ class Telemetry:
     def _hook_done(
         self, hook: str, side: str, outcome: str, elapsed: float, span: Span | None, error: str
     ) -> None:
-        if hook == "audit.log_session":  # ~10 per session: summed, recorded once per session
+        if hook.startswith("audit."):  # a few batches per session: summed, recorded once
             waited = _AUDIT_WAIT.get()
             if waited is not None:
                 waited[0] += elapsed
@@ -261,6 +261,11 @@ class Telemetry:
             span.end()
 
     # -- sessions -------------------------------------------------------------------------
+
+    @_never_raises("a refusal", lambda: None)
+    def refused(self, code: str) -> None:
+        """Count a stream refused at admission (no session, no span)."""
+        self._rejections.add(1, {"taleus.side": "inviter", "taleus.rejection.code": code})
 
     @_never_raises("session start", lambda: SessionTrace(trace.INVALID_SPAN))
     def start_session(self, side: str, peer_id: str | None) -> SessionTrace:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from ._channel import FrameChannel, PeerGone
+from ._channel import FrameChannel, PeerGone, StreamBroken
 from ._codec import DEFAULT_MAX_FRAME_BYTES, AnyFrame, encode_frame
 from ._conformance import (
     AuditHookHarness,
@@ -29,6 +29,7 @@ from ._conformance import (
     check_identity_hook,
     check_token_hook,
 )
+from ._libp2p import as_byte_stream
 
 __all__ = [
     "AuditHookHarness",
@@ -62,13 +63,20 @@ class MemoryByteStream:
             return b""
 
     async def write(self, data: bytes) -> None:
-        """Write ``data``; raises ``trio.BrokenResourceError`` if the peer reset."""
-        await self._stream.send_all(data)
+        """Write ``data``; raises :class:`~taleus_bootstrap._channel.StreamBroken` if the
+        peer reset (or this end was closed)."""
+        try:
+            await self._stream.send_all(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            raise StreamBroken(type(exc).__name__) from None
 
     async def close(self) -> None:
         """Half-close (send EOF)."""
         self.was_closed = True
-        await self._stream.send_eof()
+        try:
+            await self._stream.send_eof()
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            raise StreamBroken(type(exc).__name__) from None
 
     async def reset(self) -> None:
         """Close both directions."""
@@ -82,17 +90,19 @@ def memory_stream_pair() -> tuple[MemoryByteStream, MemoryByteStream]:
     return MemoryByteStream(left), MemoryByteStream(right)
 
 
-async def write_frame(stream: MemoryByteStream, frame: AnyFrame) -> None:
-    """Write one frame to ``stream``."""
-    await stream.write(encode_frame(frame))
+async def write_frame(stream: object, frame: AnyFrame) -> None:
+    """Write one frame to ``stream`` (a :class:`MemoryByteStream` or a py-libp2p stream)."""
+    await as_byte_stream(stream).write(encode_frame(frame))
 
 
 async def read_frame(
-    stream: MemoryByteStream, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    stream: object, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> AnyFrame | None:
-    """Read one frame, or None at end of stream (a truncated or bad frame raises
+    """Read one frame from ``stream`` (a :class:`MemoryByteStream` or a py-libp2p stream), or
+    None at end of stream (a truncated or bad frame raises
     :class:`~taleus_bootstrap.RemoteProtocolError`)."""
+    channel = FrameChannel(as_byte_stream(stream), max_frame_bytes=max_frame_bytes)
     try:
-        return await FrameChannel(stream, max_frame_bytes=max_frame_bytes).receive()
+        return await channel.receive()
     except PeerGone:
         return None

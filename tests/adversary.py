@@ -32,11 +32,11 @@ from taleus_bootstrap import (
     host_multiaddrs,
     initiate_bootstrap,
     new_bootstrap_host,
-    open_session_manager,
     running_host,
+    serve_backend,
 )
 from taleus_bootstrap._libp2p import open_bootstrap_stream
-from taleus_bootstrap.cli._loadtest import proc_stats
+from taleus_bootstrap.loadtest import proc_stats
 from taleus_bootstrap.testing import read_frame, write_frame
 
 from .conftest import Backend
@@ -151,11 +151,12 @@ async def serving(
     """Serve bootstraps with ``config`` on a fresh host, with ``backend``'s memory hooks (a new
     one by default), any of them replaced by ``hook_overrides``."""
     backend = backend if backend is not None else Backend()
+    hooks = backend.hooks(**hook_overrides)
     async with (
         running_host(new_bootstrap_host()) as host,
-        open_session_manager(host, backend.hooks(**hook_overrides), config) as manager,
+        serve_backend(host, backend, config, hooks=hooks) as served,
     ):
-        yield Node(host, manager, backend, host_multiaddrs(host)[0])
+        yield Node(host, served.manager, backend, host_multiaddrs(host)[0])
 
 
 @asynccontextmanager

@@ -26,8 +26,8 @@ from typing import Any
 
 import trio
 
-from taleus_bootstrap.cli import _loadclient as loadclient
-from taleus_bootstrap.cli._loadtest import proc_stats
+from taleus_bootstrap.loadtest import client as loadclient
+from taleus_bootstrap.loadtest import proc_stats
 
 from .clirun import MODULE, cli_env, run_cli
 

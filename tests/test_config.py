@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from taleus_bootstrap import DEFAULT_MAX_FRAME_BYTES, InviteeConfig, ManagerConfig
 from taleus_bootstrap._config import (
+    DEFAULT_AUDIT_LEVEL,
     DEFAULT_BUSY_RETRY_AFTER,
     DEFAULT_CLEANUP_INTERVAL,
     DEFAULT_CLEANUP_TIMEOUT,
@@ -20,12 +21,14 @@ from taleus_bootstrap._config import (
     DEFAULT_GLOBAL_BURST,
     DEFAULT_GLOBAL_RATE_PER_S,
     DEFAULT_MAX_CONCURRENT_SESSIONS,
+    DEFAULT_MAX_REFUSALS_IN_FLIGHT,
     DEFAULT_MAX_SESSION_HISTORY,
     DEFAULT_MAX_TRACKED_PEERS,
     DEFAULT_PEER_BURST,
     DEFAULT_PEER_RATE,
     DEFAULT_PEER_RATE_PERIOD,
     DEFAULT_PROVISION_TIMEOUT,
+    DEFAULT_REFUSAL_SUMMARY_INTERVAL,
     DEFAULT_SESSION_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_STEP_TIMEOUT,
@@ -38,6 +41,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "cleanup_timeout": DEFAULT_CLEANUP_TIMEOUT,
     "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
     "cadre_addrs": (),
+    "audit_level": DEFAULT_AUDIT_LEVEL,
 }
 MANAGER_DEFAULTS: dict[str, Any] = {
     **COMMON_DEFAULTS,
@@ -52,6 +56,8 @@ MANAGER_DEFAULTS: dict[str, Any] = {
     "max_session_history": DEFAULT_MAX_SESSION_HISTORY,
     "cleanup_interval": DEFAULT_CLEANUP_INTERVAL,
     "shutdown_grace": DEFAULT_SHUTDOWN_GRACE,
+    "max_refusals_in_flight": DEFAULT_MAX_REFUSALS_IN_FLIGHT,
+    "refusal_summary_interval": DEFAULT_REFUSAL_SUMMARY_INTERVAL,
 }
 INVITEE_DEFAULTS: dict[str, Any] = {
     **COMMON_DEFAULTS,

@@ -515,7 +515,7 @@ class SharedSessionSink(MemoryAuditSink):
     _cases(
         [
             (ReorderingSink, "in logged order"),
-            (BufferingSink, "after log_session of event #0 returned: 0 events read back"),
+            (BufferingSink, "after log_events of event #0 returned: 0 events read back"),
             (LossySink, "event #0 read back as"),
             (SharedSessionSink, "events read back"),
         ]

@@ -26,11 +26,11 @@ from taleus_bootstrap import (
     BootstrapRejected,
     RejectionCode,
     initiate_bootstrap,
+    mint_link,
     new_bootstrap_host,
     running_host,
 )
 from taleus_bootstrap.cli._nodedir import NodeDir
-from taleus_bootstrap.cli._tokens import mint_link
 
 from .adversary import stall_after_accepted
 from .clirun import free_port, served_node

@@ -438,3 +438,42 @@ async def test_invitee_closing_its_host_at_once_does_not_lose_the_ack(
         records = manager.history()
     assert [r.final_state for r in records] == ["COMPLETED"] * 3
     assert [r.tally_id for r in records] == [r.tally.tally_id for r in results]
+
+
+async def test_busy_and_shutting_down_reach_the_caller_with_their_retry_hint(
+    host_pair: tuple[Any, Any], inviter_backend: Backend, invitee_backend: Backend
+) -> None:
+    """Over libp2p, through ``initiate_bootstrap``: over the session cap the caller gets
+    ``BootstrapRejected(busy)`` with the configured ``retry_after_s``; while the inviter drains,
+    ``shutting_down`` without one."""
+    from .adversary import stall_after_accepted
+
+    a, b = host_pair
+    config = ManagerConfig(max_concurrent_sessions=1, busy_retry_after_s=2.5, shutdown_grace=10)
+    holder = new_bootstrap_host()
+    async with (
+        running_host(holder) as holder,
+        open_session_manager(a, inviter_backend.hooks(), config) as manager,
+    ):
+        held = make_link(a, inviter_backend.tokens.mint("stock"), "stock")
+        stream = await stall_after_accepted(holder, held.responder_addrs[0], held.token)
+        assert manager.statistics().active_sessions == 1
+        link = make_link(a, inviter_backend.tokens.mint("stock"), "stock")
+        with pytest.raises(BootstrapRejected) as busy:
+            await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks())
+        assert (busy.value.code, busy.value.retry_after_s) == (RejectionCode.BUSY, 2.5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(manager.aclose)  # drains: the held session keeps its grace
+            with trio.fail_after(5):
+                while manager.statistics().accepting:  # noqa: ASYNC110 (no event to wait on)
+                    await trio.sleep(0.01)
+            with pytest.raises(BootstrapRejected) as draining:
+                await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks())
+            assert (draining.value.code, draining.value.retry_after_s) == (
+                RejectionCode.SHUTTING_DOWN,
+                None,
+            )
+            await stream.reset()  # the held session ends; the drain completes
+    stats = manager.statistics()
+    assert stats.by_rejection["busy"] == 1 and stats.by_rejection["shutting_down"] == 1
+    assert stats.streams_refused == 2 and stats.sessions_admitted == 1

@@ -80,5 +80,6 @@ def test_loadtest_idle_streams_are_reaped_while_sessions_complete(tmp_path: Path
     assert run["outcomes"] == {"completed": 30}
     idle = run["idle"]
     assert idle["idle_opened"] == idle["idle_reaped"] == 30  # the server ended every one
-    assert idle["reap_s"]["max"] < 30  # by the step timeout, well before the client's deadline
+    # By the 5 s step timeout (plus the 1 s rejection linger), far from the client's 30 s.
+    assert 0 < idle["reap_s"]["p50"] <= idle["reap_s"]["max"] < 10
     assert "server_rss_extra_mib" in idle

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from taleus_bootstrap import (
+    ADMISSION_AUDIT_ID,
     Accepted,
     Ack,
     ManagerConfig,
@@ -24,7 +25,9 @@ from .test_session_memory import contact, finish, start, start_accepted
 async def test_over_capacity_is_busy_with_retry_after_and_request_unread(
     autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
 ) -> None:
-    manager = await memory_manager(ManagerConfig(max_concurrent_sessions=2, busy_retry_after_s=3))
+    manager = await memory_manager(
+        ManagerConfig(max_concurrent_sessions=2, busy_retry_after_s=3, refusal_summary_interval=30)
+    )
     first, second = await start(nursery, manager), await start(nursery, manager)
     assert manager.statistics().active_sessions == 2
     third = await start(nursery, manager)
@@ -34,13 +37,22 @@ async def test_over_capacity_is_busy_with_retry_after_and_request_unread(
     record = await finish(third)
     assert (record.final_state, record.code) == ("FAILED", RejectionCode.BUSY)
     assert inviter_backend.tokens.reservations_held == 0  # the contact was never read
-    events = [e.kind for e in inviter_backend.audit.for_session(record.session_id)]
-    assert events == ["session_started", "rejection", "state_changed", "session_outcome"]
+    # No session was built for it: no session id, no transitions, no audit event of its own.
+    assert (record.session_id, record.transitions) == ("", ())
+    assert manager.refusals() == (record,) and record not in manager.history()
+    assert inviter_backend.audit.for_session(record.session_id) == []
     for running in (first, second):
         await running.client.reset()
         await finish(running)
     stats = manager.statistics()
     assert stats.by_rejection["busy"] == 1 and stats.sessions_admitted == 2
+    assert stats.streams_refused == 1 and stats.sessions_finished == 2
+    # The refusal is audited with the others of its window, in one summary event.
+    await trio.sleep(30)
+    [summary] = inviter_backend.audit.for_session(ADMISSION_AUDIT_ID)
+    assert summary.kind == "admission_summary"
+    assert summary.refused == {RejectionCode.BUSY: 1} and summary.peers == 1
+    assert [count for _, count in summary.top_peers] == [1]
 
 
 async def test_per_peer_rate_limit_with_retry_after_and_other_peers_unaffected(
@@ -172,3 +184,36 @@ async def test_shutdown_cancels_sessions_after_the_grace_and_releases(
 def test_manager_without_host_needs_a_peer_id(inviter_backend: Backend) -> None:
     with pytest.raises(ValueError, match="local_peer_id"):
         SessionManager(None, inviter_backend.hooks())
+
+
+async def test_a_flood_of_fresh_peer_ids_cannot_reset_a_limited_peer(
+    autojump_clock: Any, nursery: trio.Nursery, memory_manager: Any
+) -> None:
+    """The per-peer limiter is bounded, but forgets only recovered peers: fresh peer ids
+    beyond its bound are refused, and the peer being limited stays limited."""
+    import base58
+
+    manager = await memory_manager(
+        ManagerConfig(
+            max_tracked_peers=20,
+            peer_rate=1,
+            peer_rate_period=600,
+            peer_burst=1,
+            step_timeout=1,
+            cleanup_interval=1,
+        )
+    )
+    await finish(await start(nursery, manager))  # its one start: admitted (then times out)
+    limited = await start(nursery, manager)
+    assert (await finish(limited)).code == RejectionCode.RATE_LIMITED
+    codes = []
+    for i in range(200):
+        fake = base58.b58encode(b"fresh-" + i.to_bytes(4, "big") * 5).decode()
+        running = await start(nursery, manager, peer_id=fake)
+        codes.append((await finish(running)).code)
+        assert manager.statistics().tracked_peers <= 20
+        again = await start(nursery, manager)
+        assert (await finish(again)).code == RejectionCode.RATE_LIMITED, f"reset after {i}"
+    assert codes.count(RejectionCode.RATE_LIMITED) >= 200 - 19  # no room: refused, not evicted
+    [line] = [r.detail for r in manager.refusals() if r.peer_id != INVITEE_PEER][:1]
+    assert line == "rate limiter full: every tracked peer is still limited"

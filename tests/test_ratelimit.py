@@ -182,27 +182,53 @@ def test_flooding_key_stays_limited_while_others_are_admitted() -> None:
 
 def test_memory_is_bounded_under_many_keys() -> None:
     limiter = KeyedRateLimiter(gcra(), max_keys=1000)
+    now = T0
     for i in range(20_000):
-        assert limiter.check(f"peer-{i}", T0).allowed
+        now = T0 + i * (INTERVAL / 100)  # 100 fresh keys per interval
+        limiter.check(f"peer-{i}", now)
         assert len(limiter) <= 1000
     assert len(limiter) == 1000
-    assert limiter.evictions == 19_000
+    assert limiter.evictions > 0  # recovered keys made room for new ones
 
 
-def test_evicts_least_recently_seen() -> None:
+def test_a_flood_of_fresh_keys_cannot_reset_a_limited_key() -> None:
+    """The limited key stays limited however many fresh keys arrive: only recovered keys are
+    forgotten, and while none is, new keys are refused instead."""
+    limiter = KeyedRateLimiter(gcra(), max_keys=100)
+    for _ in range(BURST):
+        assert limiter.check("flooder", T0).allowed
+    assert not limiter.check("flooder", T0).allowed  # burst spent: limited until T0 + 1.0
+    fresh_refused = 0
+    for i in range(10_000):
+        now = T0 + i * 0.00005  # 10 000 fresh peer ids within half a second
+        decision = limiter.check(f"fresh-{i}", now)
+        fresh_refused += not decision.allowed
+        assert not limiter.check("flooder", now).allowed, f"reset after {i} fresh keys"
+        assert len(limiter) <= 100
+    assert fresh_refused >= 10_000 - 99  # room only for 99 keys besides the flooder
+    assert limiter.refused_full == fresh_refused
+    # The first fresh keys (TAT T0 + 0.5) are the first to recover: a new key gets room then.
+    refused = limiter.check("fresh-new", T0 + 0.4)
+    assert refused.full and refused.retry_after_s == pytest.approx(0.1)
+    assert limiter.check("fresh-new", T0 + INTERVAL).allowed
+    # The flooder was never forgotten: one start has regenerated, not a fresh burst.
+    assert limiter.check("flooder", T0 + INTERVAL).allowed
+    assert not limiter.check("flooder", T0 + INTERVAL).allowed
+
+
+def test_a_full_limiter_forgets_a_recovered_key_for_a_new_one() -> None:
     limiter = KeyedRateLimiter(gcra(), max_keys=3)
-    for key in ("a", "b", "c"):
+    assert limiter.check("once", T0 - 1.0).allowed  # TAT T0 - 0.5: recovered at T0
+    for key in ("b", "c"):
         for _ in range(BURST):
-            assert limiter.check(key, T0).allowed
-    assert not limiter.check("a", T0).allowed  # seen (even refused): now most recent
-    assert limiter.check("d", T0).allowed  # evicts "b", the least recently seen
-    assert len(limiter) == 3
-    assert limiter.evictions == 1
-    # "a" and "c" are remembered (still limited); "b" was forgotten (a fresh burst).
-    assert not limiter.check("a", T0).allowed
+            assert limiter.check(key, T0).allowed  # TAT T0 + 1.5: limited at T0
+    assert limiter.check("d", T0).allowed  # "once" has recovered: forgotten to make room
+    assert limiter.evictions == 1 and len(limiter) == 3
+    # "b" and "c" are remembered and still limited; nothing has recovered for "e".
+    assert not limiter.check("b", T0).allowed
     assert not limiter.check("c", T0).allowed
-    assert [limiter.check("b", T0).allowed for _ in range(BURST + 1)] == [True] * BURST + [False]
-    assert limiter.evictions == 2  # "b" coming back evicted "d"
+    assert limiter.check("e", T0) == Decision(False, INTERVAL, full=True)  # "d" recovers first
+    assert limiter.check("e", T0 + INTERVAL).allowed
 
 
 def test_prune_drops_keys_whose_tat_passed() -> None:

@@ -370,17 +370,20 @@ async def test_reset_mid_frame_is_malformed(
 
 
 class Misbehaving:
-    """Wraps a hook object, making one method raise, hang or return garbage."""
+    """Wraps a hook object, making one method raise, hang or return garbage (the first
+    ``times`` calls; every call by default)."""
 
-    def __init__(self, inner: Any, method: str, mode: str) -> None:
+    def __init__(self, inner: Any, method: str, mode: str, *, times: float = math.inf) -> None:
         self._inner, self._method, self._mode = inner, method, mode
+        self._left = times
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if name != self._method:
+        if name != self._method or self._left <= 0:
             return attr
 
         async def broken(*args: Any, **kwargs: Any) -> Any:
+            self._left -= 1
             if self._mode == "raise":
                 raise RuntimeError("hook exploded: password=hunter2")
             if self._mode == "hang":
@@ -401,7 +404,7 @@ class Misbehaving:
         ("database", "provision", "raise", RejectionCode.PROVISION_FAILED),
         ("database", "provision", "hang", RejectionCode.TIMEOUT),
         ("database", "provision", "garbage", RejectionCode.PROVISION_FAILED),
-        ("audit", "log_session", "raise", RejectionCode.INTERNAL_ERROR),
+        ("audit", "log_events", "raise", RejectionCode.INTERNAL_ERROR),
     ],
 )
 async def test_a_failing_hook_ends_only_its_session(
@@ -420,7 +423,8 @@ async def test_a_failing_hook_ends_only_its_session(
         "database": inviter_backend.provisioner,
         "audit": inviter_backend.audit,
     }
-    manager = await memory_manager(**{hook: Misbehaving(parts[hook], method, mode)})
+    # The hook misbehaves once: in this session, not in the healthy one afterwards.
+    manager = await memory_manager(**{hook: Misbehaving(parts[hook], method, mode, times=1)})
     token = inviter_backend.tokens.mint("stock", identity_requirements={"name": True})
     running = await start(nursery, manager)
     await write_frame(running.client, contact(token))
@@ -436,6 +440,10 @@ async def test_a_failing_hook_ends_only_its_session(
         assert event.error_type == "RuntimeError" and "exploded" in (event.error_message or "")
     # The manager still serves: a healthy session afterwards completes.
     assert manager.statistics().active_sessions == 0
+    healthy, tally_id = await complete_session(nursery, manager, inviter_backend, "stock")
+    assert (healthy.final_state, healthy.tally_id) == ("COMPLETED", tally_id)
+    assert tally_id in inviter_backend.provisioner.committed
+    assert manager.statistics().by_state == {record.final_state: 1, "COMPLETED": 1}
 
 
 async def test_unacknowledged_session_releases_token_and_database(

@@ -20,9 +20,9 @@ from taleus_bootstrap import (
     RejectionCode,
     encode_frame,
     initiate_bootstrap,
+    mint_link,
 )
 from taleus_bootstrap._libp2p import open_bootstrap_stream
-from taleus_bootstrap.cli._tokens import mint_link
 
 from .adversary import Reply, client_hosts, contact_for, read_reply, stall_after_accepted
 from .clirun import served_node

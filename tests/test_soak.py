@@ -148,6 +148,9 @@ async def test_soak_with_thirty_percent_faults_loses_nothing(
     # Nothing running; every session recorded once, in order, in an intact chain.
     assert stats.active_sessions == 0
     assert stats.sessions_finished == SESSIONS
+    # Every honest bootstrap completed, faults all around notwithstanding.
+    for honest in ("honest stock", "honest foil"):
+        assert outcomes[f"{honest}: completed"] == plan.count(honest), outcomes
     audit = backend.audit
     terminal = Counter(sid for sid, e in audit.events if e.kind == "session_outcome")
     started_ids = {sid for sid, e in audit.events if e.kind == "session_started"}
@@ -207,7 +210,8 @@ async def _run(
             await initiate_bootstrap(node.link(token, role), host, hooks=invitee.invitee_hooks())
         except Exception as exc:
             seen.append(repr(exc).encode())
-            return type(exc).__name__
+            code = getattr(exc, "code", None)
+            return type(exc).__name__ + (f" {code.value}" if code is not None else "")
         return "completed"
     if kind == "garbage frame":
         reply = await send_raw(host, node.addr, rng.randbytes(rng.randrange(1, 200)))

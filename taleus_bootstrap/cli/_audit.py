@@ -35,9 +35,14 @@ def describe_event(event: AuditEvent) -> str:
         return detail + (f" [{event.error_type}]" if event.error_type else "")
     if event.kind == "hook_error":
         return f"{event.hook}: {event.detail}"
+    if event.kind == "admission_summary":
+        counts = ", ".join(f"{code.value} {n}" for code, n in sorted(event.refused.items()))
+        return f"refused at admission in {event.window_s:.0f} s: {counts}; {event.peers} peers"
     tail = f"tally {event.tally_id}" if event.code is None else f"code {event.code.value}"
+    path = f", path {' -> '.join(event.path)}" if event.path else ""
     return (
         f"{event.final_state}, role {event.role or '-'}, {tail}, {event.duration_s * 1000:.1f} ms"
+        + path
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from .._bootstrap import initiate_bootstrap
 from .._errors import (
     BootstrapError,
     BootstrapProtocolError,
@@ -21,7 +22,7 @@ from .._errors import (
     LinkError,
     LinkExpiredError,
 )
-from .._invitee import BootstrapResult, initiate_bootstrap
+from .._invitee import BootstrapResult
 from .._libp2p import new_bootstrap_host, running_host
 from .._link import BootstrapLink
 from ._backend import open_backend, resolve_backend

@@ -17,6 +17,7 @@ from libp2p.exceptions import BaseLibp2pError
 
 from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
 from .._manager import SessionManager
+from .._service import serve_backend
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir, NodeState, write_json_atomically
@@ -155,17 +156,18 @@ async def _serve(
                 await stack.enter_async_context(running_host(host, settings.node.listen))
             except BaseLibp2pError as exc:
                 raise CliError(str(exc)) from None
-            manager = SessionManager(
-                host,
-                store.hooks(),
-                settings.manager,
-                meter_provider=providers.meter_provider,
-                tracer_provider=providers.tracer_provider,
+            served = await stack.enter_async_context(
+                serve_backend(
+                    host,
+                    store,
+                    settings.manager,
+                    maintenance_interval=settings.node.maintenance_interval,
+                    meter_provider=providers.meter_provider,
+                    tracer_provider=providers.tracer_provider,
+                )
             )
-            await _recover(store)
+            manager = served.manager
             async with trio.open_nursery() as nursery:
-                await nursery.start(store.run_maintenance, settings.node.maintenance_interval)
-                await nursery.start(manager.run)
                 addrs = host_multiaddrs(host)
                 ready: dict[str, Any] = {"peer_id": node.peer_id(), "addrs": addrs}
                 if observe.metrics_port is not None:
@@ -188,10 +190,11 @@ async def _serve(
                 try:
                     if ready_file is not None:
                         write_json_atomically(ready_file, ready, 0o644)
-                    await _drain_on_signals(signals, manager, nursery.cancel_scope)
+                    await _drain_on_signals(signals, manager)
                 finally:
                     if ready_file is not None:
                         _remove(ready_file)
+                nursery.cancel_scope.cancel()
     s = manager.statistics()
     states = ", ".join(f"{k} {v}" for k, v in sorted(s.by_state.items())) or "none"
     return f"{s.sessions_finished} sessions finished ({states})"
@@ -215,7 +218,7 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-async def _drain_on_signals(signals: Any, manager: SessionManager, scope: trio.CancelScope) -> None:
+async def _drain_on_signals(signals: Any, manager: SessionManager) -> None:
     """Wait for a signal, then drain the manager; a second signal cancels the sessions."""
     async for signum in signals:
         logger.info(
@@ -228,24 +231,10 @@ async def _drain_on_signals(signals: Any, manager: SessionManager, scope: trio.C
     async def cancel_on_second_signal() -> None:
         async for signum in signals:
             logger.warning("%s again: cancelling running sessions", signal.Signals(signum).name)
-            scope.cancel()
+            manager.cancel_sessions()
             return
 
     async with trio.open_nursery() as watcher:
         watcher.start_soon(cancel_on_second_signal)
         await manager.aclose()
         watcher.cancel_scope.cancel()
-    scope.cancel()
-
-
-async def _recover(store: Any) -> None:
-    """Close the sessions a previous run left in flight (a crash, kill -9) before serving."""
-    report = await store.recover()
-    if report.sessions_aborted:
-        logger.warning(
-            "recovered %d session(s) left in flight by the previous run: recorded as ABORTED,"
-            " %d reservation(s) settled, %d unacknowledged provision(s) released",
-            len(report.sessions_aborted),
-            report.reservations_settled,
-            len(report.provisions_released),
-        )

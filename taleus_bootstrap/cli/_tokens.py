@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -16,7 +15,7 @@ from rich.table import Table
 
 from .._errors import LinkError
 from .._events import token_digest
-from .._link import BootstrapLink
+from .._link import BootstrapLink, mint_link
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
 from ._nodedir import NodeDir
@@ -30,44 +29,10 @@ from ._options import (
 )
 from ._settings import load_settings
 
-__all__ = ["invite", "mint_link", "responder_addrs", "tokens"]
+__all__ = ["invite", "responder_addrs", "tokens"]
 
 DEFAULT_TTL: Final = 86_400
 MIN_DIGEST_PREFIX: Final = 8
-
-
-def mint_link(
-    tokens: Any,
-    addrs: list[str],
-    role: str,
-    *,
-    ttl: timedelta,
-    uses: int | None = 1,
-    identity_requirements: dict[str, Any] | None = None,
-    max_in_flight: int | None = None,
-    label: str | None = None,
-) -> BootstrapLink:
-    """Mint a token in ``tokens`` (a reference token store) and return its link to ``addrs``,
-    expiring with it. The link is built first, so a link that cannot be built
-    (``ValidationError``: too many addresses, too long...) mints nothing."""
-    token = secrets.token_urlsafe(24)
-    link = BootstrapLink(
-        responder_addrs=addrs,
-        token=token,
-        expires_at=datetime.now(UTC) + ttl,
-        inviter_role=role,  # type: ignore[arg-type]
-        identity_requirements=identity_requirements,
-    )
-    tokens.mint(
-        role,
-        uses=uses,
-        ttl=ttl,
-        identity_requirements=identity_requirements,
-        max_in_flight=max_in_flight,
-        label=label,
-        token=token,
-    )
-    return link
 
 
 def responder_addrs(node: NodeDir, addrs: tuple[str, ...] = ()) -> list[str]:
@@ -182,7 +147,7 @@ def invite(
             link = mint_link(
                 store.tokens,
                 link_addrs,
-                role,
+                role,  # type: ignore[arg-type]  # click.Choice: "stock" or "foil"
                 ttl=timedelta(seconds=ttl),
                 uses=None if unlimited else uses,
                 identity_requirements=requirements,

@@ -1,6 +1,6 @@
 """One client process of ``taleus-bootstrap loadtest``.
 
-``python -m taleus_bootstrap.cli._loadclient --link LINK --sessions N --concurrency C --peers P
+``python -m taleus_bootstrap.loadtest client --link LINK --sessions N --concurrency C --peers P
 [--deadline S]`` runs N bootstraps against LINK, C in flight, from P libp2p hosts (one peer id
 each; each host's connection to the inviter is reused). Every session has a deadline, so the
 run ends. While running it prints ``{"done": d, "failed": f}`` lines; at the end one line
@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from .._bootstrap import initiate_bootstrap
 from .._errors import (
     BootstrapError,
     BootstrapProtocolError,
@@ -31,8 +32,9 @@ from .._errors import (
     BootstrapUnreachable,
 )
 from .._hooks import InviteeHooks
-from .._invitee import initiate_bootstrap
 from .._libp2p import new_bootstrap_host, running_host
+
+__all__ = ["classify", "hold_idle", "main", "run"]
 
 PROGRESS_EVERY_S = 0.25
 
@@ -129,9 +131,11 @@ async def hold_idle(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     while await stream.read(4096):
                         pass
-                except Exception:
+                except Exception:  # reset by the server: ended all the same
                     pass
-                reaped.append(time.perf_counter() - opened)
+            ended = time.perf_counter() - opened
+            if ended < args.deadline:  # else the server never ended it: not reaped
+                reaped.append(ended)
 
         async with trio.open_nursery() as nursery:
             for stream in streams:
@@ -145,17 +149,16 @@ async def hold_idle(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default: the command line) and run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m taleus_bootstrap.loadtest client", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--link", required=True)
     parser.add_argument("--sessions", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--peers", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=30.0)
     parser.add_argument("--idle", type=int, default=0, help="hold this many silent streams")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(trio.run(hold_idle if args.idle else run, args)), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,14 @@
 """The server side of ``taleus-bootstrap loadtest --spawn``, run as its own process.
 
-``python -m taleus_bootstrap.cli._loadserver --backend memory|sqlite|postgres --role stock|foil
-[--baseline] [--data-dir DIR] [--dsn DSN]`` starts a libp2p host, serves either a real
-:class:`~taleus_bootstrap.SessionManager` (load-test limits: no rate limits, a cap far above any
-concurrency) or, with ``--baseline``, a bare handler that exchanges the same frames with no
-session manager, no hooks and no audit. It prints one JSON line (peer id, addresses, link) and
-serves until its standard input closes or it gets SIGTERM; then it prints one JSON line of
-statistics.
+``python -m taleus_bootstrap.loadtest server --backend memory|ephemeral|sqlite|postgres
+--role stock|foil [--baseline | --refusals] [--data-dir DIR] [--dsn DSN]`` starts a libp2p host
+and serves either a real :class:`~taleus_bootstrap.SessionManager` (load-test limits: no rate
+limits, a cap far above any concurrency; with ``--refusals``, one session start per peer per
+hour, so that every later stream of a peer is refused ``rate_limited``) or, with
+``--baseline``, a bare handler that exchanges the same frames with no session manager, no hooks
+and no audit. It prints one JSON line (peer id, addresses, link) and serves until its standard
+input closes or it gets SIGTERM; then it prints one JSON line of statistics (with the audit
+log's row count on SQL backends).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import secrets
 import signal
 import sys
@@ -25,29 +28,27 @@ from typing import Any
 
 import trio
 from libp2p.abc import INetStream
-from pydantic import SecretStr
 
 from .._channel import FrameChannel
 from .._codec import DEFAULT_MAX_FRAME_BYTES
 from .._config import HostLimits, ManagerConfig
-from .._driver import stock_provision_request
+from .._engine import utc_now
 from .._frames import Accepted, Ack, Contact, DatabaseInfo, Provision, Provisioned
 from .._hooks import NoopAudit, ProvisionRequest, SessionHooks
 from .._libp2p import (
     PROTOCOL_ID,
+    as_byte_stream,
     host_multiaddrs,
     new_bootstrap_host,
     remote_peer_id,
     running_host,
     set_guarded_stream_handler,
 )
-from .._link import BootstrapLink
+from .._link import BootstrapLink, mint_link
 from .._manager import SessionManager
-from .._session import new_session_id
-from ._backend import open_backend
-from ._nodedir import NodeDir
-from ._settings import BackendSettings
-from ._tokens import mint_link
+from .._rules import new_session_id, stock_provision_request
+
+__all__ = ["LOAD_HOST", "LOAD_MANAGER", "REFUSING_MANAGER", "BareHandler", "main", "serve"]
 
 LOAD_MANAGER: ManagerConfig = ManagerConfig(
     max_concurrent_sessions=10_000,
@@ -56,6 +57,10 @@ LOAD_MANAGER: ManagerConfig = ManagerConfig(
     global_rate_per_s=10**9,
     global_burst=10**9,
 )
+REFUSING_MANAGER: ManagerConfig = LOAD_MANAGER.model_copy(
+    update={"peer_rate": 1, "peer_rate_period": 3600.0, "peer_burst": 1}
+)
+"""``--refusals``: each peer's first stream is admitted, every later one ``rate_limited``."""
 LOAD_HOST = HostLimits(max_connections=8192, connection_rate_per_peer=None)
 
 
@@ -67,14 +72,14 @@ class BareHandler:
         self.completed = self.failed = 0
 
     async def __call__(self, stream: INetStream) -> None:
-        channel = FrameChannel(stream, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES)
+        channel = FrameChannel(as_byte_stream(stream), max_frame_bytes=DEFAULT_MAX_FRAME_BYTES)
         try:
             contact = await channel.receive()
             assert isinstance(contact, Contact)
             session_id = new_session_id()
             if self.role == "stock":
                 request = stock_provision_request(
-                    session_id, self.local_peer_id, remote_peer_id(stream)
+                    session_id, self.local_peer_id, remote_peer_id(stream), utc_now()
                 )
                 await channel.send(self._accepted(session_id, _provision(request)))
                 assert isinstance(await channel.receive(), Ack)
@@ -150,20 +155,21 @@ class _Forgetful:
 
 
 def _open_store(stack: ExitStack, backend: str, data_dir: Path, dsn: str | None) -> Any:
-    """The hooks of ``--backend``; SQLite and PostgreSQL are opened (and closed with ``stack``)
-    as ``serve`` opens them."""
+    """The hooks of ``--backend``: SQLite in ``data_dir``, PostgreSQL in a schema of its own
+    (closed with ``stack``)."""
     if backend == "ephemeral":
         return EphemeralStore()
     if backend == "memory":
         return importlib.import_module("taleus_hooks.memory").MemoryBackend()
-    if backend == "postgres" and dsn is None:
+    if backend == "sqlite":
+        store = importlib.import_module("taleus_hooks.sqlite").SqliteBackend(data_dir)
+    elif dsn is None:
         raise SystemExit("--dsn is required for postgres")
-    settings = BackendSettings(
-        kind=backend,  # type: ignore[arg-type]
-        dsn=SecretStr(dsn) if dsn else None,
-        schema_name="taleus_load_" + secrets.token_hex(4),
-    )
-    return stack.enter_context(open_backend(NodeDir(data_dir), settings))
+    else:
+        postgres = importlib.import_module("taleus_hooks.postgres")
+        store = postgres.PostgresBackend(dsn, schema="taleus_load_" + secrets.token_hex(4))
+    stack.callback(store.close)
+    return store
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,17 +190,29 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 store = _open_store(stack, args.backend, Path(args.data_dir or tmp), args.dsn)
                 link = mint_link(store.tokens, addrs, args.role, ttl=timedelta(days=1), uses=None)
-                manager = SessionManager(host, store.hooks(), LOAD_MANAGER)
+                config = REFUSING_MANAGER if args.refusals else LOAD_MANAGER
+                manager = SessionManager(host, store.hooks(), config)
                 await nursery.start(manager.run)
             print(json.dumps({"peer_id": peer_id, "link": link.encode()}), flush=True)
             await _until_stdin_closes_or_signal()
+            extra: dict[str, Any] = {}
             if args.baseline:
                 stats = {"COMPLETED": handler.completed, "FAILED": handler.failed}
             else:
                 await manager.aclose()
-                stats = dict(manager.statistics().by_state)
+                statistics = manager.statistics()
+                stats = dict(statistics.by_state)
+                extra["streams_refused"] = statistics.streams_refused
+                audit = getattr(store, "audit", None)
+                if hasattr(audit, "tail"):
+                    extra["audit_rows"] = await trio.to_thread.run_sync(_audit_rows, audit)
             nursery.cancel_scope.cancel()
-    return {"by_state": stats}
+    return {"by_state": stats, **extra}
+
+
+def _audit_rows(audit: Any) -> int:
+    last = audit.tail(1)
+    return int(last[0].seq) if last else 0
 
 
 async def _until_stdin_closes_or_signal() -> None:
@@ -215,20 +233,24 @@ async def _until_stdin_closes_or_signal() -> None:
         nursery.start_soon(signalled)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default: the command line) and run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m taleus_bootstrap.loadtest server", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--backend", choices=["memory", "ephemeral", "sqlite", "postgres"], default="memory"
     )
     parser.add_argument("--role", choices=["stock", "foil"], default="stock")
-    parser.add_argument("--baseline", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--baseline", action="store_true")
+    mode.add_argument("--refusals", action="store_true")
     parser.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     parser.add_argument("--data-dir")
     parser.add_argument("--dsn")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # Errors only on stderr: the explanation lines of refused streams (WARNING) are what a
+    # refusal run produces by the thousand, and they would interleave with the report.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     result = trio.run(serve, args)
     print(json.dumps(result), flush=True)
-
-
-if __name__ == "__main__":
-    main()
