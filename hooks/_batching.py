@@ -74,8 +74,21 @@ class Batcher(Generic[I]):
         for slot in batch:
             slot.state = "writing"
         started = time.perf_counter()
+        requeued = False
         try:
             await trio.to_thread.run_sync(self._write, [slot.item for slot in batch])
+        except trio.Cancelled:
+            # The leader was cancelled before the worker thread started (once started, a
+            # thread is not abandoned): nothing was written. The batch goes back to the head
+            # of the queue for another task to lead; only this task's own item leaves it
+            # (``submit`` drops a queued item on cancellation). Never hand this task's
+            # Cancelled to the others: raised in another task, it would escape every cancel
+            # scope there.
+            for slot in batch:
+                slot.state = "queued"
+            self._queue[:0] = batch
+            requeued = True
+            raise
         except BaseException as exc:
             for slot in batch:
                 slot.error = exc
@@ -86,9 +99,10 @@ class Batcher(Generic[I]):
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
         finally:
-            for slot in batch:
-                slot.state = "done"
-            self.write_seconds += time.perf_counter() - started
+            if not requeued:
+                for slot in batch:
+                    slot.state = "done"
+                self.write_seconds += time.perf_counter() - started
             self._writing = False
             done, self._batch_done = self._batch_done, trio.Event()
             done.set()

@@ -169,3 +169,48 @@ async def test_an_audit_event_cancelled_before_its_batch_is_written_is_not_recor
         assert scope.cancelled_caught
         assert [s for s, _ in backend.audit.events] == [sid(1)]
         assert backend.audit.statistics().queue_depth == 0
+
+
+async def test_a_leader_cancelled_before_its_write_starts_hands_the_batch_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task leading a batch may be cancelled before its worker thread starts (trio checks
+    for cancellation first): nothing was written, so the batch goes to the next task, which
+    writes it. The other tasks of the batch never see the leader's cancellation: raised in
+    another task, it would escape every cancel scope there (it took a whole node down under
+    load before this was fixed)."""
+    at = datetime(2026, 11, 23, tzinfo=UTC)
+    event = SessionStarted(at=at, side="inviter", peer_id=INVITEE_PEER)
+    scopes: dict[object, trio.CancelScope] = {}
+    armed = [False]
+    real_run_sync = trio.to_thread.run_sync
+
+    async def cancel_the_next_leader(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if armed[0]:  # this task leads the next batch: cancel it just before the thread starts
+            armed[0] = False
+            scopes[trio.lowlevel.current_task()].cancel()
+        return await real_run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", cancel_the_next_leader)
+    written: list[str] = []
+    with SqliteBackend(tmp_path / "node") as backend:
+        connection_lock = backend.audit_db._lock  # held: the first batch cannot finish yet
+
+        async def log(session: str) -> None:
+            with trio.CancelScope() as scopes[trio.lowlevel.current_task()]:
+                await backend.audit.log_events(session, [event])
+                written.append(session)
+
+        connection_lock.acquire()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log, sid(1))  # leads the first batch, blocked in its thread
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(log, sid(2))  # these two queue behind it: one batch
+            nursery.start_soon(log, sid(3))
+            await trio.testing.wait_all_tasks_blocked()
+            armed[0] = True
+            connection_lock.release()
+        # One of the two was cancelled as it led; the other wrote its own event all the same.
+        assert sorted(written) in ([sid(1), sid(2)], [sid(1), sid(3)])
+        assert sorted(s for s, _ in backend.audit.events) == sorted(written)
+        assert backend.audit.statistics().queue_depth == 0
