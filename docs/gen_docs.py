@@ -103,6 +103,16 @@ arrow is labelled with its trigger. The trigger `rejected` means the session fai
 `rejected` frame was sent or received, the stream broke, or the invitee could not dial);
 `timed_out` means a step or the whole session ran out of time. What each side does in each
 state is described in [the protocol](protocol.md#7-session-state-machines).
+
+The code runs these machines in two layers. A sans-I/O **protocol object** per session
+(`InviterProtocol` in `_inviter.py`, `InviteeProtocol` in `_invitee.py`, their shared core in
+`_protocol.py`) takes frames, hook results and timeouts in and returns actions (send a frame,
+call a hook, fail with a code, complete); it decides every transition and every rejection code
+of a session, and derives the cleanup from what the session holds (a token reservation, a
+provision, a tally). One **engine** (`_engine.py`) performs those actions over a byte stream for
+both sides, under one cancel scope per session whose deadline moves with the step. Framing
+defects are decided in `_codec.py`; refusals before a session exists (`busy`, `rate_limited`,
+`shutting_down`) in `_admission.py`.
 """
 
 

@@ -1,7 +1,8 @@
 """In-memory reference hooks: real implementations with the full hook semantics, no persistence.
 
-Every method does its check and its update without an ``await`` in between, so under trio each is
-atomic: a one-time token reserved by one session cannot be reserved by another. Tokens are kept
+Every method does its check and its update without an ``await`` at all, so under trio each is
+atomic (a one-time token reserved by one session cannot be reserved by another) and returns
+without yielding to the scheduler: there is no I/O to wait for. Tokens are kept
 only as digests. Suitable for tests, examples and single-process nodes that may forget everything
 on restart.
 """
@@ -13,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import trio
 from pydantic import JsonValue
 
 from taleus_bootstrap import (
@@ -107,7 +107,6 @@ class MemoryTokenStore:
 
     async def validate(self, token: str, *, session_id: str, peer_id: str) -> TokenInfo | None:
         """Validate and reserve one use for ``session_id`` (atomic: no await in between)."""
-        await trio.lowlevel.checkpoint()
         record = self._tokens.get(token_digest(token))
         if record is None or not record.available(self._clock()):
             return None
@@ -120,7 +119,6 @@ class MemoryTokenStore:
 
     async def mark_used(self, token: str, *, session_id: str) -> None:
         """Commit the reservation ``session_id`` holds."""
-        await trio.lowlevel.checkpoint()
         record = self._tokens.get(token_digest(token))
         if record is None or session_id not in record.reservations:
             raise LookupError("no reservation held by this session")
@@ -129,7 +127,6 @@ class MemoryTokenStore:
 
     async def release(self, token: str, *, session_id: str) -> None:
         """Give back the reservation ``session_id`` holds (no-op if none)."""
-        await trio.lowlevel.checkpoint()
         record = self._tokens.get(token_digest(token))
         if record is not None:
             record.reservations.discard(session_id)
@@ -161,7 +158,6 @@ class MemoryProvisioner:
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
         """Record a draft tally and return where it lives."""
-        await trio.lowlevel.checkpoint()
         tally = request.draft_tally()
         self.tallies[tally.tally_id] = tally
         return Provision(
@@ -177,7 +173,6 @@ class MemoryProvisioner:
 
         A committed tally is permanent: releasing it is a no-op (the sessions never do that).
         """
-        await trio.lowlevel.checkpoint()
         tally_id = result.tally.tally_id
         if tally_id in self.committed:
             return
@@ -187,7 +182,6 @@ class MemoryProvisioner:
 
     async def accept(self, result: ProvisionResult, *, session_id: str) -> bool:
         """Record the other party's provision."""
-        await trio.lowlevel.checkpoint()
         self.accepted[result.tally.tally_id] = result
         return True
 
@@ -195,7 +189,6 @@ class MemoryProvisioner:
         """Record the tally of a completed session in ``committed`` (it stays in ``tallies`` or
         ``accepted``). Raises ``LookupError`` for a tally neither provisioned nor accepted here
         (or already released); committing it again is a no-op."""
-        await trio.lowlevel.checkpoint()
         tally_id = result.tally.tally_id
         if tally_id not in self.tallies and tally_id not in self.accepted:
             raise LookupError(f"no provision of tally {tally_id!r} to commit")
@@ -210,6 +203,9 @@ class MemoryAuditSink:
 
     async def log_events(self, session_id: str, events: Sequence[AuditEvent]) -> None:
         """Append ``events`` (each through :meth:`log_session`, atomically: no await between)."""
+        if type(self).log_session is MemoryAuditSink.log_session:  # the common case, in one go
+            self.events.extend([(session_id, event) for event in events])
+            return
         for event in events:
             await self.log_session(session_id, event)
 

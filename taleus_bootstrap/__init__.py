@@ -100,7 +100,7 @@ from ._libp2p import (
 )
 from ._link import LINK_PREFIX, BootstrapLink, TokenMinter, mint_link
 from ._manager import ADMISSION_AUDIT_ID, ManagerStatistics, SessionManager, open_session_manager
-from ._service import ServedBackend, ServingNode, serve_backend
+from ._service import ServedBackend, ServingNode, serve_backend, tune_garbage_collector
 from ._session import BootstrapSession, SessionRecord
 from ._states import (
     INVITEE_TRANSITIONS,
@@ -217,4 +217,5 @@ __all__ = [
     "serve_backend",
     "set_guarded_stream_handler",
     "token_digest",
+    "tune_garbage_collector",
 ]

@@ -7,9 +7,8 @@ Sans-I/O: data only. See :mod:`._protocol` for how a protocol object uses them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from ._codec import AnyFrame
 from ._errors import LocalProtocolError, RejectionCode, RemoteProtocolError
@@ -40,14 +39,14 @@ release after a failure."""
 
 # -- actions ------------------------------------------------------------------------------
 #
+# Named tuples: immutable, and cheap to build (a session asks for about fifteen).
 # ``bound``: seconds the action may take. ``shielded``: the action runs under its own bound
 # only, outside the session's deadline and cancellation (cleanup, and what follows the last
 # frame); otherwise it runs under the session's one cancel scope, whose deadline is the
 # earlier of the session's and ``bound`` from now.
 
 
-@dataclass(frozen=True, slots=True)
-class Dial:
+class Dial(NamedTuple):
     """Open the stream (invitee); answer with :meth:`dialed` or :meth:`dial_failed`."""
 
     step: str
@@ -55,8 +54,7 @@ class Dial:
     shielded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     """Write ``payload`` (the encoded ``frame``); answer with :meth:`sent` / :meth:`send_failed`."""
 
     frame: AnyFrame
@@ -66,8 +64,7 @@ class Send:
     shielded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Receive:
+class Receive(NamedTuple):
     """Read one frame; answer with :meth:`frame_received` or :meth:`receive_failed`."""
 
     step: str
@@ -75,8 +72,7 @@ class Receive:
     shielded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class CallHook:
+class CallHook(NamedTuple):
     """Await ``hooks.<hook>.<method>(*args, **kwargs)``; answer with :meth:`hook_returned` or
     :meth:`hook_raised`."""
 
@@ -95,8 +91,7 @@ class CallHook:
         return f"{self.hook}.{self.method}"
 
 
-@dataclass(frozen=True, slots=True)
-class EndStream:
+class EndStream(NamedTuple):
     """End the stream after a failure: write ``rejection`` (an encoded ``rejected`` frame; None:
     nothing), half-close, linger, reset (section 10), the write and the rest each within
     ``bound``; answer with :meth:`stream_ended`."""
@@ -107,8 +102,7 @@ class EndStream:
     shielded: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(NamedTuple):
     """Half-close after the last frame of a complete session; answer with :meth:`stream_ended`."""
 
     step: str
@@ -116,8 +110,7 @@ class Close:
     shielded: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class AwaitPeerEnd:
+class AwaitPeerEnd(NamedTuple):
     """Wait for the peer's end of stream (what it sends is dropped); answer with
     :meth:`peer_end`."""
 
@@ -126,8 +119,7 @@ class AwaitPeerEnd:
     shielded: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     """The session is over: its terminal state, outcome and cleanup are recorded."""
 
     step: str = "done"

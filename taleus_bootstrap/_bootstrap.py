@@ -133,7 +133,7 @@ async def _run(
         identity=identity,
         cadre_addrs=cadre_addrs,
         config=config,
-        clock=trio.current_time,
+        clock=trio.lowlevel.current_clock().current_time,
         wall_clock=utc_now,
     )
     engine = Engine(protocol, hooks, dial=dial)
@@ -163,4 +163,5 @@ async def _run(
             tally_id=result.tally.tally_id if result is not None else None,
             duration_s=max(0.0, trio.current_time() - protocol.started),
             transitions=protocol.transitions,
+            audit_wait_s=engine.audit_seconds,
         )

@@ -14,9 +14,11 @@ re-raised.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from math import inf
+from typing import Any, Final
 
 import trio
 
@@ -42,6 +44,21 @@ from ._protocol import (
 __all__ = ["Dialer", "Engine", "utc_now"]
 
 logger = logging.getLogger("taleus_bootstrap.session")
+
+
+_LATENESS: Final = 1 / 16
+"""How much later than its bound an action's deadline may fall, in seconds. Moving a trio
+deadline is not free: consecutive actions with one bound share a deadline for as long as it
+stays within this window of theirs."""
+
+
+def _step_deadline(registered: float, now: float, bound: float) -> float:
+    """The deadline for an action of ``bound`` begun at ``now``: ``registered`` itself when it
+    falls between ``now + bound`` and 1/16 s later, else that later end. A step gets its bound
+    and at most 1/16 s more, never less."""
+    earliest = now + bound
+    latest = earliest + _LATENESS
+    return registered if earliest <= registered <= latest else latest
 
 
 def utc_now() -> datetime:
@@ -70,6 +87,9 @@ class Engine:
         self.channel = channel
         self._dial = dial
         self.deadline = protocol.started + protocol.config.session_timeout
+        self._clock = trio.lowlevel.current_clock().current_time
+        self.audit_seconds = 0.0
+        """Time spent in the audit hook's batches (the telemetry's audit write duration)."""
         self._scope: trio.CancelScope | None = None
         self._stop: Interruption | None = None
 
@@ -97,10 +117,10 @@ class Engine:
     async def _exchange(self) -> Action:
         """Actions under the session's cancel scope, until the session ends or the scope fires;
         returns the protocol's next action."""
-        protocol = self.protocol
+        protocol, clock, session_deadline = self.protocol, self._clock, self.deadline
         action = protocol.start()
-        step_deadline = self.deadline
-        with trio.CancelScope() as scope:
+        step_deadline = session_deadline
+        with trio.CancelScope(deadline=session_deadline) as scope:
             self._scope = scope
             if self._stop is not None:
                 scope.cancel()
@@ -110,31 +130,43 @@ class Engine:
                     continue
                 if self._stop is not None:
                     return protocol.interrupted(self._stop, attempted=False)
-                now = trio.current_time()
-                if now >= self.deadline:
+                now = clock()
+                if now >= session_deadline:
                     return protocol.interrupted(Interruption.SESSION_TIMEOUT, attempted=False)
-                step_deadline = now + action.bound
-                scope.deadline = min(step_deadline, self.deadline)
+                deadline = _step_deadline(step_deadline, now, action.bound)
+                if deadline != step_deadline:
+                    step_deadline = deadline
+                    scope.deadline = min(deadline, session_deadline)
                 action = await self._perform(action)
             return action
         # Only reached when the scope fired during an action:
         if self._stop is not None:
             return protocol.interrupted(self._stop)
-        if step_deadline <= self.deadline:
+        if step_deadline <= session_deadline:
             return protocol.timed_out()
         return protocol.interrupted(Interruption.SESSION_TIMEOUT)
 
     async def _finish(self, action: Action) -> None:
         """The rest of the actions (cleanup and completion), each shielded under its bound."""
         while type(action) is not Done:
-            action = await self._shielded(action)
+            action = await self._shielded(action, every=True)
 
-    async def _shielded(self, action: Action) -> Action:
+    async def _shielded(self, action: Action, *, every: bool = False) -> Action:
+        """Consecutive shielded actions (``every``: all actions), each under its own bound, in
+        one shielded cancel scope; returns the first action that is not one, or ``Done``."""
+        clock, registered = self._clock, inf
         with trio.CancelScope(shield=True) as scope:
-            if type(action) is not EndStream:  # which bounds each of its parts itself
-                scope.deadline = trio.current_time() + action.bound
-            return await self._perform(action)
-        return self.protocol.timed_out()  # only reached when its bound ran out
+            while type(action) is not Done and (every or action.shielded):
+                # EndStream bounds each of its parts itself.
+                if type(action) is EndStream:
+                    deadline = inf
+                else:
+                    deadline = _step_deadline(registered, clock(), action.bound)
+                if deadline != registered:
+                    scope.deadline = registered = deadline
+                action = await self._perform(action)
+            return action
+        return self.protocol.timed_out()  # only reached when the action's bound ran out
 
     async def _perform(self, action: Action) -> Action:
         """Do ``action``; hand its outcome to the protocol; return the protocol's next action."""
@@ -142,6 +174,8 @@ class Engine:
         if kind is CallHook:
             assert isinstance(action, CallHook)
             fn = getattr(getattr(self.hooks, action.hook), action.method)
+            if action.purpose == "audit":
+                return await self._audit(fn, action)
             try:
                 value = await fn(*action.args, **action.kwargs)
             except Exception as exc:
@@ -183,3 +217,13 @@ class Engine:
             self.channel = FrameChannel(stream, max_frame_bytes=max_frame_bytes)
             return protocol.dialed(remote_peer_id, addr)
         raise TypeError(f"unknown action {action!r}")
+
+    async def _audit(self, fn: Callable[..., Awaitable[Any]], action: CallHook) -> Action:
+        started = time.perf_counter()
+        try:
+            value = await fn(*action.args)
+        except Exception as exc:
+            return self.protocol.hook_raised(exc)
+        finally:  # also when cancelled: the time was spent all the same
+            self.audit_seconds += time.perf_counter() - started
+        return self.protocol.hook_returned(value)

@@ -84,6 +84,8 @@ def format_utc(value: datetime) -> str:
 
 
 def _require_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:  # already what is wanted (every timestamp this package makes)
+        return value
     offset = value.utcoffset()
     if offset is None or offset.total_seconds() != 0:
         raise ValueError("timestamp must be RFC 3339 in UTC (Z or +00:00)")

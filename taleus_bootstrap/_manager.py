@@ -4,7 +4,10 @@ Per inbound stream, before anything is read or built, :class:`~._admission.Admis
 ``shutting_down``, ``busy`` or ``rate_limited`` from the authenticated peer id and counters; a
 refused stream gets one ``rejected`` frame and the end of the stream, and is counted (metrics,
 statistics, an explanation line, the periodic :class:`~taleus_bootstrap.AdmissionSummary` audit
-event). Admitted streams run a :class:`BootstrapSession` in the manager's own nursery.
+event). An admitted stream runs its :class:`BootstrapSession` in the task that handed it in
+(libp2p's handler task: no task is spawned per session); the manager keeps every running
+session, so that draining waits for them and cancels them through the session (which still
+cleans up and records its outcome), and counts each outcome when it ends.
 """
 
 from __future__ import annotations
@@ -218,20 +221,16 @@ class SessionManager:
         self._admitted += 1
         if self._idle.is_set():
             self._idle = trio.Event()
-        done = trio.Event()
-        result: list[SessionRecord] = []
-        self._nursery.start_soon(self._run_session, session, span, done, result)
-        await done.wait()
-        return result[0]
+        return await self._run_session(session, span)
 
     async def _refuse(self, stream: Any, peer_id: str, refusal: Refusal) -> SessionRecord:
         """One ``rejected`` frame and the end of the stream; counted, explained, summarized."""
         started, started_at = trio.current_time(), utc_now()
         code = refusal.code
         self._refused += 1
-        self._by_rejection[code.value] += 1
+        self._by_rejection[str(code)] += 1
         self._window.add(code, peer_id)
-        self._telemetry.refused(code.value)
+        self._telemetry.refused(str(code))
         self._explainer.explain_refusal(peer_id, refusal)
         cfg = self.config
         linger = self._refusals_in_flight < cfg.max_refusals_in_flight
@@ -262,24 +261,17 @@ class SessionManager:
         self._refusals.append(record)
         return record
 
-    async def _run_session(
-        self,
-        session: BootstrapSession,
-        span: SessionTrace,
-        done: trio.Event,
-        result: list[SessionRecord],
-    ) -> None:
+    async def _run_session(self, session: BootstrapSession, span: SessionTrace) -> SessionRecord:
         try:
             with self._telemetry.activate(span):
                 await session.run()
         finally:  # also when cancelled: run() records the terminal state before it re-raises
             self._sessions.pop(session.session_id, None)
             record = session.record()
-            self._record(record, span)
-            result.append(record)
-            done.set()
+            self._record(record, span, session.audit_seconds)
             if not self._sessions:
                 self._idle.set()
+        return record
 
     async def wait_idle(self) -> None:
         """Wait until no session is running (e.g. after a client saw its result, for the
@@ -287,11 +279,11 @@ class SessionManager:
         while self._sessions:
             await self._idle.wait()
 
-    def _record(self, record: SessionRecord, span: SessionTrace) -> None:
+    def _record(self, record: SessionRecord, span: SessionTrace, audit_s: float) -> None:
         self._finished += 1
         self._by_state[record.final_state] += 1
         if record.code is not None:
-            self._by_rejection[record.code.value] += 1
+            self._by_rejection[str(record.code)] += 1
         self._history.append(record)
         self._telemetry.finish_session(
             span,
@@ -299,10 +291,11 @@ class SessionManager:
             session_id=record.session_id,
             final_state=record.final_state,
             role=record.role,
-            code=record.code.value if record.code is not None else None,
+            code=str(record.code) if record.code is not None else None,
             tally_id=record.tally_id,
             duration_s=record.duration_s,
             transitions=record.transitions,
+            audit_wait_s=audit_s,
         )
         if record.code is None:
             logger.info(

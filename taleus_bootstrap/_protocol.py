@@ -269,7 +269,10 @@ class SessionProtocol(Generic[S]):
         if on_ok is None:
             raise RuntimeError(f"no action awaits a result (got {value!r})")
         now.action = now.on_ok = now.on_error = now.batch = None
-        return self._advance(on_ok, value)
+        try:
+            return on_ok(value)
+        except ProtocolError as error:
+            return self._fail(error)
 
     def _reject(self, error: ProtocolError) -> Action:
         now = self._now
@@ -314,7 +317,7 @@ class SessionProtocol(Generic[S]):
                     seq=record.seq,
                     from_state=record.from_state,
                     to_state=record.to_state,
-                    trigger=record.trigger.value,
+                    trigger=str(record.trigger),
                     monotonic=record.monotonic,
                     time_in_previous_s=record.time_in_previous_s,
                 )
@@ -576,7 +579,7 @@ class SessionProtocol(Generic[S]):
             SessionOutcome(
                 at=self._wall(),
                 side=self.side,
-                final_state=self.machine.state.value,
+                final_state=str(self.machine.state),
                 code=None if failure is None else failure.code,
                 role=self.outcome_role,
                 tally_id=self.tally_id,

@@ -9,11 +9,12 @@ that part.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 from libp2p.abc import IHost
@@ -24,9 +25,36 @@ from ._config import ManagerConfig
 from ._hooks import SessionHooks
 from ._manager import SessionManager
 
-__all__ = ["ServedBackend", "ServingNode", "serve_backend"]
+__all__ = [
+    "GC_GENERATION0_THRESHOLD",
+    "ServedBackend",
+    "ServingNode",
+    "serve_backend",
+    "tune_garbage_collector",
+]
 
 logger = logging.getLogger("taleus_bootstrap.service")
+
+GC_GENERATION0_THRESHOLD: Final = 10_000
+"""Allocations between two young-generation collections in a tuned node process (Python's
+default is 700)."""
+
+
+def tune_garbage_collector() -> None:
+    """Tune CPython's cyclic garbage collector for a long-running node process; call it once
+    the node is set up (``serve`` and the load tester's node do, just before serving).
+
+    Everything that exists then (modules, the host, the store: hundreds of thousands of
+    objects that live as long as the process) is frozen out of the collector's sight
+    (``gc.freeze()``), and young collections run every :data:`GC_GENERATION0_THRESHOLD`
+    allocations instead of 700. Measured on the memory bench (``tests/bench_engine.py``
+    under callgrind): about 0.3 M fewer instructions per session for the session manager,
+    nothing measurable for the bare handler. Reference cycles are still collected; memory held
+    by short-lived garbage grows by a few MiB at most.
+    """
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GENERATION0_THRESHOLD, gen1, gen2)
 
 
 class ServedBackend(Protocol):

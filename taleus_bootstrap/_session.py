@@ -70,7 +70,7 @@ class BootstrapSession:
             local_peer_id=local_peer_id,
             config=config,
             session_id=session_id,
-            clock=trio.current_time,
+            clock=trio.lowlevel.current_clock().current_time,
             wall_clock=utc_now,
         )
         self.session_id = self.protocol.session_id
@@ -79,6 +79,11 @@ class BootstrapSession:
             hooks = replace(hooks, audit=batched_audit(hooks.audit))
         channel = FrameChannel(as_byte_stream(stream), max_frame_bytes=config.max_frame_bytes)
         self._engine = Engine(self.protocol, hooks, channel=channel)
+
+    @property
+    def audit_seconds(self) -> float:
+        """Time this session spent in its audit hook's batches."""
+        return self._engine.audit_seconds
 
     @property
     def state(self) -> InviterState:
@@ -103,7 +108,7 @@ class BootstrapSession:
             side="inviter",
             peer_id=self.peer_id,
             role=protocol.role,
-            final_state=protocol.state.value,
+            final_state=str(protocol.state),
             code=protocol.code,
             tally_id=protocol.tally_id,
             started_at=protocol.started_at,

@@ -11,11 +11,10 @@ Sans-I/O: times are passed in by the caller (monotonic seconds and an aware wall
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 __all__ = [
     "INVITEE_TRANSITIONS",
@@ -140,9 +139,8 @@ class IllegalTransition(RuntimeError):
     """A trigger fired in a state whose table row does not allow it (a bug, never peer input)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TransitionRecord:
-    """One transition: sequence number, states, trigger, and when it happened."""
+class TransitionRecord(NamedTuple):
+    """One transition: sequence number, states, trigger, and when it happened (immutable)."""
 
     seq: int
     from_state: str
@@ -197,8 +195,8 @@ class StateMachine(Generic[S]):
             ) from None
         record = TransitionRecord(
             seq=len(self._records) + 1,
-            from_state=self._state.value,
-            to_state=target.value,
+            from_state=str(self._state),
+            to_state=str(target),
             trigger=trigger,
             monotonic=monotonic,
             wall_time=wall_time,

@@ -25,8 +25,21 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, NoOpMeterProvider, Observation
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
+
+try:  # what the global meter provider is until an application installs one
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _UnsetMeterProvider
+except ImportError:  # pragma: no cover - another API version: always treat metrics as live
+    _UnsetMeterProvider = NoOpMeterProvider  # type: ignore[assignment,misc]
 
 from ._hooks import InviteeHooks, SessionHooks
 from ._states import TransitionRecord
@@ -80,8 +93,8 @@ METRICS: Final[Mapping[str, tuple[str, str, str, str]]] = {
         "Audit events waiting for the next group commit (audit hooks with `statistics()`)."),
 }  # fmt: skip
 
-#: The audit wait of the session running in this task (a one-element accumulator).
-_AUDIT_WAIT: ContextVar[list[float] | None] = ContextVar("taleus_audit_wait", default=None)
+#: The session running in this task (its span).
+_SESSION: ContextVar[SessionTrace | None] = ContextVar("taleus_session", default=None)
 
 logger = logging.getLogger("taleus_bootstrap.telemetry")
 
@@ -141,11 +154,23 @@ _NO_SPAN: Span | None = None
 
 
 class SessionTrace:
-    """One session's span, and the time it has waited for audit writes so far."""
+    """One session's span.
 
-    def __init__(self, span: Span) -> None:
+    ``recording``: whether the span records (an SDK is installed and the session sampled);
+    when it does not, hook calls get no child spans and transitions no span events.
+    ``live``: whether anything is recorded at all (False when neither a meter provider nor a
+    tracer provider is installed: the session then costs telemetry nothing).
+    """
+
+    __slots__ = ("live", "recording", "span")
+
+    def __init__(self, span: Span, *, live: bool = True) -> None:
         self.span = span
-        self.audit_wait = [0.0]
+        self.recording = span.is_recording()
+        self.live = live
+
+
+_OFF: Final = SessionTrace(trace.INVALID_SPAN, live=False)
 
 
 class Telemetry:
@@ -156,6 +181,7 @@ class Telemetry:
         meter_provider: MeterProvider | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
+        self._meter_provider, self._tracer_provider = meter_provider, tracer_provider
         meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider)
         self.tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider)
         self._meter = meter
@@ -168,6 +194,8 @@ class Telemetry:
         self._hook = self._histogram("hook.duration", STEP_BUCKETS)
         self._audit_write = self._histogram("audit.write.duration", STEP_BUCKETS)
         self._gauges: dict[str, list[tuple[weakref.ref[Any], Callable[[Any], float | None]]]] = {}
+        self._hook_attributes: dict[tuple[str, str, str], Mapping[str, str]] = {}
+        self._step_attributes: dict[tuple[str, str, str], Mapping[str, str]] = {}
 
     @staticmethod
     def _spec(short: str) -> tuple[str, str, str]:
@@ -211,54 +239,86 @@ class Telemetry:
         if callable(stats) and hasattr(stats(), "queue_depth"):
             self.observe("audit.queue_depth", audit, lambda a: float(a.statistics().queue_depth))
 
+    def live(self) -> bool:
+        """Whether a meter provider or a tracer provider that records is installed (asked
+        per session, so one installed globally after the manager was built counts)."""
+        meters = self._meter_provider or metrics.get_meter_provider()
+        if not isinstance(meters, (NoOpMeterProvider, _UnsetMeterProvider)):
+            return True
+        tracers = self._tracer_provider or trace.get_tracer_provider()
+        return not isinstance(tracers, (NoOpTracerProvider, ProxyTracerProvider))
+
     # -- hooks ----------------------------------------------------------------------------
 
     def instrument(self, hooks: H, side: str) -> H:
-        """A copy of ``hooks`` whose calls are timed and traced."""
+        """A copy of ``hooks`` whose token, identity and database calls are timed and traced
+        (the driver times the audit hook's batches itself: see :meth:`finish_session`)."""
         fields = {name: _Instrumented(getattr(hooks, name), name, side, self) for name in
-                  ("token", "identity", "database", "audit") if hasattr(hooks, name)}  # fmt: skip
+                  ("token", "identity", "database") if hasattr(hooks, name)}  # fmt: skip
         return replace(hooks, **fields)
 
     async def call_hook(
         self, hook: str, side: str, fn: Callable[..., Any], *a: Any, **kw: Any
     ) -> Any:
-        """Await ``fn(*a, **kw)``, timing it (and spanning it unless it is an audit call)."""
-        span = self._hook_span(hook) if hook.split(".", 1)[0] in _SPANNED else None
-        token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
-        outcome, error, start = "error", "", time.perf_counter()
+        """Await ``fn(*a, **kw)``, timing it (and spanning it, unless the session's own span
+        does not record)."""
+        session = _SESSION.get()
+        if session is _OFF:
+            return await fn(*a, **kw)
+        span = token = None
+        if session is None or session.recording:
+            span = self._hook_span(hook)
+            if span is not None:
+                token = otel_context.attach(trace.set_span_in_context(span))
+        start = time.perf_counter()
         try:
             result = await fn(*a, **kw)
-            outcome = "ok"
-            return result
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
-            error = type(exc).__name__
+            self._hook_done(hook, side, outcome, time.perf_counter() - start, span, token, exc)
             raise
-        finally:
-            elapsed = time.perf_counter() - start
-            if token is not None:
-                otel_context.detach(token)
-            self._hook_done(hook, side, outcome, elapsed, span, error)
+        elapsed = time.perf_counter() - start
+        if span is None:
+            self._hook_ok(hook, side, elapsed)
+        else:
+            self._hook_done(hook, side, "ok", elapsed, span, token, None)
+        return result
 
     @_never_raises("a hook call's start", lambda: _NO_SPAN)
     def _hook_span(self, hook: str) -> Span | None:
         return self.tracer.start_span(f"hook {hook}")
 
     @_never_raises("a hook call's end", lambda: None)
+    def _hook_ok(self, hook: str, side: str, elapsed: float) -> None:
+        self._hook.record(elapsed, self._attributes(side, hook, "ok"))
+
+    @_never_raises("a hook call's end", lambda: None)
     def _hook_done(
-        self, hook: str, side: str, outcome: str, elapsed: float, span: Span | None, error: str
+        self,
+        hook: str,
+        side: str,
+        outcome: str,
+        elapsed: float,
+        span: Span | None,
+        token: object,
+        error: BaseException | None,
     ) -> None:
-        if hook.startswith("audit."):  # a few batches per session: summed, recorded once
-            waited = _AUDIT_WAIT.get()
-            if waited is not None:
-                waited[0] += elapsed
-        else:
-            attributes = {"taleus.side": side, "taleus.hook": hook, "taleus.outcome": outcome}
-            self._hook.record(elapsed, attributes)
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        self._hook.record(elapsed, self._attributes(side, hook, outcome))
         if span is not None:
-            if error:
-                span.set_status(Status(StatusCode.ERROR, error))
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             span.end()
+
+    def _attributes(self, side: str, hook: str, outcome: str) -> Mapping[str, str]:
+        """The (shared, never mutated) attributes of a hook call's duration."""
+        key = (side, hook, outcome)
+        attributes = self._hook_attributes.get(key)
+        if attributes is None:
+            attributes = {"taleus.side": side, "taleus.hook": hook, "taleus.outcome": outcome}
+            self._hook_attributes[key] = attributes
+        return attributes
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -271,6 +331,8 @@ class Telemetry:
     def start_session(self, side: str, peer_id: str | None) -> SessionTrace:
         """Count a session start and open its span (not yet current: see :meth:`activate`).
         Never raises: a failing provider is logged and the session goes on untraced."""
+        if not self.live():
+            return _OFF
         attributes = {"taleus.side": side}
         self._started.add(1, attributes)
         self._active.add(1, attributes)
@@ -285,12 +347,19 @@ class Telemetry:
     @contextmanager
     def activate(self, session: SessionTrace) -> Iterator[None]:
         """Make the session's span current in this task (hooks called inside nest under it)."""
+        if session is _OFF:
+            current = _SESSION.set(session)
+            try:
+                yield
+            finally:
+                _SESSION.reset(current)
+            return
         token = otel_context.attach(trace.set_span_in_context(session.span))
-        waited = _AUDIT_WAIT.set(session.audit_wait)
+        current = _SESSION.set(session)
         try:
             yield
         finally:
-            _AUDIT_WAIT.reset(waited)
+            _SESSION.reset(current)
             otel_context.detach(token)
 
     @_never_raises("session end", lambda: None)
@@ -306,9 +375,13 @@ class Telemetry:
         tally_id: str | None,
         duration_s: float,
         transitions: Iterable[TransitionRecord],
+        audit_wait_s: float = 0.0,
     ) -> None:
         """Record a finished session's metrics, complete its span and end it. Never raises: a
-        failing provider is logged."""
+        failing provider is logged. ``audit_wait_s``: the time the session spent in its audit
+        hook's batches."""
+        if session is _OFF:
+            return
         span = session.span
         outcome = _OUTCOMES.get(final_state, "failed")
         side_attr = {"taleus.side": side}
@@ -319,18 +392,27 @@ class Telemetry:
         if code is not None:
             self._rejections.add(1, {**side_attr, "taleus.rejection.code": code})
         self._duration.record(duration_s, {**side_attr, "taleus.outcome": outcome})
-        self._audit_write.record(session.audit_wait[0], side_attr)
+        self._audit_write.record(audit_wait_s, side_attr)
+        recording = session.recording
+        steps = self._step_attributes
         for record in transitions:
-            self._step.record(
-                record.time_in_previous_s,
-                {**side_attr, "taleus.step": record.from_state,
-                 "taleus.outcome": _state_outcome(record.to_state)},
-            )  # fmt: skip
-            span.add_event(
-                f"{record.from_state} -> {record.to_state}",
-                {"taleus.trigger": record.trigger.value},
-                timestamp=int(record.wall_time.timestamp() * 1e9),
-            )
+            key = (side, record.from_state, record.to_state)
+            attributes = steps.get(key)
+            if attributes is None:
+                outcome_of_step = _state_outcome(record.to_state)
+                attributes = {**side_attr, "taleus.step": record.from_state,
+                              "taleus.outcome": outcome_of_step}  # fmt: skip
+                steps[key] = attributes
+            self._step.record(record.time_in_previous_s, attributes)
+            if recording:
+                span.add_event(
+                    f"{record.from_state} -> {record.to_state}",
+                    {"taleus.trigger": record.trigger.value},
+                    timestamp=int(record.wall_time.timestamp() * 1e9),
+                )
+        if not recording:
+            span.end()
+            return
         span.set_attributes(
             {"taleus.session_id": session_id, "taleus.outcome": outcome,
              "taleus.final_state": final_state, "taleus.role": role or "none"}

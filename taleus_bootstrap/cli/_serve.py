@@ -17,7 +17,7 @@ from libp2p.exceptions import BaseLibp2pError
 
 from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
 from .._manager import SessionManager
-from .._service import serve_backend
+from .._service import serve_backend, tune_garbage_collector
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir, NodeState, write_json_atomically
@@ -183,6 +183,7 @@ async def _serve(
                         ) from None
                     ready["http"] = f"http://{observe.metrics_host}:{port}"
                 _record_start(node, addrs, store_settings)
+                tune_garbage_collector()  # set up: what lives as long as the node is frozen
                 for addr in addrs:
                     click.echo(f"listening {addr}")
                 if "http" in ready:

@@ -47,6 +47,7 @@ from .._libp2p import (
 from .._link import BootstrapLink, mint_link
 from .._manager import SessionManager
 from .._rules import new_session_id, stock_provision_request
+from .._service import tune_garbage_collector
 
 __all__ = ["LOAD_HOST", "LOAD_MANAGER", "REFUSING_MANAGER", "BareHandler", "main", "serve"]
 
@@ -193,6 +194,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
                 config = REFUSING_MANAGER if args.refusals else LOAD_MANAGER
                 manager = SessionManager(host, store.hooks(), config)
                 await nursery.start(manager.run)
+            tune_garbage_collector()  # as serve does, for ours and the baseline alike
             print(json.dumps({"peer_id": peer_id, "link": link.encode()}), flush=True)
             await _until_stdin_closes_or_signal()
             extra: dict[str, Any] = {}
