@@ -1,15 +1,19 @@
 """Leader-follower batching: what the SQL group commits (audit log, SQLite control file) share.
 
 Tasks submit items; items submitted while a batch is being written wait and go together in the
-next one. One batch is in flight at a time, written by ``write(batch)`` in a worker thread
-(never on the event loop) by whichever waiting task finds none in flight. ``submit`` returns
-once the batch holding its item is written, or raises the exception that batch's write raised.
+next one. One batch is in flight at a time, written by ``await write(batch)`` in whichever
+waiting task finds none in flight. ``submit`` returns once the batch holding its item is
+written, or raises the exception that batch's write raised.
+
+``write`` must be all or nothing with respect to cancellation: either it raises ``Cancelled``
+having written nothing (waiting for a lock, or before a worker thread started), or it completes
+(what follows the first effect runs shielded, or in a worker thread that is not abandoned).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
@@ -31,7 +35,7 @@ class _Slot(Generic[I]):
 class Batcher(Generic[I]):
     """Batches items for ``write`` (see the module docstring), at most ``max_batch`` a batch."""
 
-    def __init__(self, write: Callable[[list[I]], None], max_batch: int) -> None:
+    def __init__(self, write: Callable[[list[I]], Awaitable[None]], max_batch: int) -> None:
         self._write = write
         self._max_batch = max_batch
         self._queue: list[_Slot[I]] = []
@@ -76,10 +80,10 @@ class Batcher(Generic[I]):
         started = time.perf_counter()
         requeued = False
         try:
-            await trio.to_thread.run_sync(self._write, [slot.item for slot in batch])
+            await self._write([slot.item for slot in batch])
         except trio.Cancelled:
-            # The leader was cancelled before the worker thread started (once started, a
-            # thread is not abandoned): nothing was written. The batch goes back to the head
+            # The leader was cancelled before the write had any effect (see the module
+            # docstring): nothing was written. The batch goes back to the head
             # of the queue for another task to lead; only this task's own item leaves it
             # (``submit`` drops a queued item on cancellation). Never hand this task's
             # Cancelled to the others: raised in another task, it would escape every cancel

@@ -162,6 +162,12 @@ class SqlDatabase(Protocol):
         ...
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
-        """Run ``fn`` as one transaction off the event loop; return once it is committed.
-        Not abandoned on cancellation: it finishes, and the cancellation comes after."""
+        """Run ``fn`` as one transaction (grouped with concurrent calls where the database
+        groups commits); return once it is durable. Cancelled before it began, nothing of it is
+        done; once begun it finishes, and the cancellation comes after."""
+        ...
+
+    async def write(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` as one transaction of its own; return once it is durable. Cancellation
+        as for :meth:`run`."""
         ...

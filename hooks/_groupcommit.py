@@ -1,27 +1,30 @@
-"""Group commit for SQLite: the transactions of many tasks share one ``COMMIT`` (one fsync).
+"""Group commit for SQLite: the transactions of many tasks share one ``COMMIT`` and one fsync.
 
 SQLite has one writer per file, and with ``synchronous=FULL`` each commit waits for an fsync of
-the write-ahead log, a few milliseconds on ordinary disks. Committing each hook call on its own
-therefore caps a node at a few hundred transactions per second whatever the CPU. Here, calls made
-while a batch is being written wait, and go together in the next batch:
+the write-ahead log. Committing each hook call on its own would cap a node at one fsync per call
+whatever the CPU. Here, calls made while a batch is being written (waiting for the write lock,
+or for its fsync) wait, and go together in the next batch:
 
-* one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per batch, one batch in flight at a time, run in a worker
-  thread by whichever waiting task leads;
+* one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per batch, run **on the event loop** (each call is a few
+  indexed statements), one batch in flight at a time, led by whichever waiting task finds none;
+  the write lock is waited for and the WAL fsynced without blocking the loop
+  (:mod:`taleus_hooks._walsync`);
 * each call runs in its own ``SAVEPOINT``: a call that raises is rolled back alone and gets its
   exception, the others in the batch are unaffected, and each sees the effects of the calls
   before it — the same results as running them one after the other;
-* a call returns (or raises) only once its batch is committed, so a returned result is durable;
-  if the commit itself fails, every call of the batch gets that error and nothing is recorded.
+* a call returns (or raises) only once its batch is committed and on disk, so a returned result
+  is durable; if the commit itself fails, every call of the batch gets that error and nothing is
+  recorded.
 
-The batching itself is :class:`~taleus_hooks._batching.Batcher`, as for the audit log. Like
-``trio.to_thread.run_sync``, a call is not abandoned on cancellation: it finishes (so a caller
-never loses track of a reservation it made) and the cancellation is delivered afterwards.
+The batching itself is :class:`~taleus_hooks._batching.Batcher`, as for the audit log. A call
+cancelled before its batch began (queued, or waiting for the write lock) is dropped and nothing
+of it is done; once its batch has begun it finishes, and the cancellation is delivered
+afterwards, so a caller never loses track of a reservation it made.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
@@ -29,12 +32,14 @@ import trio
 
 from ._batching import Batcher
 from ._common import Cursor
+from ._walsync import WalSync, begin_immediate
 
 __all__ = ["MAX_GROUP", "GroupCommit"]
 
 T = TypeVar("T")
-MAX_GROUP: Final = 256
-"""The most calls one commit carries (a bound on how long the write lock is held)."""
+MAX_GROUP: Final = 64
+"""The most calls one commit carries: a bound on how long a batch holds the write lock and the
+event loop (a few milliseconds)."""
 
 
 class _Call(Generic[T]):
@@ -52,14 +57,12 @@ class _Call(Generic[T]):
 
 
 class GroupCommit:
-    """Batches transactions on one SQLite connection (see the module docstring).
+    """Batches transactions on the loop's SQLite connection (see the module docstring);
+    ``wal`` makes each commit durable."""
 
-    ``lock`` is the connection's lock, shared with synchronous single transactions.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    def __init__(self, conn: sqlite3.Connection, wal: WalSync) -> None:
         self._conn = conn
-        self._lock = lock
+        self._wal = wal
         self._batcher: Batcher[_Call[Any]] = Batcher(self._transact, MAX_GROUP)
 
     @property
@@ -75,30 +78,45 @@ class GroupCommit:
     async def run(self, fn: Callable[[Cursor], T]) -> T:
         """Run ``fn`` in the next batch; return its result once the batch is committed."""
         call: _Call[T] = _Call(fn)
-        with trio.CancelScope(shield=True):
-            await self._batcher.submit(call)
+        await self._batcher.submit(call)
         return call.result()
 
-    def _transact(self, batch: list[_Call[Any]]) -> None:
+    async def alone(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` in a transaction of its own (not batched); return once it is durable."""
+        results: list[T] = []
+        await self._transaction(lambda cur: results.append(fn(cur)))
+        return results[0]
+
+    async def _transact(self, batch: list[_Call[Any]]) -> None:
         """One transaction for the batch; raises (after the rollback) if it cannot commit, or
         with the error of a lone call."""
-        with self._lock:
-            cur = self._conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                if len(batch) == 1:  # alone: its own transaction, no savepoint needed
-                    batch[0].value = batch[0].fn(cur)
-                else:
-                    for call in batch:
-                        _run_in_savepoint(cur, call)
-                cur.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    cur.execute("ROLLBACK")
-                raise
+
+        def body(cur: Cursor) -> None:
+            if len(batch) == 1:  # alone: its own transaction, no savepoint needed
+                batch[0].value = batch[0].fn(cur)
+            else:
+                for call in batch:
+                    _run_in_savepoint(cur, call)
+
+        await self._transaction(body)
+
+    async def _transaction(self, body: Callable[[Cursor], None]) -> None:
+        """``BEGIN IMMEDIATE``, ``body``, ``COMMIT`` on the loop, then wait until it is on disk.
+        Only the wait for the write lock can be cancelled (nothing is done then)."""
+        cur = await begin_immediate(self._conn)
+        try:
+            body(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+        commit = self._wal.committed()
+        with trio.CancelScope(shield=True):
+            await self._wal.durable(commit)
 
 
-def _run_in_savepoint(cur: sqlite3.Cursor, call: _Call[Any]) -> None:
+def _run_in_savepoint(cur: Cursor, call: _Call[Any]) -> None:
     cur.execute("SAVEPOINT call")
     try:
         call.value = call.fn(cur)

@@ -19,7 +19,8 @@ used by :meth:`~taleus_hooks._sqlbackend.SqlBackend.recover`).
 Group commit: ``log_events`` returns once its events are durable. The events of one call are
 written in one transaction, whole or not at all; calls made while a transaction is being written
 wait and go together in the next one: one transaction (one fsync) per group, one group in flight
-at a time, written in a worker thread by whichever waiting task leads.
+at a time, written by whichever waiting task leads (``SqlDatabase.write``: on the event loop for
+SQLite, in a worker thread for PostgreSQL).
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ class SqlAuditLog:
     def __init__(self, db: SqlDatabase, *, owner: str = DEFAULT_OWNER) -> None:
         self._db = db
         self.owner = owner
-        # Its own transactions: the log batches already, the SQLite group commit would only
-        # add a wait. A group is written (or fails) as a whole, not abandoned on cancellation.
+        # Its own transactions (``db.write``): the log batches already, the SQLite group commit
+        # would only add a wait. A group is written (or fails) as a whole: cancelled only while
+        # nothing of it is done.
         self._batcher: Batcher[list[_Entry]] = Batcher(self._write, MAX_BATCH)
         self.events_written = 0
 
@@ -162,9 +164,9 @@ class SqlAuditLog:
         """Append one ``event`` (a batch of one)."""
         await self.log_events(session_id, (event,))
 
-    def _write(self, groups: list[list[_Entry]]) -> None:
+    async def _write(self, groups: list[list[_Entry]]) -> None:
         batch = [entry for group in groups for entry in group]
-        self._db.transact(lambda cur: self._append(cur, batch))
+        await self._db.write(lambda cur: self._append(cur, batch))
         self.events_written += len(batch)
 
     def _append(self, cur: Cursor, batch: list[_Entry]) -> None:

@@ -34,14 +34,16 @@ State = Literal["pending", "committed", "released", "swept"]
 
 
 class TallyFactory(Protocol):
-    """Creates and drops the separate database of one tally (sync; called in a worker thread)."""
+    """Creates and drops the separate database of one tally (``create`` on the event loop,
+    never blocking it; ``drop`` in a worker thread)."""
 
     def locate(self, tally_id: str) -> DatabaseInfo:
         """Where the tally's database will live: endpoint and credentials reference."""
         ...
 
-    def create(self, tally: Tally, database: DatabaseInfo) -> None:
-        """Create the database with its draft-tally table holding ``tally``."""
+    async def create(self, tally: Tally, database: DatabaseInfo) -> None:
+        """Create the database with its draft-tally table holding ``tally``; return once it is
+        durable."""
         ...
 
     def drop(self, database: DatabaseInfo) -> None:
@@ -78,21 +80,20 @@ class SqlProvisioner:
         self.provision_ttl = provision_ttl
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult:
-        """Create the tally's database; tracked as ``pending`` until ``commit``."""
-        return await trio.to_thread.run_sync(self._provision, request)
+        """Create the tally's database; tracked as ``pending`` until ``commit``.
 
-    def _provision(self, request: ProvisionRequest) -> Provision:
-        """Record as pending (committed), then create: one trip to a worker thread."""
+        The pending record is committed first (so a crash leaves nothing untracked: the sweep
+        drops what it names), then the database is created."""
         tally = request.draft_tally()
         result = Provision(tally=tally, database=self.factory.locate(tally.tally_id))
-        if not self._db.transact(
+        if not await self._db.run(
             lambda cur: self._insert(cur, result, "local", request.session_id)
         ):
             raise ValueError(f"tally {tally.tally_id!r} was already provisioned here")
         try:
-            self.factory.create(tally, result.database)
+            await self.factory.create(tally, result.database)
         except Exception:
-            self._release_pending_sync(tally.tally_id, "local")
+            await self._release_pending(tally.tally_id, "local")
             raise
         return result
 

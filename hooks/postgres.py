@@ -172,6 +172,10 @@ class PostgresDatabase:
         """Run ``fn`` in one transaction in a worker thread (PostgreSQL groups commits itself)."""
         return await trio.to_thread.run_sync(self.transact, fn)
 
+    async def write(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn`` in one transaction of its own in a worker thread (as :meth:`run`)."""
+        return await trio.to_thread.run_sync(self.transact, fn)
+
     def run_admin(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``fn`` with a raw pooled connection (autocommit) for DDL and role management."""
         with self.pool.connection() as conn:
@@ -213,8 +217,12 @@ class PostgresTallyFactory:
         ref = f"postgres:{self._db.schema}.tally_credentials/{name}"
         return DatabaseInfo(endpoint=endpoint, credentials_ref=ref)
 
-    def create(self, tally: Tally, database: DatabaseInfo) -> None:
-        """Create the role (password as a SCRAM verifier), its schema and the draft tally."""
+    async def create(self, tally: Tally, database: DatabaseInfo) -> None:
+        """Create the role (password as a SCRAM verifier), its schema and the draft tally, in a
+        worker thread."""
+        await trio.to_thread.run_sync(self._create, tally, database)
+
+    def _create(self, tally: Tally, database: DatabaseInfo) -> None:
         name = database.credentials_ref.rsplit("/", 1)[1]
         password = secrets.token_urlsafe(24)
 

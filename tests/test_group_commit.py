@@ -146,71 +146,68 @@ async def test_sqlite_backend_hook_calls_are_group_committed(tmp_path: Path) -> 
         assert backend.control.group.commits - before < 100  # 100 calls, fewer fsyncs
 
 
+def hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another connection (as another process would) holding ``path``'s write lock."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
 async def test_an_audit_event_cancelled_before_its_batch_is_written_is_not_recorded(
     tmp_path: Path,
 ) -> None:
     at = datetime(2026, 11, 23, tzinfo=UTC)
     event = SessionStarted(at=at, side="inviter", peer_id=INVITEE_PEER)
     with SqliteBackend(tmp_path / "node") as backend:
-        connection_lock = backend.audit_db._lock  # held: the first batch cannot finish yet
-        connection_lock.acquire()
+        other = hold_write_lock(backend.audit_db.path)  # the first batch cannot be written yet
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.audit.log_session, sid(1), event)  # leads, writing
+            nursery.start_soon(backend.audit.log_session, sid(1), event)  # leads, waiting
             await trio.testing.wait_all_tasks_blocked()
             with trio.CancelScope() as scope:
 
                 async def cancel_once_queued() -> None:
                     await trio.testing.wait_all_tasks_blocked()
                     scope.cancel()
-                    connection_lock.release()
+                    other.rollback()
 
                 nursery.start_soon(cancel_once_queued)
                 await backend.audit.log_session(sid(2), event)  # queued behind it
+        other.close()
         assert scope.cancelled_caught
         assert [s for s, _ in backend.audit.events] == [sid(1)]
         assert backend.audit.statistics().queue_depth == 0
 
 
 async def test_a_leader_cancelled_before_its_write_starts_hands_the_batch_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    """The task leading a batch may be cancelled before its worker thread starts (trio checks
-    for cancellation first): nothing was written, so the batch goes to the next task, which
+    """The task leading a batch may be cancelled before its write began (while it waits for
+    SQLite's write lock): nothing was written, so the batch goes to the next task, which
     writes it. The other tasks of the batch never see the leader's cancellation: raised in
     another task, it would escape every cancel scope there (it took a whole node down under
     load before this was fixed)."""
     at = datetime(2026, 11, 23, tzinfo=UTC)
     event = SessionStarted(at=at, side="inviter", peer_id=INVITEE_PEER)
-    scopes: dict[object, trio.CancelScope] = {}
-    armed = [False]
-    real_run_sync = trio.to_thread.run_sync
-
-    async def cancel_the_next_leader(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if armed[0]:  # this task leads the next batch: cancel it just before the thread starts
-            armed[0] = False
-            scopes[trio.lowlevel.current_task()].cancel()
-        return await real_run_sync(fn, *args, **kwargs)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", cancel_the_next_leader)
+    scopes: dict[str, trio.CancelScope] = {}
     written: list[str] = []
     with SqliteBackend(tmp_path / "node") as backend:
-        connection_lock = backend.audit_db._lock  # held: the first batch cannot finish yet
 
         async def log(session: str) -> None:
-            with trio.CancelScope() as scopes[trio.lowlevel.current_task()]:
+            with trio.CancelScope() as scopes[session]:
                 await backend.audit.log_events(session, [event])
                 written.append(session)
 
-        connection_lock.acquire()
+        other = hold_write_lock(backend.audit_db.path)  # the first batch waits for the lock
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(log, sid(1))  # leads the first batch, blocked in its thread
+            nursery.start_soon(log, sid(1))  # leads the first batch, waiting for the lock
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(log, sid(2))  # these two queue behind it: one batch
             nursery.start_soon(log, sid(3))
             await trio.testing.wait_all_tasks_blocked()
-            armed[0] = True
-            connection_lock.release()
-        # One of the two was cancelled as it led; the other wrote its own event all the same.
-        assert sorted(written) in ([sid(1), sid(2)], [sid(1), sid(3)])
+            scopes[sid(1)].cancel()  # the leader is cancelled with nothing written
+            await trio.testing.wait_all_tasks_blocked()
+            other.rollback()
+        other.close()
+        # The leader's event was dropped; the two others were written all the same.
+        assert sorted(written) == [sid(2), sid(3)]
         assert sorted(s for s, _ in backend.audit.events) == sorted(written)
-        assert backend.audit.statistics().queue_depth == 0

@@ -210,8 +210,8 @@ async def test_a_provision_that_fails_half_way_leaves_nothing(backend: Any) -> N
     factory = backend.database.factory
     real_create = factory.create
 
-    def create_then_fail(tally: Tally, database: Any) -> None:
-        real_create(tally, database)
+    async def create_then_fail(tally: Tally, database: Any) -> None:
+        await real_create(tally, database)
         raise OSError("disk full after the table was written")
 
     factory.create = create_then_fail

@@ -153,16 +153,31 @@ def _pump(index: int, stream: IO[str], lines: queue.Queue[tuple[int, dict[str, A
 
 
 def proc_stats(pid: int | None) -> dict[str, float]:
-    """CPU seconds, RSS and peak RSS (MiB) of a process, from ``/proc`` (empty without a pid)."""
+    """CPU seconds, RSS and peak RSS (MiB) of a process, from ``/proc`` (empty without a pid).
+    The CPU includes the process's live children (the SQLite store's helper processes)."""
     if pid is None:
         return {}
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     status = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12]) + _children_ticks(pid)
+    cpu = ticks / os.sysconf("SC_CLK_TCK")
     rss, peak = (float(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
     return {"cpu_s": cpu, "rss_mib": rss, "peak_rss_mib": peak}
+
+
+def _children_ticks(pid: int) -> int:
+    """utime + stime of the live child processes of ``pid``."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def _percentile(ordered: list[float], q: float) -> float:
