@@ -22,11 +22,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import trio
 
-__all__ = ["HelperEnded", "SyncHelper", "SyncStep"]
+__all__ = ["HelperEnded", "SyncHelper", "SyncStep", "helper_can_name"]
 
 SyncStep = tuple[str, str]
 """``("F", path)``, ``("D", directory)``, ``("R", "src\\tdst")`` or ``("P", "path\\tddl")``."""
@@ -139,3 +140,9 @@ def _write_all(fd: int, data: bytes) -> None:
     """Write a request (a few hundred bytes at most, into an empty pipe: it never blocks)."""
     while data:
         data = data[os.write(fd, data) :]
+
+
+def helper_can_name(path: Path) -> bool:
+    """Whether the line protocol can carry ``path`` (no newline, no tab); the callers fall back
+    to worker threads for a path that it cannot."""
+    return "\n" not in str(path) and "\t" not in str(path)

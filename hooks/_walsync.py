@@ -1,4 +1,4 @@
-"""SQLite on the event loop: transactions run there, only the waits go to worker threads.
+"""SQLite on the event loop: transactions run there, only the waits leave it.
 
 Each statement of the hooks is an indexed point operation (tens of microseconds), cheaper on the
 event loop than a hop to a worker thread and back (whose return waits for the interpreter lock
@@ -37,7 +37,7 @@ from typing import Final
 
 import trio
 
-from ._synchelper import HelperEnded, SyncHelper, SyncStep
+from ._synchelper import HelperEnded, SyncHelper, SyncStep, helper_can_name
 
 __all__ = ["CHECKPOINT_EVERY", "LOCK_WAIT_LIMIT", "WalSync", "begin_immediate", "is_busy"]
 
@@ -98,7 +98,7 @@ class WalSync:
         self._fsync = fsync
         self.enabled = enabled
         self._helper: SyncHelper | None = None  # started at the first sync
-        self._use_helper = enabled and fsync is os.fsync
+        self._use_helper = enabled and fsync is os.fsync and helper_can_name(self._wal)
         self._wal_named = False  # the WAL's directory entry synced once
         self._fd: int | None = None
         self._inode = -1

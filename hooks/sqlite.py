@@ -48,7 +48,7 @@ from ._sqlschema import (
     tally_from_row,
 )
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
-from ._synchelper import HelperEnded, SyncHelper, SyncStep
+from ._synchelper import HelperEnded, SyncHelper, SyncStep, helper_can_name
 from ._walsync import WalSync
 
 __all__ = [
@@ -192,6 +192,7 @@ class SqliteTallyFactory:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory.resolve()
         self._helper: SyncHelper | None = None
+        self._use_helper = helper_can_name(self.directory)
         self._preparer: SyncHelper | None = None
         self._batcher: Batcher[tuple[Path, Path]] = Batcher(self._settle, MAX_GROUP)
         self._pool: list[Path] = []
@@ -225,7 +226,7 @@ class SqliteTallyFactory:
             await self._batcher.submit((partial, path))
 
     def _take_prepared(self) -> Path | None:
-        if len(self._pool) < POOL_LOW and not self._refilling:
+        if len(self._pool) < POOL_LOW and not self._refilling and self._use_helper:
             self._refilling = True
             trio.lowlevel.spawn_system_task(self._refill)
         return self._pool.pop() if self._pool else None
@@ -269,17 +270,21 @@ class SqliteTallyFactory:
         steps += [("R", f"{partial}\t{path}") for partial, path in files]
         steps.append(("D", str(self.directory)))
         with trio.CancelScope(shield=True):
-            if self._helper is None:
+            if self._helper is None and self._use_helper:
                 try:
                     self._helper = SyncHelper()
                 except OSError:
-                    await trio.to_thread.run_sync(_settle_in_thread, files, self.directory)
+                    logger.warning("no sync helper process: tally files settle in threads")
+                    self._use_helper = False
+            if self._helper is not None:
+                try:
+                    await self._helper.run(steps)
                     return
-            try:
-                await self._helper.run(steps)
-            except HelperEnded:
-                self._helper = None
-                await trio.to_thread.run_sync(_settle_in_thread, files, self.directory)
+                except HelperEnded:  # perhaps half done: the thread finishes what is left
+                    logger.warning("the tally files' sync helper ended; settling in threads")
+                    helper, self._helper = self._helper, None
+                    helper.close()
+            await trio.to_thread.run_sync(_settle_in_thread, files, self.directory)
 
     def drop(self, database: DatabaseInfo) -> None:
         """Delete the file (and any partial or journal file next to it)."""
@@ -331,10 +336,12 @@ def _remove_orphaned_prepared_files(directory: Path) -> None:
 
 
 def _settle_in_thread(files: list[tuple[Path, Path]], directory: Path) -> None:
-    for partial, _ in files:
-        _fsync_path(partial)
+    """As the helper's request; a file the helper already renamed is only synced."""
     for partial, path in files:
-        os.replace(partial, path)
+        _fsync_path(partial if partial.exists() else path)
+    for partial, path in files:
+        if partial.exists() or not path.exists():
+            os.replace(partial, path)
     _fsync_path(directory)
 
 

@@ -47,6 +47,13 @@ def insert(k: int, v: str = "x", parent: int | None = None) -> Any:
     return fn
 
 
+def hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another connection (as another process would) holding ``path``'s write lock."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
 async def test_concurrent_calls_share_commits_and_all_are_durable(db: Any) -> None:
     async with trio.open_nursery() as nursery:
         for k in range(200):
@@ -106,11 +113,15 @@ async def test_a_commit_that_fails_fails_every_call_of_its_batch_and_records_non
         except sqlite3.IntegrityError as exc:
             errors.append(exc)
 
+    other = hold_write_lock(db.path)  # the first batch waits for the lock: the rest queue
     async with trio.open_nursery() as nursery:
         nursery.start_soon(db.run, insert(1))  # leads: a batch of its own
         await trio.testing.wait_all_tasks_blocked()
         for k in range(2, 6):  # queued behind it, one batch; k=4 breaks the deferred key
             nursery.start_soon(call, insert(k, parent=99 if k == 4 else None))
+        await trio.testing.wait_all_tasks_blocked()
+        other.rollback()
+    other.close()
     assert len(errors) == 4  # the commit of their batch failed: all four get its error
     assert rows(db) == [(0, "x"), (1, "x")]
     await db.run(insert(6))  # the connection is usable afterwards
@@ -144,13 +155,6 @@ async def test_sqlite_backend_hook_calls_are_group_committed(tmp_path: Path) -> 
         assert all(info is not None for info in infos)
         assert len(backend.tokens.redemptions(token)) == 50
         assert backend.control.group.commits - before < 100  # 100 calls, fewer fsyncs
-
-
-def hold_write_lock(path: Path) -> sqlite3.Connection:
-    """Another connection (as another process would) holding ``path``'s write lock."""
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")
-    return other
 
 
 async def test_an_audit_event_cancelled_before_its_batch_is_written_is_not_recorded(
