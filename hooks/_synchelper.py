@@ -100,28 +100,34 @@ class SyncHelper:
 
     async def run(self, steps: Sequence[SyncStep]) -> None:
         """Do ``steps`` in order in the helper; raise ``OSError`` (with the helper's errno) if
-        one failed, :class:`HelperEnded` if the helper is gone. Run it shielded: once sent, a
-        request is done whether or not anyone waits."""
+        one failed, :class:`HelperEnded` if the helper is gone. Not cancellable once the
+        request is sent: its answer is read whoever waits, so that it can never be taken for
+        the answer to the next request."""
         async with self._busy:
-            payload = "".join(f"{op} {arg}\n" for op, arg in steps) + "\n"
-            try:
-                _write_all(self._request, payload.encode())
-            except BrokenPipeError as exc:
-                raise HelperEnded("the sync helper process ended") from exc
-            answer = b""
-            while not answer.endswith((b"k", b"\n")):
-                await trio.lowlevel.wait_readable(self._reply)
-                try:
-                    chunk = os.read(self._reply, 64)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise HelperEnded("the sync helper process ended")
-                answer += chunk
+            with trio.CancelScope(shield=True):
+                answer = await self._exchange(steps)
         if answer == b"k":
             return
         errno = int(answer[1:].strip() or 5)
         raise OSError(errno, os.strerror(errno))
+
+    async def _exchange(self, steps: Sequence[SyncStep]) -> bytes:
+        payload = "".join(f"{op} {arg}\n" for op, arg in steps) + "\n"
+        try:
+            _write_all(self._request, payload.encode())
+        except BrokenPipeError as exc:
+            raise HelperEnded("the sync helper process ended") from exc
+        answer = b""
+        while not answer.endswith((b"k", b"\n")):
+            await trio.lowlevel.wait_readable(self._reply)
+            try:
+                chunk = os.read(self._reply, 64)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise HelperEnded("the sync helper process ended")
+            answer += chunk
+        return answer
 
     def close(self) -> None:
         """End the helper (it finishes the request in hand first)."""
@@ -137,7 +143,8 @@ class SyncHelper:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """Write a request (a few hundred bytes at most, into an empty pipe: it never blocks)."""
+    """Write a request (at most a few tens of KiB, into an empty pipe of 64 KiB: it does not
+    block; were it larger, the helper reads as it goes)."""
     while data:
         data = data[os.write(fd, data) :]
 

@@ -118,7 +118,7 @@ class SqliteDatabase:
         self._conn.execute("PRAGMA foreign_keys=ON")
         os.chmod(path, 0o600)
         # The event loop's connection: never waits (busy timeout 0), never syncs nor
-        # checkpoints itself; WalSync does both in worker threads.
+        # checkpoints itself; WalSync does both (a helper process, a worker thread).
         self._loop_conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=0.0
         )
@@ -218,7 +218,11 @@ class SqliteTallyFactory:
         path = _free_path(database.endpoint)
         partial = self._take_prepared()
         if partial is not None:
-            _insert_row(partial, tally)
+            try:
+                _insert_row(partial, tally)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
             self.prepared_used += 1
         else:
             partial = self._write_partial(tally, path)
@@ -244,6 +248,8 @@ class SqliteTallyFactory:
             self._pool.extend(names)
         except OSError:  # the next provisions create their files on the spot meanwhile
             logger.warning("could not prepare tally files", exc_info=True)
+            for name in names:
+                name.unlink(missing_ok=True)
         finally:
             self._refilling = False
 
