@@ -17,6 +17,7 @@ from typing import Final
 
 import trio
 
+from ._breaker import StoreBreaker
 from ._channel import ByteStream, FrameChannel
 from ._codec import encode_frame
 from ._config import ManagerConfig
@@ -63,11 +64,17 @@ class Admission:
 
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
+        self.breaker = (
+            StoreBreaker(failures=config.breaker_failures, open_s=config.breaker_open_s)
+            if config.breaker_failures
+            else None
+        )
         self.peers = KeyedRateLimiter(
             Gcra(config.peer_rate, config.peer_rate_period, config.peer_burst),
             config.max_tracked_peers,
         )
         self._global = SingleRateLimiter(Gcra(config.global_rate_per_s, 1.0, config.global_burst))
+        self._busy_retry = config.busy_retry_after_s
         self._busy_frame = Refusal(RejectionCode.BUSY, config.busy_retry_after_s, "").frame()
 
     def decide(self, peer_id: str, *, running: int | None, now: float) -> Refusal | None:
@@ -83,6 +90,14 @@ class Admission:
                 f"{running} sessions running, cap {cfg.max_concurrent_sessions}",
                 limit=f"max_concurrent_sessions={cfg.max_concurrent_sessions}",
                 usage=f"{running} running",
+            )
+        if self.breaker is not None and (retry := self.breaker.admit(now)) is not None:
+            return Refusal(
+                RejectionCode.BUSY,
+                round(retry, 3),
+                f"store breaker {self.breaker.state.value}: the store hooks keep failing",
+                limit=f"breaker_failures={cfg.breaker_failures}",
+                usage=f"open for {cfg.breaker_open_s:g} s",
             )
         decision = self.peers.check(peer_id, now)
         if not decision.allowed:
@@ -109,7 +124,7 @@ class Admission:
 
     def frame(self, refusal: Refusal) -> bytes:
         """The encoded ``rejected`` frame for ``refusal`` (``busy``'s is encoded once)."""
-        if refusal.code is RejectionCode.BUSY:
+        if refusal.code is RejectionCode.BUSY and refusal.retry_after_s == self._busy_retry:
             return self._busy_frame
         return refusal.frame()
 

@@ -20,6 +20,8 @@ __all__ = [
     "DEFAULT_GLOBAL_RATE_PER_S",
     "DEFAULT_MAX_CONCURRENT_SESSIONS",
     "DEFAULT_MAX_REFUSALS_IN_FLIGHT",
+    "DEFAULT_BREAKER_FAILURES",
+    "DEFAULT_BREAKER_OPEN",
     "DEFAULT_MAX_SESSION_HISTORY",
     "DEFAULT_MAX_TRACKED_PEERS",
     "DEFAULT_PEER_BURST",
@@ -37,6 +39,8 @@ __all__ = [
 
 DEFAULT_MAX_CONCURRENT_SESSIONS: Final = 100
 DEFAULT_BUSY_RETRY_AFTER: Final = 1.0
+DEFAULT_BREAKER_FAILURES: Final = 20
+DEFAULT_BREAKER_OPEN: Final = 5.0
 DEFAULT_PEER_RATE: Final = 10
 DEFAULT_PEER_RATE_PERIOD: Final = 60.0
 DEFAULT_PEER_BURST: Final = 10
@@ -106,6 +110,13 @@ class ManagerConfig(_Timeouts):
     """Sessions running at once; a stream over the cap is answered ``busy`` unread."""
     busy_retry_after_s: Annotated[float, Field(ge=0, le=3600)] = DEFAULT_BUSY_RETRY_AFTER
     """``retry_after_s`` sent with ``busy``."""
+    breaker_failures: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_BREAKER_FAILURES
+    """Store hook calls (token, database, audit) failing in a row (raised, or cut by their
+    deadline) that open the store breaker: new streams are then answered ``busy`` until a
+    probe session's store call returns. 0 turns the breaker off."""
+    breaker_open_s: Seconds = DEFAULT_BREAKER_OPEN
+    """How long the open breaker refuses before it lets one stream through as a probe (the
+    ``retry_after_s`` of its ``busy``)."""
     peer_rate: Annotated[int, Field(ge=1)] = DEFAULT_PEER_RATE
     """Session starts allowed per authenticated peer per ``peer_rate_period`` (GCRA)."""
     peer_rate_period: Seconds = DEFAULT_PEER_RATE_PERIOD

@@ -66,6 +66,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_STORE_HOOKS: Final = frozenset({"token", "database"})
+"""The hooks whose calls the store breaker counts (with the audit hook's batches)."""
+
 Dialer = Callable[[], Awaitable[tuple[ByteStream, str, str]]]
 """Opens the invitee's stream: returns it, the authenticated remote peer id and the address;
 raises :class:`~taleus_bootstrap.BootstrapUnreachable` when no address answers."""
@@ -81,8 +84,10 @@ class Engine:
         *,
         channel: FrameChannel | None = None,
         dial: Dialer | None = None,
+        store_calls: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.protocol = protocol
+        self._store_calls = store_calls
         self.hooks = hooks
         self.channel = channel
         self._dial = dial
@@ -176,10 +181,19 @@ class Engine:
             fn = getattr(getattr(self.hooks, action.hook), action.method)
             if action.purpose == "audit":
                 return await self._audit(fn, action)
+            store = self._store_calls if action.hook in _STORE_HOOKS else None
             try:
                 value = await fn(*action.args, **action.kwargs)
             except Exception as exc:
+                if store is not None:
+                    store(action.hook, False)
                 return protocol.hook_raised(exc)
+            except trio.Cancelled:
+                if store is not None and self._stop is None:  # cut by its deadline
+                    store(action.hook, False)
+                raise
+            if store is not None:
+                store(action.hook, True)
             return protocol.hook_returned(value)
         if kind is Receive:
             assert self.channel is not None
@@ -219,11 +233,19 @@ class Engine:
         raise TypeError(f"unknown action {action!r}")
 
     async def _audit(self, fn: Callable[..., Awaitable[Any]], action: CallHook) -> Action:
-        started = time.perf_counter()
+        started, store = time.perf_counter(), self._store_calls
         try:
             value = await fn(*action.args)
         except Exception as exc:
+            if store is not None:
+                store("audit", False)
             return self.protocol.hook_raised(exc)
+        except trio.Cancelled:
+            if store is not None and self._stop is None:  # cut by its deadline
+                store("audit", False)
+            raise
         finally:  # also when cancelled: the time was spent all the same
             self.audit_seconds += time.perf_counter() - started
+        if store is not None:
+            store("audit", True)
         return self.protocol.hook_returned(value)

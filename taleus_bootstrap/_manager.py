@@ -26,6 +26,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ._admission import Admission, Refusal, RefusalWindow, refuse
+from ._breaker import BreakerState
 from ._config import ManagerConfig
 from ._engine import utc_now
 from ._explain import RejectionExplainer
@@ -60,6 +61,8 @@ class ManagerStatistics:
     tracked_peers: int
     history_size: int
     streams_refused: int = 0
+    store_breaker: str = "off"
+    """The store breaker: ``closed``, ``open``, ``half_open`` (or ``off``)."""
     refusals_in_flight: int = 0
 
 
@@ -91,6 +94,7 @@ class SessionManager:
         batched = replace(hooks, audit=batched_audit(hooks.audit))
         self._session_hooks = self._telemetry.instrument(batched, "inviter")
         self._telemetry.observe("ratelimit.tracked_peers", self, SessionManager._tracked_peers)
+        self._telemetry.observe("store.breaker.open", self, SessionManager._breaker_open)
         self._telemetry.observe_audit(hooks.audit)
         self._explainer = RejectionExplainer(logger, clock=trio.current_time)
         if host is not None:
@@ -215,6 +219,7 @@ class SessionManager:
             local_peer_id=self.local_peer_id,
             hooks=self._session_hooks,
             config=self.config,
+            store_calls=self._store_call if self._admission.breaker is not None else None,
         )
         span = self._telemetry.start_session("inviter", peer_id)
         self._sessions[session.session_id] = session
@@ -309,6 +314,17 @@ class SessionManager:
         else:
             self._explainer.explain(record)
 
+    def _store_call(self, hook: str, ok: bool) -> None:
+        breaker = self._admission.breaker
+        assert breaker is not None
+        breaker.record(hook, ok, trio.current_time())
+
+    def _breaker_open(self) -> float | None:
+        breaker = self._admission.breaker
+        if breaker is None or not self._accepting:
+            return None
+        return 0.0 if breaker.state is BreakerState.CLOSED else 1.0
+
     def _tracked_peers(self) -> float | None:
         return float(len(self._admission.peers)) if self._accepting else None
 
@@ -331,6 +347,9 @@ class SessionManager:
             history_size=len(self._history),
             streams_refused=self._refused,
             refusals_in_flight=self._refusals_in_flight,
+            store_breaker=(
+                "off" if self._admission.breaker is None else self._admission.breaker.state.value
+            ),
         )
 
     def history(self) -> tuple[SessionRecord, ...]:

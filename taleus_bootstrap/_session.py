@@ -8,6 +8,7 @@ releases what the session holds or commits its tally, and records a terminal sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -64,6 +65,7 @@ class BootstrapSession:
         hooks: SessionHooks,
         config: ManagerConfig,
         session_id: str | None = None,
+        store_calls: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.protocol = InviterProtocol(
             peer_id=peer_id,
@@ -78,7 +80,7 @@ class BootstrapSession:
         if not callable(getattr(hooks.audit, "log_events", None)):
             hooks = replace(hooks, audit=batched_audit(hooks.audit))
         channel = FrameChannel(as_byte_stream(stream), max_frame_bytes=config.max_frame_bytes)
-        self._engine = Engine(self.protocol, hooks, channel=channel)
+        self._engine = Engine(self.protocol, hooks, channel=channel, store_calls=store_calls)
 
     @property
     def audit_seconds(self) -> float:

@@ -84,6 +84,9 @@ METRICS: Final[Mapping[str, tuple[str, str, str, str]]] = {
         "`outcome` `ok`, `error` or `cancelled`, which includes timeouts)."),
     f"{PREFIX}.ratelimit.tracked_peers": (
         "gauge", "{peer}", "", "Peers the per-peer rate limiter holds state for."),
+    f"{PREFIX}.store.breaker.open": (
+        "gauge", "{breaker}", "",
+        "1 while the store breaker refuses new streams (open or half-open), else 0."),
     f"{PREFIX}.audit.write.duration": (
         "histogram", "s", "side",
         "Time a session spent waiting for its audit events to be durable (the sum of its "

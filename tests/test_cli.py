@@ -296,6 +296,7 @@ def test_serve_exposes_metrics_and_status_and_logs_json(tmp_path: Path) -> None:
 
         status, content_type, text = _get(f"{base}/metrics")
         assert status == 200 and content_type.startswith("text/plain")
+        text_metrics = text
         finished = "taleus_bootstrap_session_finished_total"
         assert _metric(text, finished, taleus_side="inviter", taleus_outcome="completed") == 1
         assert _metric(text, finished, taleus_outcome="failed") == 1
@@ -327,6 +328,10 @@ def test_serve_exposes_metrics_and_status_and_logs_json(tmp_path: Path) -> None:
         assert completed["final_state"] == "COMPLETED" and completed["tally_id"].startswith("tly_")
         assert [t["to"] for t in completed["transitions"]][-2:] == ["AWAITING_ACK", "COMPLETED"]
         assert replay["code"] == "invalid_token" and replay["detail"]
+        assert document["statistics"]["store_breaker"] == "closed"
+        status, content_type, text = _get(f"{base}/readyz")
+        assert status == 200 and json.loads(text)["ready"] is True
+        assert _metric(text_metrics, "taleus_bootstrap_store_breaker_open") == 0
         assert _get(f"{base}/nothing")[0] == 404
         _, _out, err = node.stop()
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from taleus_bootstrap import DEFAULT_MAX_FRAME_BYTES, InviteeConfig, ManagerConfig
 from taleus_bootstrap._config import (
     DEFAULT_AUDIT_LEVEL,
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_OPEN,
     DEFAULT_BUSY_RETRY_AFTER,
     DEFAULT_CLEANUP_INTERVAL,
     DEFAULT_CLEANUP_TIMEOUT,
@@ -47,6 +49,8 @@ MANAGER_DEFAULTS: dict[str, Any] = {
     **COMMON_DEFAULTS,
     "max_concurrent_sessions": DEFAULT_MAX_CONCURRENT_SESSIONS,
     "busy_retry_after_s": DEFAULT_BUSY_RETRY_AFTER,
+    "breaker_failures": DEFAULT_BREAKER_FAILURES,
+    "breaker_open_s": DEFAULT_BREAKER_OPEN,
     "peer_rate": DEFAULT_PEER_RATE,
     "peer_rate_period": DEFAULT_PEER_RATE_PERIOD,
     "peer_burst": DEFAULT_PEER_BURST,

@@ -145,22 +145,37 @@ def status_document(manager: SessionManager, addrs: list[str]) -> dict[str, Any]
     }
 
 
-Route = Callable[[], tuple[str, bytes]]
+Route = Callable[[], tuple[str, bytes] | tuple[str, bytes, int]]
+"""A page: its content type and body, and its status when not 200."""
 
 
 def routes(
     manager: SessionManager, addrs: list[str], registry: CollectorRegistry | None
 ) -> dict[str, Route]:
-    """``/status`` always; ``/metrics`` when Prometheus is on."""
+    """``/status`` and ``/readyz`` always; ``/metrics`` when Prometheus is on."""
     table: dict[str, Route] = {
         "/status": lambda: (
             "application/json",
             json.dumps(status_document(manager, addrs), indent=2).encode(),
-        )
+        ),
+        "/readyz": lambda: readiness(manager),
     }
     if registry is not None:
         table["/metrics"] = lambda: (CONTENT_TYPE_LATEST, generate_latest(registry))
     return table
+
+
+def readiness(manager: SessionManager) -> tuple[str, bytes, int]:
+    """``/readyz``: 200 while the node accepts streams and its store breaker is closed (or
+    off), else 503, with the reason, for orchestrators and load balancers."""
+    stats = manager.statistics()
+    reasons = []
+    if not stats.accepting:
+        reasons.append("not accepting streams (starting or draining)")
+    if stats.store_breaker not in ("closed", "off"):
+        reasons.append(f"store breaker {stats.store_breaker}")
+    body = {"ready": not reasons, "reasons": reasons, "store_breaker": stats.store_breaker}
+    return "application/json", json.dumps(body).encode() + b"\n", 503 if reasons else 200
 
 
 async def serve_http(
@@ -200,11 +215,18 @@ async def _answer(stream: trio.SocketStream, table: dict[str, Route]) -> None:
     if route is None:
         await _respond(stream, 404, "text/plain", b"not found\n")
         return
-    content_type, body = route()
-    await _respond(stream, 200, content_type, b"" if parts[0] == "HEAD" else body, len(body))
+    page = route()
+    content_type, body = page[0], page[1]
+    status = page[2] if len(page) == 3 else 200
+    await _respond(stream, status, content_type, b"" if parts[0] == "HEAD" else body, len(body))
 
 
-_REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS: Final = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 async def _respond(

@@ -71,7 +71,7 @@ logger = logging.getLogger("taleus_bootstrap.cli")
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus /metrics and the /status JSON on this port (0: any free port).",
+    help="Serve Prometheus /metrics, the /status JSON and /readyz on this port (0: any free port).",
 )
 @click.option(
     "--metrics-host",
