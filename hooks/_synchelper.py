@@ -71,8 +71,8 @@ for raw in stdin:
     try:
         run(lines)
         os.write(1, b"k")
-    except OSError as exc:
-        os.write(1, b"e" + str(exc.errno or 5).encode() + b"\n")
+    except Exception as exc:  # an OSError's errno; anything else (sqlite3) as EIO
+        os.write(1, b"e" + str(getattr(exc, "errno", None) or 5).encode() + b"\n")
     lines = []
 """
 

@@ -246,10 +246,13 @@ class SqliteTallyFactory:
                 self._preparer = SyncHelper()
             await self._preparer.run([("P", f"{name}\t{ddl}") for name in names])
             self._pool.extend(names)
-        except OSError:  # the next provisions create their files on the spot meanwhile
+        except OSError as exc:  # the next provisions create their files on the spot meanwhile
             logger.warning("could not prepare tally files", exc_info=True)
             for name in names:
                 name.unlink(missing_ok=True)
+            if isinstance(exc, HelperEnded) and self._preparer is not None:
+                self._preparer.close()
+                self._preparer = None  # the next refill starts a new one
         finally:
             self._refilling = False
 

@@ -260,3 +260,19 @@ def subprocess_pid_gone() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+async def test_the_sync_helper_reports_a_failed_step_and_keeps_serving(tmp_path: Path) -> None:
+    from taleus_hooks._synchelper import SyncHelper
+
+    helper = SyncHelper()
+    try:
+        with pytest.raises(FileNotFoundError):
+            await helper.run([("F", str(tmp_path / "missing"))])
+        with pytest.raises(OSError):  # not an OSError in the helper (sqlite3): reported as EIO
+            await helper.run([("P", f"{tmp_path / 'x.sqlite'}\tNOT SQL")])
+        done = tmp_path / "done"
+        done.write_bytes(b"x")
+        await helper.run([("F", str(done)), ("D", str(tmp_path))])  # still answering
+    finally:
+        helper.close()
