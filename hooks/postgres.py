@@ -19,7 +19,9 @@ threads on a small connection pool (``psycopg_pool``), never on the event loop.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -127,6 +129,18 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10
 """Seconds libpq may take to connect, unless the DSN sets ``connect_timeout`` itself."""
 
 
+MIN_BUDGET_MS: Final = 50
+"""The least a call is given when its deadline is (nearly) spent: enough to fail cleanly."""
+
+
+def _budget_ms() -> int | None:
+    """What is left of the current task's deadline, in ms (None: no deadline)."""
+    left = trio.current_effective_deadline() - trio.current_time()
+    if left == math.inf:
+        return None
+    return max(MIN_BUDGET_MS, math.ceil(left * 1000))
+
+
 class PostgresDatabase:
     """A connection pool whose connections use ``schema``; one transaction per call."""
 
@@ -163,18 +177,30 @@ class PostgresDatabase:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
-    def transact(self, fn: Callable[[Cursor], T]) -> T:
-        """Run ``fn`` in one transaction on a pooled connection, in the calling thread."""
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+    def transact(self, fn: Callable[[Cursor], T], *, budget_ms: int | None = None) -> T:
+        """Run ``fn`` in one transaction on a pooled connection, in the calling thread. With
+        ``budget_ms``, its statements and lock waits are cut by the server after that long
+        (``statement_timeout`` and ``lock_timeout`` for this transaction only)."""
+        wait = None if budget_ms is None else budget_ms / 1000
+        with self.pool.connection(timeout=wait) as conn, conn.transaction(), conn.cursor() as cur:
+            if budget_ms is not None:
+                cur.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
+                cur.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
             return fn(_QmarkCursor(cur))
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
-        """Run ``fn`` in one transaction in a worker thread (PostgreSQL groups commits itself)."""
-        return await trio.to_thread.run_sync(self.transact, fn)
+        """Run ``fn`` in one transaction in a worker thread (PostgreSQL groups commits itself).
+
+        A worker thread cannot be abandoned, so the caller's deadline (its trio cancel scope)
+        is handed to the server instead: what is left of it bounds the transaction's
+        statements and lock waits, and a stalled call ends about on time."""
+        return await trio.to_thread.run_sync(
+            functools.partial(self.transact, fn, budget_ms=_budget_ms())
+        )
 
     async def write(self, fn: Callable[[Cursor], T]) -> T:
         """Run ``fn`` in one transaction of its own in a worker thread (as :meth:`run`)."""
-        return await trio.to_thread.run_sync(self.transact, fn)
+        return await self.run(fn)
 
     def run_admin(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``fn`` with a raw pooled connection (autocommit) for DDL and role management."""
@@ -219,10 +245,11 @@ class PostgresTallyFactory:
 
     async def create(self, tally: Tally, database: DatabaseInfo) -> None:
         """Create the role (password as a SCRAM verifier), its schema and the draft tally, in a
-        worker thread."""
-        await trio.to_thread.run_sync(self._create, tally, database)
+        worker thread, bounded by what is left of the caller's deadline (as
+        :meth:`PostgresDatabase.run`)."""
+        await trio.to_thread.run_sync(self._create, tally, database, _budget_ms())
 
-    def _create(self, tally: Tally, database: DatabaseInfo) -> None:
+    def _create(self, tally: Tally, database: DatabaseInfo, budget_ms: int | None) -> None:
         name = database.credentials_ref.rsplit("/", 1)[1]
         password = secrets.token_urlsafe(24)
 
@@ -232,6 +259,9 @@ class PostgresTallyFactory:
             ).decode()
             role, schema = sql.Identifier(name), sql.Identifier(name)
             with conn.transaction():
+                if budget_ms is not None:
+                    conn.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
+                    conn.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
                 conn.execute(
                     sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(verifier))
                 )
