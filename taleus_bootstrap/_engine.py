@@ -66,8 +66,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-_STORE_HOOKS: Final = frozenset({"token", "database"})
-"""The hooks whose calls the store breaker counts (with the audit hook's batches)."""
+_STORE_HOOKS: Final = frozenset({"token", "database", "audit"})
+"""The hooks whose calls the store breaker counts."""
 
 Dialer = Callable[[], Awaitable[tuple[ByteStream, str, str]]]
 """Opens the invitee's stream: returns it, the authenticated remote peer id and the address;
@@ -178,23 +178,7 @@ class Engine:
         protocol, kind = self.protocol, type(action)
         if kind is CallHook:
             assert isinstance(action, CallHook)
-            fn = getattr(getattr(self.hooks, action.hook), action.method)
-            if action.purpose == "audit":
-                return await self._audit(fn, action)
-            store = self._store_calls if action.hook in _STORE_HOOKS else None
-            try:
-                value = await fn(*action.args, **action.kwargs)
-            except Exception as exc:
-                if store is not None:
-                    store(action.hook, False)
-                return protocol.hook_raised(exc)
-            except trio.Cancelled:
-                if store is not None and self._stop is None:  # cut by its deadline
-                    store(action.hook, False)
-                raise
-            if store is not None:
-                store(action.hook, True)
-            return protocol.hook_returned(value)
+            return await self._call_hook(action)
         if kind is Receive:
             assert self.channel is not None
             try:
@@ -232,20 +216,26 @@ class Engine:
             return protocol.dialed(remote_peer_id, addr)
         raise TypeError(f"unknown action {action!r}")
 
-    async def _audit(self, fn: Callable[..., Awaitable[Any]], action: CallHook) -> Action:
-        started, store = time.perf_counter(), self._store_calls
+    async def _call_hook(self, action: CallHook) -> Action:
+        """Await the hook; tell the store breaker how a store hook's call went, and count the
+        time spent in audit batches."""
+        fn = getattr(getattr(self.hooks, action.hook), action.method)
+        store = self._store_calls if action.hook in _STORE_HOOKS else None
+        audit = action.purpose == "audit"
+        started = time.perf_counter() if audit else 0.0
         try:
-            value = await fn(*action.args)
+            value = await fn(*action.args, **action.kwargs)
         except Exception as exc:
             if store is not None:
-                store("audit", False)
+                store(action.hook, False)
             return self.protocol.hook_raised(exc)
         except trio.Cancelled:
             if store is not None and self._stop is None:  # cut by its deadline
-                store("audit", False)
+                store(action.hook, False)
             raise
         finally:  # also when cancelled: the time was spent all the same
-            self.audit_seconds += time.perf_counter() - started
+            if audit:
+                self.audit_seconds += time.perf_counter() - started
         if store is not None:
-            store("audit", True)
+            store(action.hook, True)
         return self.protocol.hook_returned(value)
