@@ -21,13 +21,13 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 import trio
 
-__all__ = ["HelperEnded", "SyncHelper", "SyncStep", "helper_can_name"]
+__all__ = ["HelperEnded", "SyncHelper", "SyncStep", "fsync_path", "helper_can_name"]
 
 SyncStep = tuple[str, str]
 """``("F", path)``, ``("D", directory)``, ``("R", "src\\tdst")`` or ``("P", "path\\tddl")``."""
@@ -153,3 +153,13 @@ def helper_can_name(path: Path) -> bool:
     """Whether the line protocol can carry ``path`` (no newline, no tab); the callers fall back
     to worker threads for a path that it cannot."""
     return "\n" not in str(path) and "\t" not in str(path)
+
+
+def fsync_path(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
+    """fsync a file or a directory by its path, in this process: what the helper's ``F`` and
+    ``D`` do, for the worker threads that stand in for it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fsync(fd)
+    finally:
+        os.close(fd)

@@ -30,14 +30,13 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import trio
 
-from ._synchelper import HelperEnded, SyncHelper, SyncStep, helper_can_name
+from ._synchelper import HelperEnded, SyncHelper, SyncStep, fsync_path, helper_can_name
 
 __all__ = ["CHECKPOINT_EVERY", "LOCK_WAIT_LIMIT", "WalSync", "begin_immediate", "is_busy"]
 
@@ -100,9 +99,6 @@ class WalSync:
         self._helper: SyncHelper | None = None  # started at the first sync
         self._use_helper = enabled and fsync is os.fsync and helper_can_name(self._wal)
         self._wal_named = False  # the WAL's directory entry synced once
-        self._fd: int | None = None
-        self._inode = -1
-        self._fd_lock = threading.Lock()
         self._committed = 0  # commits made on the loop connection
         self._synced = 0  # the last of them known to be on disk
         self._syncing = False
@@ -171,25 +167,12 @@ class WalSync:
         return None if self._helper is None else self._helper.pid
 
     def _sync(self) -> None:
-        """In a worker thread: fsync the WAL (reopened if SQLite replaced the file)."""
-        with self._fd_lock:
-            inode = os.stat(self._wal).st_ino
-            if self._fd is None or inode != self._inode:
-                self._reopen(inode)
-            assert self._fd is not None
-            self._fsync(self._fd)
-            self.syncs += 1
-
-    def _reopen(self, inode: int) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = os.open(self._wal, os.O_RDONLY)
-        self._inode = inode
-        directory = os.open(self._wal.parent, os.O_RDONLY)  # the WAL's name is durable too
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        """In a worker thread: fsync the WAL (and, the first time, its directory)."""
+        fsync_path(self._wal, self._fsync)
+        if not self._wal_named:
+            fsync_path(self._wal.parent)
+            self._wal_named = True
+        self.syncs += 1
 
     async def _checkpoint_in_thread(self) -> None:
         try:
@@ -200,11 +183,7 @@ class WalSync:
             self._checkpointing = False
 
     def close(self) -> None:
-        """Stop the helper; close the WAL's file descriptor."""
+        """Stop the helper."""
         if self._helper is not None:
             self._helper.close()
             self._helper = None
-        with self._fd_lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None

@@ -48,7 +48,7 @@ from ._sqlschema import (
     tally_from_row,
 )
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
-from ._synchelper import HelperEnded, SyncHelper, SyncStep, helper_can_name
+from ._synchelper import HelperEnded, SyncHelper, SyncStep, fsync_path, helper_can_name
 from ._walsync import WalSync
 
 __all__ = [
@@ -347,20 +347,11 @@ def _remove_orphaned_prepared_files(directory: Path) -> None:
 def _settle_in_thread(files: list[tuple[Path, Path]], directory: Path) -> None:
     """As the helper's request; a file the helper already renamed is only synced."""
     for partial, path in files:
-        _fsync_path(partial if partial.exists() else path)
+        fsync_path(partial if partial.exists() else path)
     for partial, path in files:
         if partial.exists() or not path.exists():
             os.replace(partial, path)
-    _fsync_path(directory)
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory by its path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def read_draft_tally(endpoint: str) -> Tally | None:
