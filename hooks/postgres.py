@@ -13,6 +13,17 @@ to the server only as a SCRAM verifier and kept in ``tally_credentials`` (readab
 role only); ``ProvisionResult.database.endpoint`` is a libpq URI without the password and
 ``credentials_ref`` names the row holding it (:meth:`PostgresBackend.read_credentials`).
 
+Creating the role with its password, the schema and the table costs the server several catalog
+writes, new files and (for the password) a SCRAM hash of its own, so they are **prepared
+ahead** (:class:`PostgresTallyFactory`): a background thread keeps up to ``prepared`` of them
+(role ``tally_prep_<random>`` that cannot log in yet, with its generated password's verifier;
+its schema holding the empty ``draft_tally`` table), listed with their passwords in
+``prepared_tallies`` (readable by the backend's role only). Provisioning then takes one (a row
+lock, ``SKIP LOCKED``, so nodes sharing the schema never take the same), renames role and schema
+to the tally's name, lets the role log in, and writes the row and the credentials, in one
+transaction; with none left it creates them as before. Prepared objects survive restarts (the
+next run uses them).
+
 The backend's role needs ``CREATEROLE`` and ``CREATE`` on the database. Calls run in worker
 threads on a small connection pool (``psycopg_pool``), never on the event loop.
 """
@@ -21,8 +32,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import secrets
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Final, TypeVar
@@ -73,6 +87,18 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger("taleus_hooks.postgres")
+POOL_SIZE: Final = 32
+"""Tally schemas and roles kept prepared (by each database user, in each control schema)."""
+POOL_LOW: Final = 8
+"""Prepared tallies left when the background refill starts."""
+PREPARED_PREFIX: Final = "tally_prep_"
+"""Names of the prepared roles and schemas (``tally_prep_<24 hex digits>``)."""
+PREPARE_TIMEOUT_MS: Final = 10_000
+"""How long one preparation may take on the server (it also bounds how long :meth:`close`
+waits for the refill thread)."""
+RETRY_AFTER_S: Final = 5.0
+"""After a failed preparation, the refill thread waits this long before trying again."""
 _SETUP_LOCK: Final = 0x7A1E05  # advisory lock serializing schema set-up across processes
 
 POSTGRES_DDL: Final = """
@@ -81,6 +107,13 @@ CREATE TABLE IF NOT EXISTS tally_credentials (
     password TEXT NOT NULL
 );
 REVOKE ALL ON tally_credentials FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS prepared_tallies (
+    name TEXT PRIMARY KEY,
+    password TEXT NOT NULL,
+    prepared_by TEXT NOT NULL DEFAULT current_user,
+    prepared_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+REVOKE ALL ON prepared_tallies FROM PUBLIC;
 CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS
 $fn$ BEGIN RAISE EXCEPTION '% on % refused: the audit log is append-only', TG_OP, TG_TABLE_NAME;
 END $fn$;
@@ -213,14 +246,41 @@ class PostgresDatabase:
 
 
 class PostgresTallyFactory:
-    """Each tally in its own schema, owned by its own login role."""
+    """Each tally in its own schema, owned by its own login role.
 
-    def __init__(self, db: PostgresDatabase) -> None:
+    ``prepared`` (0: none) roles and schemas are kept **prepared ahead** by a background thread
+    with a connection of its own (never the event loop, nor the hooks' pool): it starts at the
+    first :meth:`create`, and tops the pool up again whenever fewer than ``low`` are left
+    (``low=0``: only :meth:`prepare` fills it). A prepared role cannot log in (``NOLOGIN``) but
+    has its generated password already, as a SCRAM verifier: setting a password costs the
+    server a SCRAM hash of its own (it checks that the password is not empty), about 6 ms of
+    its CPU here, which the hand-out is spared (a rename keeps a SCRAM verifier; only MD5 ones
+    are cleared). Its schema holds the empty ``draft_tally`` table, owned by it, and ``PUBLIC``
+    gets nothing. Each is listed in the control schema's ``prepared_tallies`` with its password
+    and the database user that made it: only that user's backends take it (renaming a role
+    needs admin rights on it). :meth:`create` takes one, and with none left creates the role
+    and schema itself.
+    """
+
+    def __init__(self, db: PostgresDatabase, *, prepared: int = POOL_SIZE, low: int = POOL_LOW):
+        if not 0 <= low <= prepared:
+            raise ValueError("need 0 <= low <= prepared")
         self._db = db
         info = psycopg.conninfo.conninfo_to_dict(db.dsn)
         self._host = str(info.get("host") or "")
         self._port = str(info.get("port") or "")
         self._dbname = str(info.get("dbname") or "")
+        self.prepared = prepared
+        """The pool's size: how many prepared roles and schemas the refill aims at."""
+        self.low = low
+        """Fewer left than this (as last seen), and the refill thread is woken."""
+        self.prepared_used = 0
+        """Tallies created from a prepared role and schema (the others were created on the
+        spot)."""
+        self._left = 0  # prepared ones left, as last seen (a hint: other nodes take them too)
+        self._wake = threading.Condition()
+        self._wanted = self._stopping = False
+        self._refiller: threading.Thread | None = None
 
     def _name(self, tally_id: str) -> str:
         digest = hashlib.sha256(f"{self._db.schema}\x00{tally_id}".encode()).hexdigest()
@@ -244,31 +304,42 @@ class PostgresTallyFactory:
         return DatabaseInfo(endpoint=endpoint, credentials_ref=ref)
 
     async def create(self, tally: Tally, database: DatabaseInfo) -> None:
-        """Create the role (password as a SCRAM verifier), its schema and the draft tally, in a
-        worker thread, bounded by what is left of the caller's deadline (as
+        """Give the tally a prepared role and schema (renamed, allowed to log in, its row and
+        credentials written), or create them if none is left (a new password, sent as a SCRAM
+        verifier); in a worker thread, bounded by what is left of the caller's deadline (as
         :meth:`PostgresDatabase.run`)."""
-        await trio.to_thread.run_sync(self._create, tally, database, _budget_ms())
+        if await trio.to_thread.run_sync(self._create, tally, database, _budget_ms()):
+            self.prepared_used += 1
+            self._left = max(0, self._left - 1)
+        else:
+            self._left = 0
+        if self._left < self.low:
+            self._want_refill()
 
-    def _create(self, tally: Tally, database: DatabaseInfo, budget_ms: int | None) -> None:
+    def _create(self, tally: Tally, database: DatabaseInfo, budget_ms: int | None) -> bool:
         name = database.credentials_ref.rsplit("/", 1)[1]
-        password = secrets.token_urlsafe(24)
 
-        def create(conn: psycopg.Connection[Any]) -> None:
-            verifier = conn.pgconn.encrypt_password(
-                password.encode(), name.encode(), b"scram-sha-256"
-            ).decode()
+        def create(conn: psycopg.Connection[Any]) -> bool:
             role, schema = sql.Identifier(name), sql.Identifier(name)
             with conn.transaction():
                 if budget_ms is not None:
                     conn.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
                     conn.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
-                conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(verifier))
-                )
-                conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role))
-                conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
-                conn.execute(sql.SQL(draft_tally_table("{}.draft_tally")).format(schema))
-                conn.execute(sql.SQL("ALTER TABLE {}.draft_tally OWNER TO {}").format(schema, role))
+                taken = self._take_prepared(conn) if self.prepared else None
+                if taken is not None:
+                    # Renaming a role clears an MD5 password, not a SCRAM verifier.
+                    prep, password = sql.Identifier(taken[0]), taken[1]
+                    conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(prep, role))
+                    conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
+                    conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(prep, schema))
+                else:
+                    password = secrets.token_urlsafe(24)
+                    conn.execute(
+                        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                            role, sql.Literal(_verifier(conn, password, name))
+                        )
+                    )
+                    _create_schema(conn, schema, role)
                 conn.execute(
                     sql.SQL("INSERT INTO {}.draft_tally VALUES (%s, %s, %s, %s, %s)").format(
                         schema
@@ -279,8 +350,128 @@ class PostgresTallyFactory:
                     "INSERT INTO tally_credentials (role_name, password) VALUES (%s, %s)",
                     (name, password),
                 )
+            return taken is not None
 
-        self._db.run_admin(create)
+        return self._db.run_admin(create)
+
+    @staticmethod
+    def _take_prepared(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
+        """Take one prepared role and schema of this database user, in this transaction: its
+        name and password (one that another transaction holds is skipped, never waited for)."""
+        row = conn.execute(
+            "DELETE FROM prepared_tallies WHERE name = (SELECT name FROM prepared_tallies"
+            " WHERE prepared_by = current_user LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " RETURNING name, password"
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def prepared_count(self) -> int:
+        """How many prepared roles and schemas of this database user are left now (in the
+        calling thread; other nodes sharing the schema take from them too)."""
+
+        def count(cur: Cursor) -> int:
+            cur.execute("SELECT count(*) FROM prepared_tallies WHERE prepared_by = current_user")
+            return int(cur.fetchone()[0])
+
+        return self._db.transact(count)
+
+    def prepare(self) -> int:
+        """Top the pool up to :attr:`prepared` now, in the calling thread, on a connection of
+        its own; return how many were made. Raises ``psycopg.Error`` if one could not be."""
+        with self._connect() as conn:
+            made = 0
+            while self._prepare_one(conn):
+                made += 1
+            return made
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        info = conninfo_to_dict(self._db.dsn)
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in info:
+            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        conn = psycopg.connect(self._db.dsn, **kwargs)
+        try:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._db.schema)))
+            conn.execute(f"SET statement_timeout = {PREPARE_TIMEOUT_MS}".encode())
+            conn.execute(f"SET lock_timeout = {PREPARE_TIMEOUT_MS}".encode())
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare_one(self, conn: psycopg.Connection[Any]) -> bool:
+        """Make one prepared role and schema if the pool is short of one (one transaction);
+        return whether one was made."""
+        name = PREPARED_PREFIX + secrets.token_hex(12)
+        ident = sql.Identifier(name)
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT count(*) FROM prepared_tallies WHERE prepared_by = current_user"
+            ).fetchone()
+            left = 0 if row is None else int(row[0])
+            if left >= self.prepared:
+                self._left = left
+                return False
+            password = secrets.token_urlsafe(24)
+            verifier = sql.Literal(_verifier(conn, password, name))
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN PASSWORD {}").format(ident, verifier))
+            _create_schema(conn, ident, ident)
+            conn.execute(
+                "INSERT INTO prepared_tallies (name, password) VALUES (%s, %s)", (name, password)
+            )
+        self._left = left + 1
+        return True
+
+    def _want_refill(self) -> None:
+        """Wake the refill thread (start it the first time)."""
+        with self._wake:
+            if self._stopping:
+                return
+            self._wanted = True
+            if self._refiller is None:
+                self._refiller = threading.Thread(
+                    target=self._refill_loop, name="taleus-pg-prepare", daemon=True
+                )
+                self._refiller.start()
+            self._wake.notify()
+
+    def _refill_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while True:
+                with self._wake:
+                    while not (self._wanted or self._stopping):
+                        self._wake.wait()
+                    if self._stopping:
+                        return
+                    self._wanted = False
+                try:
+                    if conn is None or conn.closed:
+                        conn = self._connect()
+                    while not self._stopping and self._prepare_one(conn):
+                        pass
+                except psycopg.Error:  # the next creates make their own meanwhile
+                    logger.warning("could not prepare tally roles and schemas", exc_info=True)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    deadline = time.monotonic() + RETRY_AFTER_S
+                    with self._wake:
+                        while not self._stopping and time.monotonic() < deadline:
+                            self._wake.wait(deadline - time.monotonic())
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def close(self) -> None:
+        """Stop the refill thread (it finishes the preparation in hand, a few ms at most
+        :data:`PREPARE_TIMEOUT_MS`). The prepared roles and schemas stay, for the next run."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+            refiller, self._refiller = self._refiller, None
+        if refiller is not None:
+            refiller.join()
 
     def drop(self, database: DatabaseInfo) -> None:
         """Drop the schema, the role and its stored password (each if it exists)."""
@@ -294,6 +485,23 @@ class PostgresTallyFactory:
                 conn.execute("DELETE FROM tally_credentials WHERE role_name = %s", (name,))
 
         self._db.run_admin(drop)
+
+
+def _verifier(conn: psycopg.Connection[Any], password: str, role: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password`` (made by libpq: the server never sees the
+    password itself)."""
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+
+
+def _create_schema(
+    conn: psycopg.Connection[Any], schema: sql.Identifier, role: sql.Identifier
+) -> None:
+    """The tally schema owned by ``role``, closed to ``PUBLIC``, holding the empty draft-tally
+    table (owned by ``role`` too)."""
+    conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role))
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+    conn.execute(sql.SQL(draft_tally_table("{}.draft_tally")).format(schema))
+    conn.execute(sql.SQL("ALTER TABLE {}.draft_tally OWNER TO {}").format(schema, role))
 
 
 def read_draft_tally(endpoint: str, password: str) -> Tally | None:
@@ -312,7 +520,10 @@ class PostgresBackend(SqlBackend):
     Same options as :class:`~taleus_hooks.sqlite.SqliteBackend`, plus the pool size and
     ``owner``: the name of the node using this backend (``serve`` uses its peer id). Nodes
     sharing one schema need distinct owners, so that :meth:`recover` closes only the sessions
-    this node left in flight. Use as a context manager or call :meth:`close`.
+    this node left in flight. ``prepared`` tally roles and schemas are kept ready, refilled in
+    the background when fewer than ``prepared_low`` are left (see :class:`PostgresTallyFactory`;
+    ``prepared=0``: none, each tally's are created when it is provisioned). Use as a context
+    manager or call :meth:`close`.
     """
 
     def __init__(
@@ -325,7 +536,11 @@ class PostgresBackend(SqlBackend):
         provision_ttl: timedelta = DEFAULT_PROVISION_TTL,
         pool_size: int = 8,
         owner: str = DEFAULT_OWNER,
+        prepared: int = POOL_SIZE,
+        prepared_low: int = POOL_LOW,
     ) -> None:
+        if not 0 <= prepared_low <= prepared:
+            raise ValueError("need 0 <= prepared_low <= prepared")
         self.db = PostgresDatabase(dsn, schema, max_size=pool_size)
         try:
             self.db.run_admin(self._set_up)
@@ -333,8 +548,9 @@ class PostgresBackend(SqlBackend):
             self.db.close()
             raise
         self.tokens = SqlTokenStore(self.db, clock=clock, reservation_lease=reservation_lease)
+        self.tallies = PostgresTallyFactory(self.db, prepared=prepared, low=prepared_low)
         self.database = SqlProvisioner(
-            self.db, PostgresTallyFactory(self.db), clock=clock, provision_ttl=provision_ttl
+            self.db, self.tallies, clock=clock, provision_ttl=provision_ttl
         )
         self.identity = RequirementsIdentityValidator()
         self.audit = SqlAuditLog(self.db, owner=owner)
@@ -376,7 +592,8 @@ class PostgresBackend(SqlBackend):
         return None if password is None else read_draft_tally(result.database.endpoint, password)
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Stop the refill thread and close the connection pool."""
+        self.tallies.close()
         self.db.close()
 
     def __enter__(self) -> PostgresBackend:

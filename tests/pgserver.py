@@ -64,13 +64,18 @@ def fresh_schema() -> str:
 
 
 def drop_schema(dsn: str, schema: str) -> None:
-    """Drop a test's control schema and every tally schema and role it provisioned."""
+    """Drop a test's control schema and every tally schema and role it provisioned or prepared
+    (roles belong to the whole cluster: they outlive the schema unless dropped here)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if exists is None:
             return
+        ident = sql.Identifier(schema)
         rows = conn.execute(
-            sql.SQL("SELECT role_name FROM {}.tally_credentials").format(sql.Identifier(schema))
+            sql.SQL(
+                "SELECT role_name FROM {}.tally_credentials"
+                " UNION SELECT name FROM {}.prepared_tallies"
+            ).format(ident, ident)
         ).fetchall()
         for (role,) in rows:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(role)))

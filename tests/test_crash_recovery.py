@@ -35,6 +35,7 @@ from taleus_bootstrap.cli._nodedir import NodeDir
 from .adversary import stall_after_accepted
 from .clirun import free_port, served_node
 from .conftest import Backend
+from .pgserver import drop_schema
 
 pytestmark = pytest.mark.libp2p
 
@@ -59,6 +60,8 @@ class Node:
         if kind == "postgres":
             self.dsn = request.getfixturevalue("pg_dsn")
             self.schema = "crash_" + secrets.token_hex(4)
+            # Its tally roles belong to the whole cluster: drop them with the schema, after.
+            request.addfinalizer(lambda: drop_schema(self.dsn, self.schema))
             text += f'[backend]\nkind = "postgres"\nschema_name = "{self.schema}"\n'
             self.env = {"TALEUS_BOOTSTRAP_DSN": self.dsn}
         config.write_text(text)

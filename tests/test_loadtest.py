@@ -65,6 +65,8 @@ def test_loadtest_usage_errors(tmp_path: Path) -> None:
     assert_one_line_error(baseline, 2, "--baseline needs --spawn")
     repeat = run_cli("loadtest", "--spawn", "--repeat", "3")
     assert_one_line_error(repeat, 2, "--repeat needs --baseline")
+    prepared = run_cli("loadtest", "--spawn", "--prepared", "8")  # the memory backend
+    assert_one_line_error(prepared, 2, "--prepared needs --spawn and --backend postgres")
     missing = run_cli("loadtest", "--target", tmp_path / "nothing")
     assert_one_line_error(missing, 2, "does not exist")
 

@@ -69,6 +69,13 @@ __all__ = ["loadtest"]
 )
 @click.option("--dsn", envvar=DSN_ENV, help="PostgreSQL DSN for --backend postgres.")
 @click.option(
+    "--prepared",
+    type=click.IntRange(min=0),
+    help="With --backend postgres: the tally roles and schemas the spawned node keeps prepared "
+    "(refilled below a quarter; 0: none, each is created when provisioned) [default: the "
+    "backend's, 32].",
+)
+@click.option(
     "--deadline",
     type=click.FloatRange(min=0.1),
     default=30.0,
@@ -129,6 +136,7 @@ def loadtest(
     role: str,
     backend: str,
     dsn: str | None,
+    prepared: int | None,
     deadline: float,
     baseline: bool,
     repeat: int,
@@ -149,11 +157,15 @@ def loadtest(
         raise CliError("--refusals needs --spawn", ExitCode.USAGE)
     if backend == "postgres" and spawn and not dsn:
         raise CliError("--backend postgres needs --dsn or TALEUS_BOOTSTRAP_DSN", ExitCode.USAGE)
+    if prepared is not None and not (spawn and backend == "postgres"):
+        raise CliError("--prepared needs --spawn and --backend postgres", ExitCode.USAGE)
     shape = {"sessions": sessions, "concurrency": concurrency, "peers": peers,
              "processes": min(processes, peers, concurrency), "deadline": deadline,
              "warmup": warmup, "idle_streams": idle_streams}  # fmt: skip
     try:
-        report = _run(target, spawn, shape, role, backend, dsn, baseline, repeat, refusals)
+        report = _run(
+            target, spawn, shape, role, backend, dsn, baseline, repeat, refusals, prepared
+        )
     except LoadTestError as exc:
         raise CliError(str(exc)) from None
     _print(report)
@@ -175,12 +187,14 @@ def _run(
     baseline: bool,
     repeat: int,
     refusals: bool,
+    prepared: int | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     ratios: list[float] = []
     cpu_over: list[float] = []
     if spawn:
         flags = ["--backend", backend, "--role", role] + (["--dsn", dsn] if dsn else [])
+        flags += ["--prepared", str(prepared)] if prepared is not None else []
         pairs = []
         for k in range(repeat):
             label = f" {k + 1}/{repeat}" if repeat > 1 else ""
@@ -204,7 +218,8 @@ def _run(
             drive("warm-up", link, warm, None)
         runs["target"] = drive("target", link, shape, None)
     report: dict[str, Any] = {
-        "shape": {**shape, "role": role, "backend": backend, "refusals": refusals},
+        "shape": {**shape, "role": role, "backend": backend, "refusals": refusals}
+        | ({"prepared": prepared} if prepared is not None else {}),
         "runs": runs,
     }
     if baseline:

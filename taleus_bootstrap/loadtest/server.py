@@ -1,7 +1,8 @@
 """The server side of ``taleus-bootstrap loadtest --spawn``, run as its own process.
 
 ``python -m taleus_bootstrap.loadtest server --backend memory|ephemeral|sqlite|postgres
---role stock|foil [--baseline | --refusals] [--data-dir DIR] [--dsn DSN]`` starts a libp2p host
+--role stock|foil [--baseline | --refusals] [--data-dir DIR] [--dsn DSN] [--prepared N]`` starts a
+libp2p host
 and serves either a real :class:`~taleus_bootstrap.SessionManager` (load-test limits: no rate
 limits, a cap far above any concurrency; with ``--refusals``, one session start per peer per
 hour, so that every later stream of a peer is refused ``rate_limited``) or, with
@@ -155,9 +156,12 @@ class _Forgetful:
                 held.clear()
 
 
-def _open_store(stack: ExitStack, backend: str, data_dir: Path, dsn: str | None) -> Any:
+def _open_store(
+    stack: ExitStack, backend: str, data_dir: Path, dsn: str | None, prepared: int | None = None
+) -> Any:
     """The hooks of ``--backend``: SQLite in ``data_dir``, PostgreSQL in a schema of its own
-    (closed with ``stack``)."""
+    (closed with ``stack``; ``prepared``: its pool of prepared tally roles and schemas, the
+    backend's default if None)."""
     if backend == "ephemeral":
         return EphemeralStore()
     if backend == "memory":
@@ -168,7 +172,8 @@ def _open_store(stack: ExitStack, backend: str, data_dir: Path, dsn: str | None)
         raise SystemExit("--dsn is required for postgres")
     else:
         postgres = importlib.import_module("taleus_hooks.postgres")
-        store = postgres.PostgresBackend(dsn, schema="taleus_load_" + secrets.token_hex(4))
+        pool = {} if prepared is None else {"prepared": prepared, "prepared_low": prepared // 4}
+        store = postgres.PostgresBackend(dsn, schema="taleus_load_" + secrets.token_hex(4), **pool)
     stack.callback(store.close)
     return store
 
@@ -189,7 +194,8 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
                     inviter_role=args.role,
                 )
             else:
-                store = _open_store(stack, args.backend, Path(args.data_dir or tmp), args.dsn)
+                data_dir = Path(args.data_dir or tmp)
+                store = _open_store(stack, args.backend, data_dir, args.dsn, args.prepared)
                 link = mint_link(store.tokens, addrs, args.role, ttl=timedelta(days=1), uses=None)
                 config = REFUSING_MANAGER if args.refusals else LOAD_MANAGER
                 manager = SessionManager(host, store.hooks(), config)
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     parser.add_argument("--data-dir")
     parser.add_argument("--dsn")
+    parser.add_argument("--prepared", type=int)
     args = parser.parse_args(argv)
     # Errors only on stderr: the explanation lines of refused streams (WARNING) are what a
     # refusal run produces by the thousand, and they would interleave with the report.
