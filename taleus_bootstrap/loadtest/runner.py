@@ -63,7 +63,7 @@ def spawned_run(label: str, flags: list[str], shape: dict[str, Any]) -> dict[str
         server.stdin.close()
         final = json.loads(server.stdout.readline() or "{}")
         result["server_by_state"] = final.get("by_state", {})
-        for key in ("streams_refused", "audit_rows"):
+        for key in ("streams_refused", "audit_rows", "tallies_prepared"):
             if key in final:
                 result[f"server_{key}"] = final[key]
         return result

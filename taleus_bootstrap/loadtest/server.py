@@ -1,15 +1,16 @@
 """The server side of ``taleus-bootstrap loadtest --spawn``, run as its own process.
 
 ``python -m taleus_bootstrap.loadtest server --backend memory|ephemeral|sqlite|postgres
---role stock|foil [--baseline | --refusals] [--data-dir DIR] [--dsn DSN] [--prepared N]`` starts a
-libp2p host
-and serves either a real :class:`~taleus_bootstrap.SessionManager` (load-test limits: no rate
-limits, a cap far above any concurrency; with ``--refusals``, one session start per peer per
-hour, so that every later stream of a peer is refused ``rate_limited``) or, with
-``--baseline``, a bare handler that exchanges the same frames with no session manager, no hooks
-and no audit. It prints one JSON line (peer id, addresses, link) and serves until its standard
-input closes or it gets SIGTERM; then it prints one JSON line of statistics (with the audit
-log's row count on SQL backends).
+--role stock|foil [--baseline | --refusals] [--data-dir DIR] [--dsn DSN] [--prepared N]``
+starts a libp2p host and serves either a real :class:`~taleus_bootstrap.SessionManager`
+(load-test limits: no rate limits, a cap far above any concurrency; with ``--refusals``, one
+session start per peer per hour, so that every later stream of a peer is refused
+``rate_limited``) or, with ``--baseline``, a bare handler that exchanges the same frames with
+no session manager, no hooks and no audit. It prints one JSON line (peer id, addresses, link)
+and serves until its standard input closes or it gets SIGTERM; then it prints one JSON line of
+statistics (with the audit log's row count and the tallies made in prepared databases on SQL
+backends). ``--prepared``: the PostgreSQL backend's pool of prepared tally roles and schemas
+(refilled below a quarter of it).
 """
 
 from __future__ import annotations
@@ -214,6 +215,9 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
                 audit = getattr(store, "audit", None)
                 if hasattr(audit, "tail"):
                     extra["audit_rows"] = await trio.to_thread.run_sync(_audit_rows, audit)
+                used = getattr(getattr(store, "tallies", None), "prepared_used", None)
+                if used is not None:  # tallies made in a prepared database (SQL backends)
+                    extra["tallies_prepared"] = used
             nursery.cancel_scope.cancel()
     return {"by_state": stats, **extra}
 
