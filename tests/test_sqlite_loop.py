@@ -276,3 +276,58 @@ async def test_the_sync_helper_reports_a_failed_step_and_keeps_serving(tmp_path:
         await helper.run([("F", str(done)), ("D", str(tmp_path))])  # still answering
     finally:
         helper.close()
+
+
+def test_the_in_process_stand_in_finishes_a_request_the_helper_half_did(tmp_path: Path) -> None:
+    from taleus_hooks._synchelper import run_steps
+
+    for name in ("a.partial", "b.partial"):
+        (tmp_path / name).write_bytes(name.encode())
+    os.replace(tmp_path / "a.partial", tmp_path / "a")  # the helper died after one rename
+    request = [
+        ("F", str(tmp_path / "a.partial")),
+        ("F", str(tmp_path / "b.partial")),
+        ("R", f"{tmp_path / 'a.partial'}\t{tmp_path / 'a'}"),
+        ("R", f"{tmp_path / 'b.partial'}\t{tmp_path / 'b'}"),
+        ("D", str(tmp_path)),
+    ]
+    run_steps(request)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    assert (tmp_path / "a").read_bytes() == b"a.partial"
+    with pytest.raises(FileNotFoundError):  # a file that is nowhere is still an error
+        run_steps([("F", str(tmp_path / "missing"))])
+
+
+async def test_tally_files_settle_in_threads_once_their_helper_is_killed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SqliteBackend(tmp_path / "node") as backend:
+        first = await backend.database.provision(request_for("tally-0"))
+        pid = backend.tallies.settle_helper_pid
+        assert pid is not None
+        os.kill(pid, 9)
+        await trio.to_thread.run_sync(os.waitpid, pid, 0)
+        later = [await backend.database.provision(request_for(f"tally-{i}")) for i in (1, 2)]
+        assert backend.tallies.settle_helper_pid is None
+        assert "sync helper ended" in caplog.text
+        for result in [first, *later]:
+            assert backend.read_tally(result) == result.tally
+
+
+async def test_closing_a_sync_helper_ends_the_request_in_flight(tmp_path: Path) -> None:
+    from taleus_hooks._synchelper import HelperEnded, SyncHelper
+
+    helper = SyncHelper()
+    ddl = "CREATE TABLE t (k INTEGER)"
+    request = [("P", f"{tmp_path / f'{i}.sqlite'}\t{ddl}") for i in range(400)]
+    with trio.fail_after(10):  # before the fix: a shielded wait on a closed pipe, forever
+        async with trio.open_nursery() as nursery:
+
+            async def close_soon() -> None:
+                await trio.sleep(0.01)
+                helper.close()
+
+            nursery.start_soon(close_soon)
+            with pytest.raises(HelperEnded):
+                await helper.run(request)
+    helper.close()  # idempotent
