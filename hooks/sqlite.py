@@ -197,6 +197,7 @@ class SqliteTallyFactory:
         self._batcher: Batcher[tuple[Path, Path]] = Batcher(self._settle, MAX_GROUP)
         self._pool: list[Path] = []
         self._refilling = False
+        self._closed = False
         self.prepared_used = 0
         """Tallies created in a prepared file (the others were created on the spot)."""
         _remove_orphaned_prepared_files(self.directory)
@@ -253,7 +254,8 @@ class SqliteTallyFactory:
             await self._preparer.run([("P", f"{name}\t{ddl}") for name in names])
             self._pool.extend(names)
         except OSError as exc:  # the next provisions create their files on the spot meanwhile
-            logger.warning("could not prepare tally files", exc_info=True)
+            if not self._closed:  # (closing ends the helper's request in flight: not a fault)
+                logger.warning("could not prepare tally files", exc_info=True)
             for name in names:
                 name.unlink(missing_ok=True)
             if isinstance(exc, HelperEnded) and self._preparer is not None:
@@ -296,6 +298,7 @@ class SqliteTallyFactory:
 
     def close(self) -> None:
         """Stop the helper processes; delete the prepared files left."""
+        self._closed = True
         self._syncer.close()
         if self._preparer is not None:
             self._preparer.close()
