@@ -160,14 +160,19 @@ class Attempt:
         return self.result == "completed" and self.invitee_ended > t
 
 
-class BreakerLog(logging.Handler):
-    """When the store breaker opened (``time.monotonic()``)."""
+class Lines(logging.Handler):
+    """What the node logged (WARNING and above), and when the store breaker opened
+    (``time.monotonic()``)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(logging.WARNING)
         self.opened: list[float] = []
+        self.by_logger: Counter[str] = Counter()
+        self.messages: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def emit(self, record: logging.LogRecord) -> None:  # also from the pool's threads
+        self.by_logger[record.name] += 1
+        self.messages.append(record.getMessage())
         if record.getMessage().startswith("store breaker open"):
             self.opened.append(time.monotonic())
 
@@ -224,9 +229,8 @@ async def _outage_under_load(server: Any, backend: PostgresBackend) -> None:
         )
         for role in ["stock", "foil"] * (WORKERS // 2) + ["foil"]  # the last: the prober's
     ]
-    breaker_log = BreakerLog()
-    manager_logger = logging.getLogger("taleus_bootstrap.manager")
-    manager_logger.addHandler(breaker_log)
+    lines = Lines()
+    logging.getLogger().addHandler(lines)
     attempts: list[Attempt] = []
     stop = trio.Event()
     warmed_up = trio.Event()
@@ -280,7 +284,7 @@ async def _outage_under_load(server: Any, backend: PostgresBackend) -> None:
                 stop.set()
             await manager.aclose()
     finally:
-        manager_logger.removeHandler(breaker_log)
+        logging.getLogger().removeHandler(lines)
 
     # The node's restart path: what the outage left open is closed, as serve does at start.
     recovered = await backend.recover()
@@ -289,7 +293,7 @@ async def _outage_under_load(server: Any, backend: PostgresBackend) -> None:
     busy = [a for a in attempts if a.result == RejectionCode.BUSY]
     overrun = max(a.ended - a.started for a in sessions) - SESSION_TIMEOUT
     in_outage = [a for a in sessions if a.ended >= stop_begun and a.started <= up]
-    opened = [t for t in breaker_log.opened if stop_begun <= t <= up]
+    opened = [t for t in lines.opened if stop_begun <= t <= up]
     assert opened, "the store breaker never opened during the outage"
     first_busy = min((a.invitee_ended for a in busy if a.invitee_ended >= opened[0]), default=None)
     assert first_busy is not None
@@ -352,6 +356,7 @@ async def _outage_under_load(server: Any, backend: PostgresBackend) -> None:
         f" {len(not_committed)} tally(ies) formed by an invitee and not committed"
         f"\n  token uses {uses} = redemptions {len(redemptions)} = completions {len(completions)};"
         f" audit rows {report.rows}"
+        f"\n  log lines (WARNING and above) by logger: {dict(lines.by_logger)}"
     )
 
     # The stall target.
@@ -384,3 +389,8 @@ async def _outage_under_load(server: Any, backend: PostgresBackend) -> None:
     # Every tally an invitee formed is committed by the node, unless its session was aborted.
     assert all(a.session_id in aborted for a in not_committed)
     assert sessions[-1].result == "completed"
+    # The operator sees the outage begin and end, once each; no secret in what was logged.
+    unreachable = [m for m in lines.messages if m.startswith("PostgreSQL unreachable")]
+    back_again = [m for m in lines.messages if m.startswith("PostgreSQL reachable again")]
+    assert len(unreachable) == len(back_again) == 1
+    assert not any(link.token in m for m in lines.messages for link in links)
