@@ -145,6 +145,30 @@ async def test_while_the_server_is_down_calls_fail_fast_and_then_it_reconnects(
         db.close()
 
 
+async def test_the_maintenance_sweep_outlives_an_outage(
+    own_server: OwnServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep that fails while the server is down is logged; the next one, once it is back,
+    does its work (here: reclaims a reservation whose lease ran out)."""
+    lease = timedelta(seconds=1)
+    with PostgresBackend(own_server.dsn, schema="maintenance", reservation_lease=lease) as backend:
+        token = backend.tokens.mint("stock")
+        assert await backend.tokens.validate(token, session_id="s-1", peer_id=INVITEE_PEER)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.run_maintenance, 0.2)
+            await trio.to_thread.run_sync(own_server.stop)
+            await trio.sleep(1.5)  # sweeps fail; the lease runs out meanwhile
+            assert "maintenance sweep failed (PoolTimeout" in caplog.text
+            await trio.to_thread.run_sync(own_server.start)
+            for _ in range(50):  # a sweep every 0.2 s: the first after the start reclaims it
+                held = await trio.to_thread.run_sync(lambda: backend.tokens.reservations_held)
+                if held == 0:
+                    break
+                await trio.sleep(0.1)
+            assert held == 0
+            nursery.cancel_scope.cancel()
+
+
 @dataclass
 class Attempt:
     """One stream a worker opened: when, and how each side ended."""
