@@ -19,6 +19,7 @@ threads on a small connection pool (``psycopg_pool``), never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -140,9 +141,9 @@ DEFAULT_RECONNECT_TIMEOUT: Final = 0.0
 """How long the pool keeps retrying to replace a lost connection before it gives that attempt up
 (psycopg_pool's ``reconnect_timeout``). 0: a failed attempt is retried once at once, then given
 up. The pool never gives up for good: every call that finds no connection starts a new attempt
-(and a call waits in slices of :data:`UNREACHABLE_WAIT`, each starting one), so the pool is back
-as soon as the server is. psycopg_pool's default (300 s, the delay between attempts doubling
-from 1 s) could leave the node waiting minutes after a long outage ended."""
+(and one that waited :data:`UNREACHABLE_WAIT` in vain asks again, starting another), so the pool
+is back as soon as the server is. psycopg_pool's default (300 s, the delay between attempts
+doubling from 1 s) could leave the node waiting minutes after a long outage ended."""
 
 UNREACHABLE_WAIT: Final = 0.25
 """While the pool's last connection attempt failed (the server is unreachable), how long a call
@@ -263,21 +264,20 @@ class PostgresDatabase:
 
     def _getconn(self, budget_ms: int | None) -> psycopg.Connection[Any]:
         """A pooled connection within ``budget_ms`` (None: the pool's own timeout), or
-        ``PoolTimeout``; sooner while the server is unreachable. The wait is made in slices of
-        :data:`UNREACHABLE_WAIT`, so that a call already waiting when the server goes away
-        also gives up soon after."""
+        ``PoolTimeout``; sooner while the server is unreachable. The first
+        :data:`UNREACHABLE_WAIT` is waited apart, so that a call already waiting when the
+        server goes away gives up then too; a call that waits longer than that (the pool busy,
+        the server fine) waits the rest in line, as one wait."""
         total = self.pool.timeout if budget_ms is None else budget_ms / 1000
         deadline = time.monotonic() + total
-        while True:
+        first = min(total, UNREACHABLE_WAIT)
+        try:
+            return self.pool.getconn(timeout=first)
+        except PoolTimeout:
             left = deadline - time.monotonic()
-            last = self._reach.unreachable or left <= UNREACHABLE_WAIT
-            if left <= 0:
-                break
-            try:
-                return self.pool.getconn(timeout=min(left, UNREACHABLE_WAIT))
-            except PoolTimeout:
-                if last:
-                    break
+            if not self._reach.unreachable and first < total and left > 0:
+                with contextlib.suppress(PoolTimeout):
+                    return self.pool.getconn(timeout=left)
         why = " (the server is unreachable)" if self._reach.unreachable else ""
         raise PoolTimeout(f"no PostgreSQL connection within {total:.2f} s{why}")
 

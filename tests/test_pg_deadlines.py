@@ -91,3 +91,19 @@ async def test_releasing_a_provision_in_a_worker_thread_ends_at_the_callers_dead
         await trio.to_thread.run_sync(release.join)
     finally:
         holder.close()
+
+
+async def test_a_busy_pool_is_waited_for_within_the_deadline(pg_dsn: str) -> None:
+    """Giving up after 0.25 s is for a server that is unreachable: a call waiting for the pool's
+    one connection while the server is fine waits for it, within its deadline."""
+    db = PostgresDatabase(pg_dsn, "public", max_size=1)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.run, lambda cur: cur.execute("SELECT pg_sleep(0.8)"))
+            await trio.sleep(0.1)
+            started = trio.current_time()
+            with trio.fail_after(3):
+                assert tuple(await db.run(one)) == (1,)
+            assert trio.current_time() - started > 0.5  # it did wait for the connection
+    finally:
+        db.close()
