@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -170,21 +171,28 @@ def _thread_budget_ms() -> int | None:
 
 
 class _Reachability:
-    """Whether the last connection attempt of a pool failed; logs each change once."""
+    """Whether the last connection attempt of a pool failed; logs each change once. Told by
+    the pool's threads (a lock keeps two of them from logging one change twice)."""
 
     def __init__(self) -> None:
         self.unreachable = False
+        self._lock = threading.Lock()
 
     def attempted(self, error: BaseException | None) -> None:
-        if error is not None and not self.unreachable:
-            self.unreachable = True
+        if (error is not None) == self.unreachable:
+            return  # no change (read without the lock: the common case)
+        with self._lock:
+            if (error is not None) == self.unreachable:
+                return
+            self.unreachable = error is not None
+        if error is not None:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             logger.warning(
                 "PostgreSQL unreachable (%s): calls fail after at most %g s; reconnecting",
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+                reason or type(error).__name__,
                 UNREACHABLE_WAIT,
             )
-        elif error is None and self.unreachable:
-            self.unreachable = False
+        else:
             logger.warning("PostgreSQL reachable again: connected")
 
 
