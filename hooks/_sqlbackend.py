@@ -3,6 +3,7 @@ recovery after a crash."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -18,6 +19,8 @@ from ._sqlprovision import SqlProvisioner
 from ._sqltokens import SqlTokenStore
 
 __all__ = ["ABORTED", "MaintenanceReport", "RecoveryReport", "SqlBackend"]
+
+logger = logging.getLogger("taleus_hooks.maintenance")
 
 ABORTED: Final = "ABORTED"
 """``SessionOutcome.final_state`` of a session closed by :meth:`SqlBackend.recover`."""
@@ -73,12 +76,20 @@ class SqlBackend(HookBundle):
         *,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Sweep now, then every ``interval`` seconds, until cancelled (``nursery.start`` it)."""
+        """Sweep now, then every ``interval`` seconds, until cancelled (``nursery.start`` it).
+
+        The first sweep's error is raised (the store does not work at start). A later sweep
+        that fails (the store unreachable for a while) is logged, and the next one tries again:
+        the node it serves must not stop for it."""
         await self.sweep()
         task_status.started()
         while True:
             await trio.sleep(interval)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception as exc:
+                logger.warning("maintenance sweep failed (%s: %s); next in %g s",
+                               type(exc).__name__, exc, interval)  # fmt: skip
 
     async def recover(self) -> RecoveryReport:
         """Close what a previous run of this node left in flight; call once at start-up,

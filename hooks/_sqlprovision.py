@@ -19,7 +19,7 @@ import trio
 
 from taleus_bootstrap import DatabaseInfo, Provision, ProvisionRequest, ProvisionResult, Tally
 
-from ._common import Clock, Cursor, SqlDatabase, utc_now
+from ._common import Clock, Cursor, SqlDatabase, in_worker_thread, utc_now
 
 __all__ = ["DEFAULT_PROVISION_TTL", "ProvisionRecord", "SqlProvisioner", "TallyFactory"]
 
@@ -170,7 +170,7 @@ class SqlProvisioner:
 
     async def _release_pending(self, tally_id: str, origin: Origin | None) -> None:
         """Release the pending provisions of ``tally_id`` (of one origin, or both)."""
-        await trio.to_thread.run_sync(self._release_pending_sync, tally_id, origin)
+        await in_worker_thread(self._release_pending_sync, tally_id, origin)
 
     def _release_pending_sync(self, tally_id: str, origin: Origin | None) -> None:
         where = "tally_id = ? AND state = 'pending'"
