@@ -65,10 +65,35 @@ class SqlBackend(HookBundle):
 
     async def sweep(self) -> MaintenanceReport:
         """Reclaim reservations whose lease ran out and remove provisions left unacknowledged
-        past the provision TTL."""
+        past the provision TTL.
+
+        First, a session among them that the audit log shows *completed* — its ``mark_used``
+        and its tally's ``commit`` both failed after the last frame, e.g. the store was stalled
+        then — is settled as completed, as :meth:`recover` settles one: its pending provisions
+        are committed and its reservation redeemed (never released, its tally never swept)."""
+        await trio.to_thread.run_sync(self._settle_completed)
         reclaimed = await trio.to_thread.run_sync(self.tokens.reclaim_expired)
         swept = await self.database.sweep()
         return MaintenanceReport(reclaimed, tuple(swept))
+
+    def _settle_completed(self) -> None:
+        """See :meth:`sweep`."""
+        lapsed = set(self.tokens.lapsed_sessions()) | set(self.database.stale_sessions())
+        completed = sorted(sid for sid in lapsed if self._completed(sid))
+        if completed:
+            self.database.commit_sessions(completed)
+            self.tokens.release_sessions(completed)  # redeemed: their tallies are committed
+            logger.warning(
+                "settled %d completed session(s) whose token use and commit had failed",
+                len(completed),
+            )
+
+    def _completed(self, session_id: str) -> bool:
+        """Whether the audit log holds a completed outcome of ``session_id``."""
+        return any(
+            event.kind == "session_outcome" and event.final_state == "COMPLETED"
+            for event in self.audit.for_session(session_id)
+        )
 
     async def run_maintenance(
         self,

@@ -331,3 +331,66 @@ async def test_closing_a_sync_helper_ends_the_request_in_flight(tmp_path: Path) 
             with pytest.raises(HelperEnded):
                 await helper.run(request)
     helper.close()  # idempotent
+
+
+async def test_a_release_ends_at_the_callers_deadline_under_a_held_lock(
+    backend_factory: Any,
+) -> None:
+    """``database.release`` (a session's clean-up) waits for the write lock no longer than its
+    caller's deadline, never in a worker thread that cannot be cut; what it could not do is
+    left pending, for a later release or the sweep."""
+    backend: SqliteBackend = backend_factory("sqlite")
+    result = await backend.database.provision(request_for("tally-1"))
+    other = hold_write_lock(backend.control.path)
+
+    async def release_later() -> None:
+        await trio.sleep(1.5)
+        other.rollback()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_later)
+            started = trio.current_time()
+            with trio.move_on_after(0.3) as scope:
+                await backend.database.release(result, session_id=sid(1))
+            elapsed = trio.current_time() - started
+    finally:
+        other.close()
+    assert scope.cancelled_caught and elapsed < 1.0
+    assert [r.tally_id for r in backend.database.pending()] == ["tally-1"]
+    await backend.database.release(result, session_id=sid(1))  # the lock is back
+    assert backend.database.pending() == [] and backend.read_tally(result) is None
+
+
+async def test_a_call_cut_while_its_batch_waits_for_the_lock_never_happens(
+    tmp_path: Path,
+) -> None:
+    """Under a write lock held elsewhere, a caller cut at its deadline while the batch holding
+    its call waits for the lock (led by another task) is never run later, behind its back,
+    when the lock comes back. (Which waiting task leads the batch is trio's choice: the
+    scenario is played a few times so that the other task leads at least once.)"""
+    path = tmp_path / "d.sqlite"
+    db = table(path)
+    try:
+
+        async def cut(key: int, after: float) -> None:
+            with trio.move_on_after(after):
+                await db.run(insert(key))
+
+        async def release_later(other: sqlite3.Connection) -> None:
+            await trio.sleep(0.3)
+            other.rollback()
+
+        for k in range(0, 60, 10):
+            other = hold_write_lock(path)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cut, k + 1, 0.05)  # leads, cut: its batch goes back
+                await trio.sleep(0.01)
+                nursery.start_soon(cut, k + 2, 0.15)  # then in the next batch, cut
+                nursery.start_soon(db.run, insert(k + 3))  # in that batch too, waits it out
+                nursery.start_soon(release_later, other)
+            other.close()
+        rows = sqlite3.connect(path).execute("SELECT k FROM t ORDER BY k").fetchall()
+        assert [k for (k,) in rows] == list(range(3, 60, 10))
+    finally:
+        db.close()
