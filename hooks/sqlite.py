@@ -231,6 +231,11 @@ class SqliteTallyFactory:
             await self._batcher.submit((partial, path))
 
     @property
+    def prepared(self) -> int:
+        """Prepared tally files ready for the next provisions."""
+        return len(self._pool)
+
+    @property
     def settle_helper_pid(self) -> int | None:
         """The pid of the helper process that settles tally files (None: not started yet, or
         worker threads stand in for it)."""

@@ -248,8 +248,12 @@ async def test_tallies_are_created_in_prepared_files_and_orphans_are_removed(
     with SqliteBackend(tmp_path / "node") as backend:
         assert not orphan.exists() and mine.exists()
         factory: SqliteTallyFactory = backend.tallies
-        made = [await backend.database.provision(request_for(f"tally-{i}")) for i in range(40)]
-        assert factory.prepared_used > 0  # after the first refill, files come from the pool
+        made = [await backend.database.provision(request_for("tally-first"))]
+        with trio.fail_after(10):  # the first provision asked for a refill, in the background
+            while factory.prepared == 0:
+                await trio.sleep(0.01)
+        made += [await backend.database.provision(request_for(f"tally-{i}")) for i in range(40)]
+        assert factory.prepared_used == 40  # after the first refill, files come from the pool
         for result in made:
             assert backend.read_tally(result) == result.tally
         assert not list(directory.glob("*.partial"))
