@@ -250,7 +250,7 @@ async def test_tallies_are_created_in_prepared_files_and_orphans_are_removed(
         factory: SqliteTallyFactory = backend.tallies
         made = [await backend.database.provision(request_for("tally-first"))]
         with trio.fail_after(10):  # the first provision asked for a refill, in the background
-            while factory.prepared == 0:
+            while factory.prepared == 0:  # noqa: ASYNC110 (public state, no event to wait on)
                 await trio.sleep(0.01)
         made += [await backend.database.provision(request_for(f"tally-{i}")) for i in range(40)]
         assert factory.prepared_used == 40  # after the first refill, files come from the pool

@@ -78,8 +78,9 @@ async def test_a_write_lock_held_by_another_process_for_10_s_under_load(
     tries again 50 ms later) while a subprocess holds ``control.sqlite``'s write lock
     (``BEGIN IMMEDIATE``) for 10 s. The manager runs with::
 
-        session_timeout=3, step_timeout=1, provision_timeout=1, cleanup_timeout=0.5,
-        breaker_failures=5, breaker_open_s=1 (rate limits out of the way)
+        session_timeout=3, step_timeout=1, provision_timeout=1,
+        breaker_failures=5, breaker_open_s=1 (rate limits out of the way; the clean-up bounds
+        as shipped: cleanup_timeout 5 s, release_timeout 0.5 s for a session's releases)
 
     Asserted: every admitted session ends (the inviter's ``handle_stream`` returns) within
     ``session_timeout`` + 1 s of its start; hook calls cut by their deadline count as store
@@ -97,7 +98,6 @@ async def test_a_write_lock_held_by_another_process_for_10_s_under_load(
         session_timeout=3.0,
         step_timeout=1.0,
         provision_timeout=1.0,
-        cleanup_timeout=0.5,
         breaker_failures=5,
         breaker_open_s=1.0,
         peer_rate=1_000_000,
