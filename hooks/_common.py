@@ -9,11 +9,15 @@ by :meth:`SqlDatabase.transact`, in a worker thread (never on the event loop).
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+import trio
 from pydantic import JsonValue
 
 from taleus_bootstrap import InviteeHooks, Role, SessionHooks
@@ -26,6 +30,7 @@ __all__ = [
     "SqlDatabase",
     "TokenRecord",
     "canonical_json",
+    "in_worker_thread",
     "utc_now",
 ]
 
@@ -37,6 +42,24 @@ Clock = Callable[[], datetime]
 def utc_now() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(UTC)
+
+
+CALLER_DEADLINE: ContextVar[float | None] = ContextVar("taleus_caller_deadline", default=None)
+"""The deadline (``time.monotonic()``) of the task whose worker thread this is, set by
+:func:`in_worker_thread` (``trio.to_thread`` hands the context to the thread): a store whose
+calls can wait on a server (PostgreSQL) bounds them by it."""
+
+
+async def in_worker_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``trio.to_thread.run_sync(fn, *args)``, telling the thread the caller's deadline
+    (:data:`CALLER_DEADLINE`): a worker thread cannot be abandoned, so the store calls it
+    makes must end on time by themselves."""
+    left = trio.current_effective_deadline() - trio.current_time()
+    token = CALLER_DEADLINE.set(None if left == math.inf else time.monotonic() + left)
+    try:
+        return await trio.to_thread.run_sync(fn, *args)
+    finally:
+        CALLER_DEADLINE.reset(token)
 
 
 def canonical_json(value: Any) -> str:

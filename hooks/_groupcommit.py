@@ -18,14 +18,17 @@ or for its fsync) wait, and go together in the next batch:
 
 The batching itself is :class:`~taleus_hooks._batching.Batcher`, as for the audit log. A call
 cancelled before its batch began (queued, or waiting for the write lock) is dropped and nothing
-of it is done; once its batch has begun it finishes, and the cancellation is delivered
-afterwards, so a caller never loses track of a reservation it made.
+of it is done — also one taken into a batch whose leader then waited for the lock past the
+call's deadline: the batch leaves it out once it holds the lock. Once its batch has begun it
+finishes, and the cancellation is delivered afterwards, so a caller never loses track of a
+reservation it made.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from math import inf
 from typing import Any, Final, Generic, TypeVar
 
 import trio
@@ -43,12 +46,27 @@ event loop (a few milliseconds)."""
 
 
 class _Call(Generic[T]):
-    __slots__ = ("error", "fn", "value")
+    __slots__ = ("abandoned", "deadline", "error", "fn", "value")
 
     def __init__(self, fn: Callable[[Cursor], T]) -> None:
         self.fn = fn
         self.value: T | None = None
         self.error: BaseException | None = None
+        self.abandoned = False
+        """Its caller was cancelled while the call waited in a batch (see :meth:`due`)."""
+        deadline = trio.current_effective_deadline()
+        self.deadline = inf if deadline == -inf else deadline  # -inf: cancelled already
+        """Its caller's deadline when it made the call."""
+
+    def due(self, now: float) -> bool:
+        """Whether its caller still waits for it. A call whose caller was cancelled, or whose
+        caller's deadline passed, while its batch waited for the write lock is left out, as if
+        it had been dropped from the queue: its caller is told it was cut, so it must not
+        happen later behind its back."""
+        if not self.abandoned and now < self.deadline:
+            return True
+        self.error = TimeoutError("the caller was cut before its batch began")
+        return False
 
     def result(self) -> T:
         if self.error is not None:
@@ -78,7 +96,11 @@ class GroupCommit:
     async def run(self, fn: Callable[[Cursor], T]) -> T:
         """Run ``fn`` in the next batch; return its result once the batch is committed."""
         call: _Call[T] = _Call(fn)
-        await self._batcher.submit(call)
+        try:
+            await self._batcher.submit(call)
+        except trio.Cancelled:
+            call.abandoned = True  # if its batch has not run it yet, it never will
+            raise
         return call.result()
 
     async def alone(self, fn: Callable[[Cursor], T]) -> T:
@@ -92,10 +114,12 @@ class GroupCommit:
         with the error of a lone call."""
 
         def body(cur: Cursor) -> None:
-            if len(batch) == 1:  # alone: its own transaction, no savepoint needed
-                batch[0].value = batch[0].fn(cur)
+            now = trio.current_time()
+            calls = [call for call in batch if call.due(now)]
+            if len(calls) == 1:  # alone: its own transaction, no savepoint needed
+                calls[0].value = calls[0].fn(cur)
             else:
-                for call in batch:
+                for call in calls:
                     _run_in_savepoint(cur, call)
 
         await self._transaction(body)

@@ -3,6 +3,7 @@ recovery after a crash."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -18,6 +19,8 @@ from ._sqlprovision import SqlProvisioner
 from ._sqltokens import SqlTokenStore
 
 __all__ = ["ABORTED", "MaintenanceReport", "RecoveryReport", "SqlBackend"]
+
+logger = logging.getLogger("taleus_hooks.maintenance")
 
 ABORTED: Final = "ABORTED"
 """``SessionOutcome.final_state`` of a session closed by :meth:`SqlBackend.recover`."""
@@ -62,10 +65,35 @@ class SqlBackend(HookBundle):
 
     async def sweep(self) -> MaintenanceReport:
         """Reclaim reservations whose lease ran out and remove provisions left unacknowledged
-        past the provision TTL."""
+        past the provision TTL.
+
+        First, a session among them that the audit log shows *completed* — its ``mark_used``
+        and its tally's ``commit`` both failed after the last frame, e.g. the store was stalled
+        then — is settled as completed, as :meth:`recover` settles one: its pending provisions
+        are committed and its reservation redeemed (never released, its tally never swept)."""
+        await trio.to_thread.run_sync(self._settle_completed)
         reclaimed = await trio.to_thread.run_sync(self.tokens.reclaim_expired)
         swept = await self.database.sweep()
         return MaintenanceReport(reclaimed, tuple(swept))
+
+    def _settle_completed(self) -> None:
+        """See :meth:`sweep`."""
+        lapsed = set(self.tokens.lapsed_sessions()) | set(self.database.stale_sessions())
+        completed = sorted(sid for sid in lapsed if self._completed(sid))
+        if completed:
+            self.database.commit_sessions(completed)
+            self.tokens.release_sessions(completed)  # redeemed: their tallies are committed
+            logger.warning(
+                "settled %d completed session(s) whose token use and commit had failed",
+                len(completed),
+            )
+
+    def _completed(self, session_id: str) -> bool:
+        """Whether the audit log holds a completed outcome of ``session_id``."""
+        return any(
+            event.kind == "session_outcome" and event.final_state == "COMPLETED"
+            for event in self.audit.for_session(session_id)
+        )
 
     async def run_maintenance(
         self,
@@ -73,12 +101,20 @@ class SqlBackend(HookBundle):
         *,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Sweep now, then every ``interval`` seconds, until cancelled (``nursery.start`` it)."""
+        """Sweep now, then every ``interval`` seconds, until cancelled (``nursery.start`` it).
+
+        The first sweep's error is raised (the store does not work at start). A later sweep
+        that fails (the store unreachable for a while) is logged, and the next one tries again:
+        the node it serves must not stop for it."""
         await self.sweep()
         task_status.started()
         while True:
             await trio.sleep(interval)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception as exc:
+                logger.warning("maintenance sweep failed (%s: %s); next in %g s",
+                               type(exc).__name__, exc, interval)  # fmt: skip
 
     async def recover(self) -> RecoveryReport:
         """Close what a previous run of this node left in flight; call once at start-up,

@@ -10,6 +10,7 @@ session or a crashed process left behind. The tally databases themselves are mad
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +20,7 @@ import trio
 
 from taleus_bootstrap import DatabaseInfo, Provision, ProvisionRequest, ProvisionResult, Tally
 
-from ._common import Clock, Cursor, SqlDatabase, utc_now
+from ._common import Clock, Cursor, SqlDatabase, in_worker_thread, utc_now
 
 __all__ = ["DEFAULT_PROVISION_TTL", "ProvisionRecord", "SqlProvisioner", "TallyFactory"]
 
@@ -143,6 +144,12 @@ class SqlProvisioner:
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)
         return [record.tally_id for record in stale]
 
+    def stale_sessions(self) -> list[str]:
+        """The sessions with a provision still pending after ``provision_ttl``."""
+        cutoff = (self._clock() - self.provision_ttl).timestamp()
+        stale = self.records("state = 'pending' AND created_at <= ?", cutoff)
+        return sorted({record.session_id for record in stale})
+
     def commit_sessions(self, session_ids: list[str]) -> list[ProvisionRecord]:
         """Commit the pending provisions of ``session_ids`` (sessions known to have completed,
         whose outcome was never recorded) and return them."""
@@ -169,14 +176,20 @@ class SqlProvisioner:
         return [record for sid in session_ids for record in self._select(cur, where, sid)]
 
     async def _release_pending(self, tally_id: str, origin: Origin | None) -> None:
-        """Release the pending provisions of ``tally_id`` (of one origin, or both)."""
-        await trio.to_thread.run_sync(self._release_pending_sync, tally_id, origin)
-
-    def _release_pending_sync(self, tally_id: str, origin: Origin | None) -> None:
+        """Release the pending provisions of ``tally_id`` (of one origin, or both): as
+        :meth:`_drop_one`, with the store's transactions run by :meth:`SqlDatabase.run`, so
+        bounded by the caller's deadline (a clean-up must not wait in a worker thread for a
+        write lock held elsewhere). Cut short, the provision stays ``pending`` for the sweep."""
         where = "tally_id = ? AND state = 'pending'"
-        for record in self._db.transact(lambda cur: self._select(cur, where, tally_id)):
-            if origin is None or record.origin == origin:
-                self._drop_one(record, "released")
+        for record in await self._db.run(lambda cur: self._select(cur, where, tally_id)):
+            if origin is not None and record.origin != origin:
+                continue
+            if record.origin == "local":
+                await in_worker_thread(self.factory.drop, record.provision.database)
+            leave = functools.partial(
+                self._leave_pending, record=record, state="released", now=self._clock().timestamp()
+            )
+            await self._db.run(leave)
 
     def _drop_one(self, record: ProvisionRecord, state: State) -> None:
         if record.origin == "local":  # the stored location, not the caller's: drop what we made

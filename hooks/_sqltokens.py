@@ -173,6 +173,18 @@ class SqlTokenStore:
             lambda cur: self._settle(cur, "lease_expires_at <= ?", (now,), now)
         )
 
+    def lapsed_sessions(self) -> list[str]:
+        """The sessions holding a reservation whose lease has run out."""
+        now = _ts(self._clock())
+
+        def select(cur: Cursor) -> list[str]:
+            cur.execute(
+                "SELECT DISTINCT session_id FROM reservations WHERE lease_expires_at <= ?", (now,)
+            )
+            return [str(sid) for (sid,) in cur.fetchall()]
+
+        return self._db.transact(select)
+
     def release_sessions(self, session_ids: list[str]) -> int:
         """Settle every reservation held by ``session_ids`` (sessions known to be over, e.g.
         those in flight when the node crashed); return how many were settled.

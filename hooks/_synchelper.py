@@ -18,6 +18,7 @@ input, which is also what it sees when its parent dies.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -27,7 +28,17 @@ from typing import Final
 
 import trio
 
-__all__ = ["HelperEnded", "SyncHelper", "SyncStep", "fsync_path", "helper_can_name"]
+__all__ = [
+    "HelperEnded",
+    "SyncHelper",
+    "SyncStep",
+    "Syncer",
+    "fsync_path",
+    "helper_can_name",
+    "run_steps",
+]
+
+logger = logging.getLogger("taleus_hooks.sqlite")
 
 SyncStep = tuple[str, str]
 """``("F", path)``, ``("D", directory)``, ``("R", "src\\tdst")`` or ``("P", "path\\tddl")``."""
@@ -70,9 +81,13 @@ for raw in stdin:
         continue
     try:
         run(lines)
-        os.write(1, b"k")
+        answer = b"k"
     except Exception as exc:  # an OSError's errno; anything else (sqlite3) as EIO
-        os.write(1, b"e" + str(getattr(exc, "errno", None) or 5).encode() + b"\n")
+        answer = b"e" + str(getattr(exc, "errno", None) or 5).encode() + b"\n"
+    try:
+        os.write(1, answer)
+    except BrokenPipeError:  # the parent closed us while this request ran
+        break
     lines = []
 """
 
@@ -119,7 +134,10 @@ class SyncHelper:
             raise HelperEnded("the sync helper process ended") from exc
         answer = b""
         while not answer.endswith((b"k", b"\n")):
-            await trio.lowlevel.wait_readable(self._reply)
+            try:
+                await trio.lowlevel.wait_readable(self._reply)
+            except trio.ClosedResourceError as exc:  # close() while this request ran
+                raise HelperEnded("the sync helper was closed") from exc
             try:
                 chunk = os.read(self._reply, 64)
             except BlockingIOError:
@@ -130,8 +148,13 @@ class SyncHelper:
         return answer
 
     def close(self) -> None:
-        """End the helper (it finishes the request in hand first)."""
+        """End the helper (it finishes the request in hand first, whose caller gets
+        :class:`HelperEnded`). Idempotent."""
         assert self._process.stdin is not None and self._process.stdout is not None
+        if self._process.stdout.closed:
+            return
+        with contextlib.suppress(RuntimeError):  # outside trio nothing can be waiting on it
+            trio.lowlevel.notify_closing(self._reply)  # a request in flight ends: HelperEnded
         with contextlib.suppress(BrokenPipeError):
             self._process.stdin.close()
         self._process.stdout.close()
@@ -140,6 +163,78 @@ class SyncHelper:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+
+class Syncer:
+    """Runs requests in a :class:`SyncHelper`, started at the first request, or in worker threads
+    (:func:`run_steps`) when the helper cannot start, its paths cannot be named in its protocol
+    (``use_helper=False``) or ``fsync`` is not ``os.fsync`` (a test watching it). A helper
+    that ends is not restarted: the threads take over for good, finishing the request it may
+    have half done. ``name`` names the helper in the log lines that say so.
+    """
+
+    def __init__(
+        self, name: str, *, use_helper: bool = True, fsync: Callable[[int], None] = os.fsync
+    ) -> None:
+        self._name = name
+        self._fsync = fsync
+        self._use_helper = use_helper and fsync is os.fsync
+        self._helper: SyncHelper | None = None
+
+    @property
+    def helper_pid(self) -> int | None:
+        """The helper's pid (None: not started yet, or requests run in worker threads)."""
+        return None if self._helper is None else self._helper.pid
+
+    async def run(self, steps: Sequence[SyncStep]) -> None:
+        """Do ``steps`` in order (not cancellable once begun); raise ``OSError`` if one
+        failed."""
+        if self._helper is None and self._use_helper:
+            try:
+                self._helper = SyncHelper()
+            except OSError:
+                logger.warning("could not start the %s: worker threads stand in", self._name)
+                self._use_helper = False
+        if self._helper is not None:
+            try:
+                await self._helper.run(steps)
+                return
+            except HelperEnded:  # perhaps half done: the thread finishes what is left
+                logger.warning("the %s ended: worker threads stand in", self._name)
+                helper, self._helper = self._helper, None
+                self._use_helper = False
+                helper.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(run_steps, steps, self._fsync)
+
+    def close(self) -> None:
+        """Stop the helper."""
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+
+
+def run_steps(steps: Sequence[SyncStep], fsync: Callable[[int], None] = os.fsync) -> None:
+    """Do ``F``, ``D`` and ``R`` steps in this process (a worker thread standing in for the
+    helper); ``fsync`` syncs the files (a test may watch it), directories use ``os.fsync``.
+    Tolerant of a request the helper half did: a rename already made is not made
+    again, and a file it already renamed is synced under its new name."""
+    renames = dict(arg.split("\t", 1) for op, arg in steps if op == "R")
+    for op, arg in steps:
+        if op == "F" or op == "D":
+            path = Path(arg)
+            if op == "D":
+                fsync_path(path)
+                continue
+            if arg in renames and not path.exists():
+                path = Path(renames[arg])
+            fsync_path(path, fsync)
+        elif op == "R":
+            src, dst = arg.split("\t", 1)
+            if os.path.exists(src) or not os.path.exists(dst):
+                os.replace(src, dst)
+        else:
+            raise OSError(22, f"no in-process stand-in for request {op}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -36,7 +36,7 @@ from typing import Final
 
 import trio
 
-from ._synchelper import HelperEnded, SyncHelper, SyncStep, fsync_path, helper_can_name
+from ._synchelper import Syncer, SyncStep, helper_can_name
 
 __all__ = ["CHECKPOINT_EVERY", "LOCK_WAIT_LIMIT", "WalSync", "begin_immediate", "is_busy"]
 
@@ -94,10 +94,12 @@ class WalSync:
     ) -> None:
         self._wal = Path(f"{database}-wal")
         self._checkpoint = checkpoint
-        self._fsync = fsync
         self.enabled = enabled
-        self._helper: SyncHelper | None = None  # started at the first sync
-        self._use_helper = enabled and fsync is os.fsync and helper_can_name(self._wal)
+        self._syncer = Syncer(
+            f"fsync helper of {self._wal.name}",
+            use_helper=helper_can_name(self._wal),
+            fsync=fsync,
+        )
         self._wal_named = False  # the WAL's directory entry synced once
         self._committed = 0  # commits made on the loop connection
         self._synced = 0  # the last of them known to be on disk
@@ -138,41 +140,18 @@ class WalSync:
                 done.set()
 
     async def _sync_once(self) -> None:
-        if self._helper is None and self._use_helper:
-            try:
-                self._helper = SyncHelper()
-            except OSError:
-                logger.warning("no fsync helper process: the WAL is synced in worker threads")
-                self._use_helper = False
-        if self._helper is not None:
-            steps: list[SyncStep] = [("F", str(self._wal))]
-            if not self._wal_named:
-                steps.append(("D", str(self._wal.parent)))
-            try:
-                await self._helper.run(steps)
-                self._wal_named = True
-                self.syncs += 1
-                return
-            except HelperEnded:  # nothing was synced: the threads take over
-                logger.warning("the fsync helper of %s ended; syncing in threads", self._wal.name)
-                helper, self._helper = self._helper, None
-                self._use_helper = False
-                helper.close()
-        await trio.to_thread.run_sync(self._sync)
+        steps: list[SyncStep] = [("F", str(self._wal))]
+        if not self._wal_named:
+            steps.append(("D", str(self._wal.parent)))
+        await self._syncer.run(steps)
+        self._wal_named = True
+        self.syncs += 1
 
     @property
     def helper_pid(self) -> int | None:
         """The fsync helper process's pid (None: not started yet, or syncs run in worker
         threads)."""
-        return None if self._helper is None else self._helper.pid
-
-    def _sync(self) -> None:
-        """In a worker thread: fsync the WAL (and, the first time, its directory)."""
-        fsync_path(self._wal, self._fsync)
-        if not self._wal_named:
-            fsync_path(self._wal.parent)
-            self._wal_named = True
-        self.syncs += 1
+        return self._syncer.helper_pid
 
     async def _checkpoint_in_thread(self) -> None:
         try:
@@ -184,6 +163,4 @@ class WalSync:
 
     def close(self) -> None:
         """Stop the helper."""
-        if self._helper is not None:
-            self._helper.close()
-            self._helper = None
+        self._syncer.close()

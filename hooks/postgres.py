@@ -30,6 +30,7 @@ threads on a small connection pool (``psycopg_pool``), never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -37,20 +38,21 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import quote, urlencode
 
 import psycopg
 import trio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 
-from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
+from ._common import CALLER_DEADLINE, Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._sqlaudit import (
     DEFAULT_OWNER,
     GENESIS_HASH,
@@ -165,6 +167,20 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10
 MIN_BUDGET_MS: Final = 50
 """The least a call is given when its deadline is (nearly) spent: enough to fail cleanly."""
 
+DEFAULT_RECONNECT_TIMEOUT: Final = 0.0
+"""How long the pool keeps retrying to replace a lost connection before it gives that attempt up
+(psycopg_pool's ``reconnect_timeout``). 0: a failed attempt is retried once at once, then given
+up. The pool never gives up for good: every call that finds no connection starts a new attempt
+(and one that waited :data:`UNREACHABLE_WAIT` in vain asks again, starting another), so the pool
+is back as soon as the server is. psycopg_pool's default (300 s, the delay between attempts
+doubling from 1 s) could leave the node waiting minutes after a long outage ended."""
+
+UNREACHABLE_WAIT: Final = 0.25
+"""While the pool's last connection attempt failed (the server is unreachable), how long a call
+waits for a connection (at most; its deadline may be nearer): enough for the connection its
+request starts to come back once the server does, short enough that a call fails fast (and the
+clean-up after it too) instead of waiting out its whole deadline for a server that is gone."""
+
 
 def _budget_ms() -> int | None:
     """What is left of the current task's deadline, in ms (None: no deadline)."""
@@ -174,8 +190,70 @@ def _budget_ms() -> int | None:
     return max(MIN_BUDGET_MS, math.ceil(left * 1000))
 
 
+def _thread_budget_ms() -> int | None:
+    """What is left of the deadline ``in_worker_thread`` handed this thread, in ms (None:
+    none was)."""
+    deadline = CALLER_DEADLINE.get()
+    if deadline is None:
+        return None
+    return max(MIN_BUDGET_MS, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+class _Reachability:
+    """Whether the last connection attempt of a pool failed; logs each change once. Told by
+    the pool's threads (a lock keeps two of them from logging one change twice)."""
+
+    def __init__(self) -> None:
+        self.unreachable = False
+        self._lock = threading.Lock()
+
+    def attempted(self, error: BaseException | None) -> None:
+        if (error is not None) == self.unreachable:
+            return  # no change (read without the lock: the common case)
+        with self._lock:
+            if (error is not None) == self.unreachable:
+                return
+            self.unreachable = error is not None
+        if error is not None:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            logger.warning(
+                "PostgreSQL unreachable (%s): calls fail after at most %g s; reconnecting",
+                reason or type(error).__name__,
+                UNREACHABLE_WAIT,
+            )
+        else:
+            logger.warning("PostgreSQL reachable again: connected")
+
+
+def _watched_connection_class(reach: _Reachability) -> type[psycopg.Connection[Any]]:
+    """A connection class telling ``reach`` how each connection attempt of the pool went."""
+
+    class WatchedConnection(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.OperationalError as exc:
+                reach.attempted(exc)
+                raise
+            reach.attempted(None)
+            return conn
+
+    return WatchedConnection
+
+
 class PostgresDatabase:
-    """A connection pool whose connections use ``schema``; one transaction per call."""
+    """A connection pool whose connections use ``schema``; one transaction per call.
+
+    After the server restarts (or a connection dies) the pool replaces what it lost by itself:
+    every connection is checked (an empty query, one round trip) as it leaves the pool, so a
+    dead one is discarded and replaced instead of failing the call that took it, and a failed
+    reconnection is never final (see :data:`DEFAULT_RECONNECT_TIMEOUT`).
+    A call waits for a connection no longer than its caller's deadline, and while the server
+    is unreachable (the pool's last connection attempt failed) no longer than
+    :data:`UNREACHABLE_WAIT`; then it fails (``psycopg_pool.PoolTimeout``). ``check=False``
+    skips the check (saves the round trip; the first call on each dead connection then fails).
+    """
 
     for_update = " FOR UPDATE"
 
@@ -187,6 +265,8 @@ class PostgresDatabase:
         min_size: int = 1,
         max_size: int = 8,
         connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+        check: bool = True,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -197,25 +277,68 @@ class PostgresDatabase:
         # authentication...), where the pool would retry for its whole timeout and then only
         # report that it timed out.
         psycopg.connect(dsn, **kwargs).close()
+        self._reach = _Reachability()
         self.pool = ConnectionPool(
             dsn,
+            connection_class=_watched_connection_class(self._reach),
             min_size=min_size,
             max_size=max_size,
             kwargs=kwargs,
             configure=self._configure,
+            check=ConnectionPool.check_connection if check else None,
+            reconnect_timeout=reconnect_timeout,
             open=False,
         )
         self.pool.open(wait=True, timeout=30.0)
 
+    @property
+    def unreachable(self) -> bool:
+        """True while the pool's last connection attempt failed."""
+        return self._reach.unreachable
+
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
+    def _getconn(self, budget_ms: int | None) -> psycopg.Connection[Any]:
+        """A pooled connection within ``budget_ms`` (None: the pool's own timeout), or
+        ``PoolTimeout``; sooner while the server is unreachable. The first
+        :data:`UNREACHABLE_WAIT` is waited apart, so that a call already waiting when the
+        server goes away gives up then too; a call that waits longer than that (the pool busy,
+        the server fine) waits the rest in line, as one wait."""
+        total = self.pool.timeout if budget_ms is None else budget_ms / 1000
+        deadline = time.monotonic() + total
+        first = min(total, UNREACHABLE_WAIT)
+        try:
+            return self.pool.getconn(timeout=first)
+        except PoolTimeout:
+            left = deadline - time.monotonic()
+            if not self._reach.unreachable and first < total and left > 0:
+                with contextlib.suppress(PoolTimeout):
+                    return self.pool.getconn(timeout=left)
+        why = " (the server is unreachable)" if self._reach.unreachable else ""
+        raise PoolTimeout(f"no PostgreSQL connection within {total:.2f} s{why}")
+
+    @contextmanager
+    def _connection(self, budget_ms: int | None) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._getconn(budget_ms)
+        try:
+            with conn:
+                yield conn
+        finally:
+            self.pool.putconn(conn)
+
     def transact(self, fn: Callable[[Cursor], T], *, budget_ms: int | None = None) -> T:
         """Run ``fn`` in one transaction on a pooled connection, in the calling thread. With
-        ``budget_ms``, its statements and lock waits are cut by the server after that long
-        (``statement_timeout`` and ``lock_timeout`` for this transaction only)."""
-        wait = None if budget_ms is None else budget_ms / 1000
-        with self.pool.connection(timeout=wait) as conn, conn.transaction(), conn.cursor() as cur:
+        ``budget_ms`` (by default, what is left of the deadline ``in_worker_thread`` handed
+        this thread, if any), the pool wait, its statements and its lock waits are cut after
+        that long (``statement_timeout`` and ``lock_timeout`` for this transaction only)."""
+        if budget_ms is None:
+            budget_ms = _thread_budget_ms()
+        with (
+            self._connection(budget_ms) as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             if budget_ms is not None:
                 cur.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
                 cur.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
@@ -225,8 +348,8 @@ class PostgresDatabase:
         """Run ``fn`` in one transaction in a worker thread (PostgreSQL groups commits itself).
 
         A worker thread cannot be abandoned, so the caller's deadline (its trio cancel scope)
-        is handed to the server instead: what is left of it bounds the transaction's
-        statements and lock waits, and a stalled call ends about on time."""
+        is handed to the server instead: what is left of it bounds the pool wait, the
+        transaction's statements and lock waits, and a stalled call ends about on time."""
         return await trio.to_thread.run_sync(
             functools.partial(self.transact, fn, budget_ms=_budget_ms())
         )
@@ -235,9 +358,14 @@ class PostgresDatabase:
         """Run ``fn`` in one transaction of its own in a worker thread (as :meth:`run`)."""
         return await self.run(fn)
 
-    def run_admin(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run ``fn`` with a raw pooled connection (autocommit) for DDL and role management."""
-        with self.pool.connection() as conn:
+    def run_admin(
+        self, fn: Callable[[psycopg.Connection[Any]], T], *, budget_ms: int | None = None
+    ) -> T:
+        """Run ``fn`` with a raw pooled connection (autocommit) for DDL and role management.
+        The pool wait is bounded as for :meth:`transact`; ``fn`` bounds its own statements."""
+        if budget_ms is None:
+            budget_ms = _thread_budget_ms()
+        with self._connection(budget_ms) as conn:
             return fn(conn)
 
     def close(self) -> None:
@@ -352,7 +480,7 @@ class PostgresTallyFactory:
                 )
             return taken is not None
 
-        return self._db.run_admin(create)
+        return self._db.run_admin(create, budget_ms=budget_ms)
 
     @staticmethod
     def _take_prepared(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
@@ -474,17 +602,22 @@ class PostgresTallyFactory:
             refiller.join()
 
     def drop(self, database: DatabaseInfo) -> None:
-        """Drop the schema, the role and its stored password (each if it exists)."""
+        """Drop the schema, the role and its stored password (each if it exists). Bounded, in
+        a thread ``in_worker_thread`` started, by its caller's deadline."""
         name = database.credentials_ref.rsplit("/", 1)[1]
+        budget_ms = _thread_budget_ms()
 
         def drop(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
+                if budget_ms is not None:
+                    conn.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
+                    conn.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
                 ident = sql.Identifier(name)
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
                 conn.execute("DELETE FROM tally_credentials WHERE role_name = %s", (name,))
 
-        self._db.run_admin(drop)
+        self._db.run_admin(drop, budget_ms=budget_ms)
 
 
 def _verifier(conn: psycopg.Connection[Any], password: str, role: str) -> str:

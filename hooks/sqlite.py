@@ -48,7 +48,7 @@ from ._sqlschema import (
     tally_from_row,
 )
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
-from ._synchelper import HelperEnded, SyncHelper, SyncStep, fsync_path, helper_can_name
+from ._synchelper import HelperEnded, Syncer, SyncHelper, SyncStep, helper_can_name
 from ._walsync import WalSync
 
 __all__ = [
@@ -191,12 +191,13 @@ class SqliteTallyFactory:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory.resolve()
-        self._helper: SyncHelper | None = None
         self._use_helper = helper_can_name(self.directory)
+        self._syncer = Syncer("tally files' sync helper", use_helper=self._use_helper)
         self._preparer: SyncHelper | None = None
         self._batcher: Batcher[tuple[Path, Path]] = Batcher(self._settle, MAX_GROUP)
         self._pool: list[Path] = []
         self._refilling = False
+        self._closed = False
         self.prepared_used = 0
         """Tallies created in a prepared file (the others were created on the spot)."""
         _remove_orphaned_prepared_files(self.directory)
@@ -229,6 +230,17 @@ class SqliteTallyFactory:
         with trio.CancelScope(shield=True):  # once written, settled whoever waits
             await self._batcher.submit((partial, path))
 
+    @property
+    def prepared(self) -> int:
+        """Prepared tally files ready for the next provisions."""
+        return len(self._pool)
+
+    @property
+    def settle_helper_pid(self) -> int | None:
+        """The pid of the helper process that settles tally files (None: not started yet, or
+        worker threads stand in for it)."""
+        return self._syncer.helper_pid
+
     def _take_prepared(self) -> Path | None:
         if len(self._pool) < POOL_LOW and not self._refilling and self._use_helper:
             self._refilling = True
@@ -247,7 +259,8 @@ class SqliteTallyFactory:
             await self._preparer.run([("P", f"{name}\t{ddl}") for name in names])
             self._pool.extend(names)
         except OSError as exc:  # the next provisions create their files on the spot meanwhile
-            logger.warning("could not prepare tally files", exc_info=True)
+            if not self._closed:  # (closing ends the helper's request in flight: not a fault)
+                logger.warning("could not prepare tally files", exc_info=True)
             for name in names:
                 name.unlink(missing_ok=True)
             if isinstance(exc, HelperEnded) and self._preparer is not None:
@@ -279,21 +292,7 @@ class SqliteTallyFactory:
         steps += [("R", f"{partial}\t{path}") for partial, path in files]
         steps.append(("D", str(self.directory)))
         with trio.CancelScope(shield=True):
-            if self._helper is None and self._use_helper:
-                try:
-                    self._helper = SyncHelper()
-                except OSError:
-                    logger.warning("no sync helper process: tally files settle in threads")
-                    self._use_helper = False
-            if self._helper is not None:
-                try:
-                    await self._helper.run(steps)
-                    return
-                except HelperEnded:  # perhaps half done: the thread finishes what is left
-                    logger.warning("the tally files' sync helper ended; settling in threads")
-                    helper, self._helper = self._helper, None
-                    helper.close()
-            await trio.to_thread.run_sync(_settle_in_thread, files, self.directory)
+            await self._syncer.run(steps)
 
     def drop(self, database: DatabaseInfo) -> None:
         """Delete the file (and any partial or journal file next to it)."""
@@ -304,10 +303,11 @@ class SqliteTallyFactory:
 
     def close(self) -> None:
         """Stop the helper processes; delete the prepared files left."""
-        for helper in (self._helper, self._preparer):
-            if helper is not None:
-                helper.close()
-        self._helper = self._preparer = None
+        self._closed = True
+        self._syncer.close()
+        if self._preparer is not None:
+            self._preparer.close()
+            self._preparer = None
         for path in self._pool:
             path.unlink(missing_ok=True)
         self._pool.clear()
@@ -342,16 +342,6 @@ def _remove_orphaned_prepared_files(directory: Path) -> None:
             path.unlink(missing_ok=True)
         except (ValueError, IndexError, PermissionError):
             continue
-
-
-def _settle_in_thread(files: list[tuple[Path, Path]], directory: Path) -> None:
-    """As the helper's request; a file the helper already renamed is only synced."""
-    for partial, path in files:
-        fsync_path(partial if partial.exists() else path)
-    for partial, path in files:
-        if partial.exists() or not path.exists():
-            os.replace(partial, path)
-    fsync_path(directory)
 
 
 def read_draft_tally(endpoint: str) -> Tally | None:

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_PEER_RATE_PERIOD",
     "DEFAULT_PROVISION_TIMEOUT",
     "DEFAULT_REFUSAL_SUMMARY_INTERVAL",
+    "DEFAULT_RELEASE_TIMEOUT",
     "DEFAULT_SESSION_TIMEOUT",
     "DEFAULT_SHUTDOWN_GRACE",
     "DEFAULT_STEP_TIMEOUT",
@@ -51,6 +52,7 @@ DEFAULT_SESSION_TIMEOUT: Final = 30.0
 DEFAULT_STEP_TIMEOUT: Final = 5.0
 DEFAULT_PROVISION_TIMEOUT: Final = 10.0
 DEFAULT_CLEANUP_TIMEOUT: Final = 5.0
+DEFAULT_RELEASE_TIMEOUT: Final = 0.5
 DEFAULT_MAX_SESSION_HISTORY: Final = 1000
 DEFAULT_CLEANUP_INTERVAL: Final = 10.0
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
@@ -84,7 +86,13 @@ class _Timeouts(_Model):
     provision_timeout: Seconds = DEFAULT_PROVISION_TIMEOUT
     """Upper bound on the database hook's ``provision`` / ``accept`` call."""
     cleanup_timeout: Seconds = DEFAULT_CLEANUP_TIMEOUT
-    """Upper bound on releasing a reservation / provision after a failure (runs shielded)."""
+    """Upper bound on each clean-up step after a failure (runs shielded): writing ``rejected``
+    and closing the stream, and the audit batch with the outcome."""
+    release_timeout: Seconds = DEFAULT_RELEASE_TIMEOUT
+    """Upper bound on releasing what a failed session holds (its reservation, its provision):
+    **one** budget for both, so that a stalled store cannot hold a session much past its
+    deadline. What it could not release is settled later by the reservation's lease and the
+    backend's sweep."""
     max_frame_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = DEFAULT_MAX_FRAME_BYTES
     """Largest frame body accepted or sent; a bigger length prefix is ``frame_too_large``."""
     cadre_addrs: Annotated[tuple[MultiaddrStr, ...], Field(max_length=MAX_CADRE_ADDRS)] = ()

@@ -170,6 +170,11 @@ class Engine:
                 if deadline != registered:
                     scope.deadline = registered = deadline
                 action = await self._perform(action)
+                if scope.cancel_called:
+                    # The action ran past its bound without being cancelled (it never checked:
+                    # a worker thread, a shielded wait). A trio scope cancelled once stays
+                    # cancelled: the next actions (the outcome's audit batch) get a new one.
+                    break
             return action
         return self.protocol.timed_out()  # only reached when the action's bound ran out
 

@@ -142,6 +142,7 @@ class SessionProtocol(Generic[S]):
         self.releasable: Provision | None = None  # provisioned or accepted, not acknowledged
         self.tally: Provision | None = None  # the tally of the complete session
         self.has_stream = True
+        self._releases_end: float | None = None  # the release_timeout budget's end, once begun
 
     # -- what the session is --------------------------------------------------------------
 
@@ -528,15 +529,31 @@ class SessionProtocol(Generic[S]):
     def _continue(self, action: Action) -> Action:
         return self._emit(action, lambda _: self._next(), lambda _: self._next())
 
-    def _cleanup_call(self, hook: str, method: str, args: tuple[Any, ...], sid: str) -> Action:
+    def _cleanup_call(
+        self, hook: str, method: str, args: tuple[Any, ...], sid: str
+    ) -> Action | None:
+        """A release, within what is left of the session's one ``release_timeout`` budget
+        (skipped, and left to the lease or the sweep, once it is spent)."""
         name = f"{hook}.{method}"
+        now = self._clock()
+        if self._releases_end is None:
+            self._releases_end = now + self.config.release_timeout
+        if now >= self._releases_end:
+            logger.error(
+                "%s skipped for session %s: release_timeout (%g s) spent; left to its lease"
+                " or the sweep",
+                name,
+                sid,
+                self.config.release_timeout,
+            )
+            return None
         action = CallHook(
             hook,
             method,
             args,
             {"session_id": sid},
             step=name,
-            bound=self.config.cleanup_timeout,
+            bound=self._releases_end - now,
             shielded=True,
             purpose="cleanup",
         )

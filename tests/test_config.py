@@ -31,6 +31,7 @@ from taleus_bootstrap._config import (
     DEFAULT_PEER_RATE_PERIOD,
     DEFAULT_PROVISION_TIMEOUT,
     DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+    DEFAULT_RELEASE_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_STEP_TIMEOUT,
@@ -41,6 +42,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "step_timeout": DEFAULT_STEP_TIMEOUT,
     "provision_timeout": DEFAULT_PROVISION_TIMEOUT,
     "cleanup_timeout": DEFAULT_CLEANUP_TIMEOUT,
+    "release_timeout": DEFAULT_RELEASE_TIMEOUT,
     "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
     "cadre_addrs": (),
     "audit_level": DEFAULT_AUDIT_LEVEL,
@@ -90,6 +92,7 @@ SECONDS_FIELDS = [
     "step_timeout",
     "provision_timeout",
     "cleanup_timeout",
+    "release_timeout",
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -715,3 +716,97 @@ async def test_a_failed_session_never_commits(
     assert spy.methods() == expected
     assert inviter_backend.provisioner.committed == {}
     assert "hook_error" not in kinds(inviter_backend, record.session_id)
+
+
+class UncancellableRelease:
+    """The database hook, whose ``release`` waits in a worker thread (which a cancellation
+    cannot cut) longer than its bound (``release_timeout``)."""
+
+    def __init__(self, real: Any, wait: float) -> None:
+        self.real = real
+        self.wait = wait
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def release(self, result: Any, *, session_id: str) -> None:
+        await trio.to_thread.run_sync(time.sleep, self.wait)
+        await self.real.release(result, session_id=session_id)
+
+
+class CheckpointingAudit:
+    """The audit hook, with the checkpoint any audit hook doing I/O makes before it writes."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    async def log_events(self, session_id: str, events: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        await self.real.log_events(session_id, events)
+
+
+async def test_a_clean_up_call_returning_past_its_bound_does_not_lose_the_outcome(
+    nursery: trio.Nursery, memory_manager: Any, inviter_backend: Backend
+) -> None:
+    """A clean-up hook call that overruns its bound (``release_timeout``) uncancelled (it waited
+    in a worker thread) leaves the session's shielded scope cancelled for good; the actions
+    after it (the audit batch with the rejection and the outcome) still run, each under its
+    own bound."""
+    config = ManagerConfig(
+        step_timeout=0.2, provision_timeout=0.2, cleanup_timeout=0.1, release_timeout=0.1
+    )
+    database = UncancellableRelease(inviter_backend.provisioner, wait=0.3)
+    audit = CheckpointingAudit(inviter_backend.audit)
+    manager = await memory_manager(config, database=database, audit=audit)
+    running, accepted = await start_accepted(nursery, manager, inviter_backend.tokens.mint("stock"))
+    assert accepted.provision is not None
+    record = await finish(running)  # no ack: step timeout, then the slow release
+    assert record.final_state == "TIMEOUT"
+    assert inviter_backend.provisioner.released == [accepted.provision.tally.tally_id]
+    assert kinds(inviter_backend, record.session_id)[-3:] == [
+        "rejection",
+        "state_changed",
+        "session_outcome",
+    ]
+
+
+class HangingRelease:
+    """A hook whose ``release`` never returns (a stalled store), cancellable."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def release(self, *args: Any, **kwargs: Any) -> None:
+        await trio.sleep_forever()
+
+
+async def test_the_releases_share_one_release_timeout_budget(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    memory_manager: Any,
+    inviter_backend: Backend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both releases of a failed session (reservation, provision) end within one
+    ``release_timeout``: a stalled store cannot hold the session past its deadline by a
+    clean-up bound per release; what was not released is left to the lease and the sweep."""
+    config = ManagerConfig(step_timeout=1, release_timeout=0.5, cleanup_timeout=5)
+    tokens = HangingRelease(inviter_backend.tokens)
+    manager = await memory_manager(config, token=tokens)
+    token = inviter_backend.tokens.mint("stock")
+    running, accepted = await start_accepted(nursery, manager, token)
+    assert accepted.provision is not None
+    rejected = await read_frame(running.client)  # no ack: the step times out
+    assert isinstance(rejected, Rejected) and rejected.code == RejectionCode.TIMEOUT
+    failed_at = trio.current_time()
+    await running.client.close()  # the invitee hangs up: no lingering for it
+    record = await finish(running)
+    assert record.final_state == "TIMEOUT"
+    assert trio.current_time() - failed_at == pytest.approx(0.5, abs=0.1)  # not 2 x 5 s
+    assert inviter_backend.tokens.reservations_held == 1  # left to its lease
+    assert inviter_backend.provisioner.released == []  # left to the sweep
+    assert "database.release skipped" in caplog.text
+    assert kinds(inviter_backend, record.session_id)[-1] == "session_outcome"

@@ -23,7 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from taleus_bootstrap import ProvisionRequest, Rejection, RejectionCode, SessionStarted, Tally
+from taleus_bootstrap import (
+    ProvisionRequest,
+    Rejection,
+    RejectionCode,
+    SessionOutcome,
+    SessionStarted,
+    Tally,
+)
 from taleus_bootstrap.testing import ManualClock
 
 from .conftest import INVITEE_PEER, INVITER_PEER
@@ -388,3 +395,38 @@ def test_every_stored_hash_is_the_published_chain_hash_of_its_row(
     assert [(sid_, json.loads(text)["detail"]) for _, sid_, text, _, _ in stored] == rows
     for seq, session_id, text, prev_hash, digest in stored:
         assert digest == chain_hash(prev_hash, seq, session_id, json.loads(text))
+
+
+async def test_the_sweep_settles_a_completed_session_whose_use_and_commit_were_cut(
+    backend: Any, clock: ManualClock
+) -> None:
+    """The store stalled right after a session's last frame: it completed (its outcome is
+    audited) but its ``mark_used`` and its tally's ``commit`` were both cut. The sweep redeems
+    its reservation and commits its tally; a session that failed, left the same way, has its
+    reservation released and its tally swept."""
+    token = backend.tokens.mint("stock", uses=None, ttl=None)
+    provisions = {}
+    for i, final_state in ((1, "COMPLETED"), (2, "TIMEOUT")):
+        assert await backend.tokens.validate(token, session_id=sid(i), peer_id=INVITEE_PEER)
+        provisions[i] = await backend.database.provision(request_for(f"tally-{i}", sid(i)))
+        now = datetime.now(UTC)
+        outcome = SessionOutcome(
+            at=now,
+            side="inviter",
+            final_state=final_state,
+            code=None if i == 1 else RejectionCode.TIMEOUT,
+            role="stock",
+            tally_id=provisions[i].tally.tally_id if i == 1 else None,
+            duration_s=0.1,
+        )
+        started = SessionStarted(at=now, side="inviter", peer_id=INVITEE_PEER)
+        await backend.audit.log_events(sid(i), [started, outcome])
+    ttl = max(backend.tokens.reservation_lease, backend.database.provision_ttl)
+    clock.advance(ttl + timedelta(seconds=1))
+    report = await backend.sweep()
+    assert report.tallies_swept == ("tally-2",)
+    assert list(backend.database.committed) == ["tally-1"]
+    assert backend.read_tally(provisions[1]) == provisions[1].tally
+    record = backend.tokens.get(token)
+    assert (record.used, record.reservations) == (1, set())
+    assert backend.tokens.redemptions(token) == [(record.digest, sid(1))]

@@ -248,8 +248,12 @@ async def test_tallies_are_created_in_prepared_files_and_orphans_are_removed(
     with SqliteBackend(tmp_path / "node") as backend:
         assert not orphan.exists() and mine.exists()
         factory: SqliteTallyFactory = backend.tallies
-        made = [await backend.database.provision(request_for(f"tally-{i}")) for i in range(40)]
-        assert factory.prepared_used > 0  # after the first refill, files come from the pool
+        made = [await backend.database.provision(request_for("tally-first"))]
+        with trio.fail_after(10):  # the first provision asked for a refill, in the background
+            while factory.prepared == 0:  # noqa: ASYNC110 (public state, no event to wait on)
+                await trio.sleep(0.01)
+        made += [await backend.database.provision(request_for(f"tally-{i}")) for i in range(40)]
+        assert factory.prepared_used == 40  # after the first refill, files come from the pool
         for result in made:
             assert backend.read_tally(result) == result.tally
         assert not list(directory.glob("*.partial"))
@@ -276,3 +280,121 @@ async def test_the_sync_helper_reports_a_failed_step_and_keeps_serving(tmp_path:
         await helper.run([("F", str(done)), ("D", str(tmp_path))])  # still answering
     finally:
         helper.close()
+
+
+def test_the_in_process_stand_in_finishes_a_request_the_helper_half_did(tmp_path: Path) -> None:
+    from taleus_hooks._synchelper import run_steps
+
+    for name in ("a.partial", "b.partial"):
+        (tmp_path / name).write_bytes(name.encode())
+    os.replace(tmp_path / "a.partial", tmp_path / "a")  # the helper died after one rename
+    request = [
+        ("F", str(tmp_path / "a.partial")),
+        ("F", str(tmp_path / "b.partial")),
+        ("R", f"{tmp_path / 'a.partial'}\t{tmp_path / 'a'}"),
+        ("R", f"{tmp_path / 'b.partial'}\t{tmp_path / 'b'}"),
+        ("D", str(tmp_path)),
+    ]
+    run_steps(request)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    assert (tmp_path / "a").read_bytes() == b"a.partial"
+    with pytest.raises(FileNotFoundError):  # a file that is nowhere is still an error
+        run_steps([("F", str(tmp_path / "missing"))])
+
+
+async def test_tally_files_settle_in_threads_once_their_helper_is_killed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SqliteBackend(tmp_path / "node") as backend:
+        first = await backend.database.provision(request_for("tally-0"))
+        pid = backend.tallies.settle_helper_pid
+        assert pid is not None
+        os.kill(pid, 9)
+        await trio.to_thread.run_sync(os.waitpid, pid, 0)
+        later = [await backend.database.provision(request_for(f"tally-{i}")) for i in (1, 2)]
+        assert backend.tallies.settle_helper_pid is None
+        assert "sync helper ended" in caplog.text
+        for result in [first, *later]:
+            assert backend.read_tally(result) == result.tally
+
+
+async def test_closing_a_sync_helper_ends_the_request_in_flight(tmp_path: Path) -> None:
+    from taleus_hooks._synchelper import HelperEnded, SyncHelper
+
+    helper = SyncHelper()
+    ddl = "CREATE TABLE t (k INTEGER)"
+    request = [("P", f"{tmp_path / f'{i}.sqlite'}\t{ddl}") for i in range(400)]
+    with trio.fail_after(10):  # before the fix: a shielded wait on a closed pipe, forever
+        async with trio.open_nursery() as nursery:
+
+            async def close_soon() -> None:
+                await trio.sleep(0.01)
+                helper.close()
+
+            nursery.start_soon(close_soon)
+            with pytest.raises(HelperEnded):
+                await helper.run(request)
+    helper.close()  # idempotent
+
+
+async def test_a_release_ends_at_the_callers_deadline_under_a_held_lock(
+    backend_factory: Any,
+) -> None:
+    """``database.release`` (a session's clean-up) waits for the write lock no longer than its
+    caller's deadline, never in a worker thread that cannot be cut; what it could not do is
+    left pending, for a later release or the sweep."""
+    backend: SqliteBackend = backend_factory("sqlite")
+    result = await backend.database.provision(request_for("tally-1"))
+    other = hold_write_lock(backend.control.path)
+
+    async def release_later() -> None:
+        await trio.sleep(1.5)
+        other.rollback()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_later)
+            started = trio.current_time()
+            with trio.move_on_after(0.3) as scope:
+                await backend.database.release(result, session_id=sid(1))
+            elapsed = trio.current_time() - started
+    finally:
+        other.close()
+    assert scope.cancelled_caught and elapsed < 1.0
+    assert [r.tally_id for r in backend.database.pending()] == ["tally-1"]
+    await backend.database.release(result, session_id=sid(1))  # the lock is back
+    assert backend.database.pending() == [] and backend.read_tally(result) is None
+
+
+async def test_a_call_cut_while_its_batch_waits_for_the_lock_never_happens(
+    tmp_path: Path,
+) -> None:
+    """Under a write lock held elsewhere, a caller cut at its deadline while the batch holding
+    its call waits for the lock (led by another task) is never run later, behind its back,
+    when the lock comes back. (Which waiting task leads the batch is trio's choice: the
+    scenario is played a few times so that the other task leads at least once.)"""
+    path = tmp_path / "d.sqlite"
+    db = table(path)
+    try:
+
+        async def cut(key: int, after: float) -> None:
+            with trio.move_on_after(after):
+                await db.run(insert(key))
+
+        async def release_later(other: sqlite3.Connection) -> None:
+            await trio.sleep(0.3)
+            other.rollback()
+
+        for k in range(0, 60, 10):
+            other = hold_write_lock(path)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cut, k + 1, 0.05)  # leads, cut: its batch goes back
+                await trio.sleep(0.01)
+                nursery.start_soon(cut, k + 2, 0.15)  # then in the next batch, cut
+                nursery.start_soon(db.run, insert(k + 3))  # in that batch too, waits it out
+                nursery.start_soon(release_later, other)
+            other.close()
+        rows = sqlite3.connect(path).execute("SELECT k FROM t ORDER BY k").fetchall()
+        assert [k for (k,) in rows] == list(range(3, 60, 10))
+    finally:
+        db.close()
