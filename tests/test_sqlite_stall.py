@@ -104,6 +104,7 @@ async def test_a_write_lock_held_by_another_process_for_10_s_under_load(
         peer_burst=1_000_000,
         global_rate_per_s=1_000_000,
         global_burst=1_000_000,
+        max_session_history=100_000,  # every session's record is checked (a fast run: > 1 000)
     )
     invitee_config = InviteeConfig(session_timeout=20.0, step_timeout=10.0, provision_timeout=10.0)
     tokens = {role: backend.tokens.mint(role, uses=None, ttl=None) for role in ("stock", "foil")}
