@@ -25,6 +25,7 @@ __all__ = [
     "MIN_BUDGET_MS",
     "UNREACHABLE_WAIT",
     "PostgresDatabase",
+    "limit_waits",
     "remaining_budget_ms",
     "thread_budget_ms",
 ]
@@ -93,6 +94,15 @@ def thread_budget_ms() -> int | None:
     if deadline is None:
         return None
     return max(MIN_BUDGET_MS, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+def limit_waits(execute: Callable[[bytes], object], ms: int, *, local: bool = True) -> None:
+    """Cut statements and lock waits after ``ms`` (``statement_timeout``, ``lock_timeout``):
+    for the current transaction only (``local``), else for the session. ``execute`` is a
+    connection's or a cursor's."""
+    scope = b"SET LOCAL" if local else b"SET"
+    execute(b"%s statement_timeout = %d" % (scope, ms))
+    execute(b"%s lock_timeout = %d" % (scope, ms))
 
 
 class _Reachability:
@@ -169,10 +179,11 @@ class PostgresDatabase:
         kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in conninfo_to_dict(dsn):
             kwargs["connect_timeout"] = connect_timeout
+        self._connect_kwargs = kwargs
         # One direct connection first: a wrong DSN fails now with libpq's own reason (refused,
         # authentication...), where the pool would retry for its whole timeout and then only
         # report that it timed out.
-        psycopg.connect(dsn, **kwargs).close()
+        self.connect().close()
         self._reach = _Reachability()
         self.pool = ConnectionPool(
             dsn,
@@ -194,6 +205,17 @@ class PostgresDatabase:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own (not pooled), set up as the pool's are: autocommit, the
+        connect timeout, ``schema`` first on the search path."""
+        conn = psycopg.connect(self.dsn, **self._connect_kwargs)
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _getconn(self, budget_ms: int | None) -> psycopg.Connection[Any]:
         """A pooled connection within ``budget_ms`` (None: the pool's own timeout), or
@@ -236,8 +258,7 @@ class PostgresDatabase:
             conn.cursor() as cur,
         ):
             if budget_ms is not None:
-                cur.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
-                cur.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
+                limit_waits(cur.execute, budget_ms)
             return fn(_QmarkCursor(cur))
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:

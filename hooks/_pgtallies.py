@@ -14,14 +14,13 @@ from urllib.parse import quote, urlencode
 import psycopg
 import trio
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from taleus_bootstrap import DatabaseInfo, Tally
 
 from ._common import Cursor
 from ._pgdatabase import (
-    DEFAULT_CONNECT_TIMEOUT,
     PostgresDatabase,
+    limit_waits,
     remaining_budget_ms,
     thread_budget_ms,
 )
@@ -127,8 +126,7 @@ class PostgresTallyFactory:
             role, schema = sql.Identifier(name), sql.Identifier(name)
             with conn.transaction():
                 if budget_ms is not None:
-                    conn.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
-                    conn.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
+                    limit_waits(conn.execute, budget_ms)
                 taken = self._take_prepared(conn) if self.prepared else None
                 if taken is not None:
                     # Renaming a role clears an MD5 password, not a SCRAM verifier.
@@ -189,15 +187,9 @@ class PostgresTallyFactory:
             return made
 
     def _connect(self) -> psycopg.Connection[Any]:
-        info = conninfo_to_dict(self._db.dsn)
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if "connect_timeout" not in info:
-            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-        conn = psycopg.connect(self._db.dsn, **kwargs)
+        conn = self._db.connect()
         try:
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._db.schema)))
-            conn.execute(f"SET statement_timeout = {PREPARE_TIMEOUT_MS}".encode())
-            conn.execute(f"SET lock_timeout = {PREPARE_TIMEOUT_MS}".encode())
+            limit_waits(conn.execute, PREPARE_TIMEOUT_MS, local=False)
         except BaseException:
             conn.close()
             raise
@@ -286,8 +278,7 @@ class PostgresTallyFactory:
         def drop(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 if budget_ms is not None:
-                    conn.execute(f"SET LOCAL statement_timeout = {budget_ms}".encode())
-                    conn.execute(f"SET LOCAL lock_timeout = {budget_ms}".encode())
+                    limit_waits(conn.execute, budget_ms)
                 ident = sql.Identifier(name)
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
