@@ -34,6 +34,27 @@ Backend = MemoryBackend
 
 BACKEND_KINDS = ("memory", "sqlite", "postgres")
 
+NO_RATE_LIMITS: dict[str, Any] = {
+    "peer_rate": 1_000_000,
+    "peer_burst": 1_000_000,
+    "global_rate_per_s": 1_000_000.0,
+    "global_burst": 1_000_000,
+}
+"""``ManagerConfig`` options that keep the rate limiters out of a load test's way."""
+
+
+async def wait_for_count(
+    count: Callable[[], int], at_least: int, *, within: float, what: str
+) -> None:
+    """Poll ``count`` (a blocking call: it runs in a worker thread) until it reaches
+    ``at_least``; fail naming ``what`` after ``within`` seconds. For counts that another thread
+    or process makes, which offer nothing to wait on."""
+    for _ in range(round(within / 0.05)):
+        if await trio.to_thread.run_sync(count) >= at_least:
+            return
+        await trio.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} {what} after {within:g} s")
+
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:

@@ -48,7 +48,7 @@ from taleus_bootstrap import (
 )
 from taleus_bootstrap.testing import memory_stream_pair
 
-from .conftest import INVITEE_PEER, INVITER_PEER, Backend
+from .conftest import INVITEE_PEER, INVITER_PEER, NO_RATE_LIMITS, Backend
 from .pgserver import OwnServer, own_postgres_server
 
 pytestmark = pytest.mark.postgres
@@ -63,10 +63,7 @@ CONFIG = ManagerConfig(
     step_timeout=1.0,
     provision_timeout=2.0,
     breaker_open_s=BREAKER_OPEN_S,
-    peer_rate=1_000_000,
-    peer_burst=1_000_000,
-    global_rate_per_s=1_000_000,
-    global_burst=1_000_000,
+    **NO_RATE_LIMITS,
     max_session_history=100_000,
 )
 

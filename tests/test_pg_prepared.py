@@ -15,7 +15,7 @@ from taleus_hooks.postgres import PREPARED_PREFIX, PostgresBackend
 
 from taleus_bootstrap import ProvisionRequest, ProvisionResult
 
-from .conftest import INVITEE_PEER, INVITER_PEER
+from .conftest import INVITEE_PEER, INVITER_PEER, wait_for_count
 from .pgserver import drop_schema, fresh_schema
 
 pytestmark = pytest.mark.postgres
@@ -60,12 +60,9 @@ def oids_of(dsn: str, name: str) -> tuple[int, int] | None:
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-async def wait_for_count(backend: Any, count: int) -> None:
-    for _ in range(600):  # the refill thread makes them: poll, 30 s at most
-        if await trio.to_thread.run_sync(backend.tallies.prepared_count) >= count:
-            return
-        await trio.sleep(0.05)
-    raise AssertionError(f"fewer than {count} prepared after 30 s")
+async def wait_for_prepared(backend: Any, count: int) -> None:
+    """The refill thread makes them: 30 s at most."""
+    await wait_for_count(backend.tallies.prepared_count, count, within=30, what="prepared")
 
 
 async def test_a_provision_takes_a_prepared_role_and_schema(
@@ -137,11 +134,11 @@ async def test_the_pool_is_refilled_in_the_background_below_its_low_water_mark(
     backend = backend_factory("postgres", prepared=5, prepared_low=2)
     assert backend.tallies.prepared_count() == 0
     await backend.database.provision(request_for("tally-wakes-the-refill"))
-    await wait_for_count(backend, 5)
+    await wait_for_prepared(backend, 5)
     used = backend.tallies.prepared_used
     results = [await backend.database.provision(request_for(f"tally-{i}")) for i in range(4)]
     assert backend.tallies.prepared_used == used + 4  # each found one left
-    await wait_for_count(backend, 5)  # 1 left < 2: refilled
+    await wait_for_prepared(backend, 5)  # 1 left < 2: refilled
     assert backend.tallies.prepared_count() == 5  # and no more than the pool's size
     for result in results:
         assert backend.read_tally(result) == result.tally
@@ -179,7 +176,7 @@ async def test_two_backends_on_one_schema_never_take_the_same_prepared_one(
 async def test_close_stops_the_refill(backend_factory: Any, pg_dsn: str) -> None:
     backend = backend_factory("postgres", prepared=500, prepared_low=500)
     await backend.database.provision(request_for("tally-wakes-the-refill"))
-    await wait_for_count(backend, 1)  # the refill is under way (500 take seconds)
+    await wait_for_prepared(backend, 1)  # the refill is under way (500 take seconds)
     with trio.fail_after(20):  # close waits for the refill thread, which must end
         await trio.to_thread.run_sync(backend.close, abandon_on_cancel=True)
     stopped = len(prepared_oids(pg_dsn, backend.db.schema))

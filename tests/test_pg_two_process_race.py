@@ -22,6 +22,8 @@ from taleus_bootstrap import (
     running_host,
 )
 
+from .conftest import wait_for_count
+
 pytestmark = [pytest.mark.libp2p, pytest.mark.postgres]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +58,8 @@ async def wait_for_outcomes(backend: Any, count: int) -> None:
     def outcomes() -> int:
         return sum(1 for _, e in backend.audit.events if e.kind == "session_outcome")
 
-    for _ in range(1200):  # another process writes them: poll, 60 s at most
-        if await trio.to_thread.run_sync(outcomes) >= count:
-            return
-        await trio.sleep(0.05)
-    raise AssertionError(f"fewer than {count} session outcomes after 60 s")
+    # another process writes them: 60 s at most
+    await wait_for_count(outcomes, count, within=60, what="session outcomes")
 
 
 async def test_two_processes_racing_on_one_token_make_exactly_one_tally(

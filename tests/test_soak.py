@@ -35,7 +35,7 @@ from taleus_bootstrap._libp2p import open_bootstrap_stream
 from taleus_bootstrap.testing import ManualClock, read_frame
 
 from .adversary import client_hosts, contact_for, rss_bytes, send_raw, serving
-from .conftest import Backend
+from .conftest import NO_RATE_LIMITS, Backend
 from .faults import Faulty
 
 pytestmark = pytest.mark.libp2p
@@ -46,10 +46,7 @@ SESSIONS = int(os.environ.get("TALEUS_SOAK_SESSIONS", "5000"))
 # them), so the bound leaves an honest call more room than that.
 BOUND = 1.0
 CONFIG = ManagerConfig(
-    peer_rate=1_000_000,
-    peer_burst=1_000_000,
-    global_rate_per_s=1_000_000.0,
-    global_burst=1_000_000,
+    **NO_RATE_LIMITS,
     max_concurrent_sessions=500,
     max_session_history=SESSIONS + 100,
     step_timeout=BOUND,

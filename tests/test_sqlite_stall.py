@@ -29,7 +29,7 @@ from taleus_bootstrap import (
 )
 from taleus_bootstrap.testing import memory_stream_pair
 
-from .conftest import INVITEE_PEER, INVITER_PEER
+from .conftest import INVITEE_PEER, INVITER_PEER, NO_RATE_LIMITS
 
 ADDR = f"/ip4/127.0.0.1/tcp/4001/p2p/{INVITER_PEER}"
 CLIENTS = 10
@@ -100,10 +100,7 @@ async def test_a_write_lock_held_by_another_process_for_10_s_under_load(
         provision_timeout=1.0,
         breaker_failures=5,
         breaker_open_s=1.0,
-        peer_rate=1_000_000,
-        peer_burst=1_000_000,
-        global_rate_per_s=1_000_000,
-        global_burst=1_000_000,
+        **NO_RATE_LIMITS,
         max_session_history=100_000,  # every session's record is checked (a fast run: > 1 000)
     )
     invitee_config = InviteeConfig(session_timeout=20.0, step_timeout=10.0, provision_timeout=10.0)
