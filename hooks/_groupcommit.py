@@ -106,14 +106,19 @@ class GroupCommit:
     async def alone(self, fn: Callable[[Cursor], T]) -> T:
         """Run ``fn`` in a transaction of its own (not batched); return once it is durable."""
         results: list[T] = []
-        await self._transaction(lambda cur: results.append(fn(cur)))
+
+        def body(cur: Cursor) -> bool:
+            results.append(fn(cur))
+            return True
+
+        await self._transaction(body)
         return results[0]
 
     async def _transact(self, batch: list[_Call[Any]]) -> None:
         """One transaction for the batch; raises (after the rollback) if it cannot commit, or
         with the error of a lone call."""
 
-        def body(cur: Cursor) -> None:
+        def body(cur: Cursor) -> bool:
             now = trio.current_time()
             calls = [call for call in batch if call.due(now)]
             if len(calls) == 1:  # alone: its own transaction, no savepoint needed
@@ -121,15 +126,19 @@ class GroupCommit:
             else:
                 for call in calls:
                     _run_in_savepoint(cur, call)
+            return bool(calls)
 
         await self._transaction(body)
 
-    async def _transaction(self, body: Callable[[Cursor], None]) -> None:
-        """``BEGIN IMMEDIATE``, ``body``, ``COMMIT`` on the loop, then wait until it is on disk.
-        Only the wait for the write lock can be cancelled (nothing is done then)."""
+    async def _transaction(self, body: Callable[[Cursor], bool]) -> None:
+        """``BEGIN IMMEDIATE``, ``body``, ``COMMIT`` on the loop, then wait until it is on disk
+        (``body`` returning False: nothing to commit, nor to sync). Only the wait for the write
+        lock can be cancelled (nothing is done then)."""
         cur = await begin_immediate(self._conn)
         try:
-            body(cur)
+            if not body(cur):
+                cur.execute("ROLLBACK")
+                return
             cur.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
