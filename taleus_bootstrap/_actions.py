@@ -111,8 +111,9 @@ class Close(NamedTuple):
 
 
 class AwaitPeerEnd(NamedTuple):
-    """Wait for the peer's end of stream (what it sends is dropped); answer with
-    :meth:`peer_end`."""
+    """Wait for the peer's orderly end of stream (what it sends is dropped); answer with
+    :meth:`peer_end`: True only if it ended its side, with nothing more sent and no reset,
+    within ``bound``."""
 
     step: str
     bound: float

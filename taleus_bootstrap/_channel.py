@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import trio
 
@@ -163,17 +163,31 @@ class FrameChannel:
     async def await_peer_end(self, bound: float) -> bool:
         """Wait up to ``bound`` seconds for the peer to end its side of the stream, dropping what
         it still sends (at most :data:`MAX_DRAIN_BYTES`). True if the end of stream arrived."""
+        ending, _ = await self._drain(bound)
+        return ending != "timeout"  # an end, or a reset: the peer is done with the stream
+
+    async def await_orderly_end(self, bound: float) -> bool:
+        """Wait up to ``bound`` seconds for the peer's *orderly* end of stream: True only if it
+        ends its side with nothing more sent and no reset (what a peer does once its outcome
+        is durable, protocol section 10). Whatever else comes is drained as by
+        :meth:`await_peer_end`, and the answer is False."""
+        ending, drained = await self._drain(bound)
+        return ending == "end" and drained == 0
+
+    async def _drain(self, bound: float) -> tuple[Literal["end", "broken", "timeout"], int]:
+        """Read and drop until the end of stream, a reset or ``bound``; how it ended, and the
+        bytes dropped."""
+        drained = 0
         with trio.move_on_after(bound):
-            drained = 0
             while drained <= MAX_DRAIN_BYTES:
                 try:
                     data = await self.stream.read(4096)
                 except StreamBroken:
-                    return True  # reset or closed: the peer is done with the stream
+                    return "broken", drained
                 if not data:
-                    return True
+                    return "end", drained
                 drained += len(data)
-        return False
+        return "timeout", drained
 
     async def reset(self) -> None:
         """Abort the stream (after a timeout or an error); never raises but Cancelled."""

@@ -208,7 +208,8 @@ class Engine:
                 await self.channel.close()
             return protocol.stream_ended()
         if kind is AwaitPeerEnd:
-            seen = self.channel is not None and await self.channel.await_peer_end(action.bound)
+            channel = self.channel
+            seen = channel is not None and await channel.await_orderly_end(action.bound)
             return protocol.peer_end(seen)
         if kind is Dial:
             assert self._dial is not None

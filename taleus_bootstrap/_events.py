@@ -106,6 +106,12 @@ class SessionOutcome(_Event):
     ``path``: the states the session went through, first to last, recorded at the ``minimal``
     audit level (which keeps no ``StateChanged`` events); absent (and not serialized) at
     ``full``.
+
+    ``confirmed``, of a completed session: True when this side read the session's last frame,
+    or wrote it and then saw the peer's orderly end of stream (sent once the peer's own outcome
+    was durable); False when it wrote the last frame and that end did not come (the peer may
+    not have recorded the tally: the outcome is *unconfirmed*). Absent (not serialized) for a
+    failed session, and in events written before it existed.
     """
 
     kind: Literal["session_outcome"] = "session_outcome"
@@ -115,12 +121,15 @@ class SessionOutcome(_Event):
     tally_id: str | None
     duration_s: float
     path: tuple[str, ...] | None = None
+    confirmed: bool | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_absent_path(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _omit_absent_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
-        if isinstance(data, dict) and data.get("path") is None:
-            data.pop("path", None)
+        if isinstance(data, dict):
+            for name in ("path", "confirmed"):
+                if data.get(name) is None:
+                    data.pop(name, None)
         return data
 
 

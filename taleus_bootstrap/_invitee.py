@@ -19,7 +19,6 @@ from pydantic import JsonValue
 
 from ._actions import (
     Action,
-    AwaitPeerEnd,
     Dial,
     Interruption,
     PeerRejected,
@@ -50,10 +49,7 @@ from ._frames import (
     Tally,
 )
 from ._link import BootstrapLink
-from ._protocol import (
-    SessionProtocol,
-    Step,
-)
+from ._protocol import SessionProtocol
 from ._states import INVITEE_TRANSITIONS, InviteeState, TransitionRecord, Trigger
 
 __all__ = ["BootstrapResult", "InviteeProtocol"]
@@ -78,6 +74,11 @@ class BootstrapResult:
     provisioned_by: Literal["inviter", "invitee"]
     responder_addr: str
     transitions: tuple[TransitionRecord, ...]
+    confirmed: bool = True
+    """Whether the inviter is known to have recorded the tally too. False when this side wrote
+    the session's last frame (the stock flow's ``ack``) and the inviter's orderly end of stream
+    did not follow within ``cleanup_timeout``: the outcome is *unconfirmed* (the inviter may
+    have failed before reading the ack and released the tally)."""
 
 
 class InviteeProtocol(SessionProtocol[InviteeState]):
@@ -243,29 +244,12 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
             responder_addr=self.responder_addr,
             transitions=(),
         )
-        trigger = Trigger.ACK_SENT if provisioned_by == "inviter" else Trigger.ACK_RECEIVED
-        return self._complete(trigger)
-
-    def _after_close(self) -> list[Step]:
-        """Stock inviter: our ack was the last frame. Returning at once would let a caller that
-        closes its host straight away destroy the ack in flight, and the inviter would then
-        fail and release the tally we report. The inviter ends the stream once it has read the
-        ack and committed, so wait for that end, bounded by ``cleanup_timeout``."""
-        if self.result is None or self.result.provisioned_by != "inviter":
-            return []  # foil inviter: its ack was the last frame, and it has been read
-        bound = self.config.cleanup_timeout
-        wait = AwaitPeerEnd("await the inviter's end of stream", bound)
-
-        def ended(seen: bool) -> Action:
-            if not seen:
-                logger.warning(
-                    "session %s: the inviter did not end the stream within %g s of our ack",
-                    self.release_session_id,
-                    bound,
-                )
-            return self._next()
-
-        return [lambda: self._emit(wait, ended, lambda _: ended(False))]
+        # Stock inviter: our ack is the last frame, so we wait for the inviter's end of stream
+        # (sent once it has read the ack and committed) before returning: a caller closing its
+        # host at once would otherwise destroy the ack in flight (see ``_complete``).
+        if provisioned_by == "inviter":
+            return self._complete(Trigger.ACK_SENT, wrote_last_frame=True)
+        return self._complete(Trigger.ACK_RECEIVED, wrote_last_frame=False)
 
     # -- what the caller gets -------------------------------------------------------------------
 
@@ -273,7 +257,9 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         """The result of a completed session, with its transitions."""
         if self.result is None:
             raise self.exception()
-        return replace(self.result, transitions=self.machine.records)
+        return replace(
+            self.result, transitions=self.machine.records, confirmed=bool(self.confirmed)
+        )
 
     def exception(self) -> BootstrapError:
         """The exception a failed session raises to the caller of ``initiate_bootstrap``."""

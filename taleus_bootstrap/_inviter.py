@@ -204,6 +204,7 @@ class InviterProtocol(SessionProtocol[InviterState]):
                 bound=self.config.step_timeout,
                 consequence="the reservation is left held",
             ),
+            wrote_last_frame=False,
         )
 
     # -- AWAITING_ACK: foil -----------------------------------------------------------------------
@@ -239,4 +240,4 @@ class InviterProtocol(SessionProtocol[InviterState]):
 
     def _on_ack_sent(self) -> Action:
         self.tally, self.releasable = self.releasable, None
-        return self._complete(Trigger.PROVISION_ACCEPTED_ACK_SENT)
+        return self._complete(Trigger.PROVISION_ACCEPTED_ACK_SENT, wrote_last_frame=True)

@@ -64,6 +64,10 @@ class ManagerStatistics:
     store_breaker: str = "off"
     """The store breaker: ``closed``, ``open``, ``half_open`` (or ``off``)."""
     refusals_in_flight: int = 0
+    sessions_unconfirmed: int = 0
+    """Completed sessions whose outcome is *unconfirmed*: our ``ack`` was the last frame (foil
+    flow) and the invitee's orderly end of stream did not follow (see
+    :attr:`SessionRecord.confirmed`)."""
 
 
 class SessionManager:
@@ -110,6 +114,7 @@ class SessionManager:
         self._by_state: Counter[str] = Counter()
         self._by_rejection: Counter[str] = Counter()
         self._admitted = self._finished = self._refused = self._refusals_in_flight = 0
+        self._unconfirmed = 0
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._close_requested = trio.Event()
@@ -287,6 +292,7 @@ class SessionManager:
     def _record(self, record: SessionRecord, span: SessionTrace, audit_s: float) -> None:
         self._finished += 1
         self._by_state[record.final_state] += 1
+        self._unconfirmed += record.confirmed is False
         if record.code is not None:
             self._by_rejection[str(record.code)] += 1
         self._history.append(record)
@@ -341,6 +347,7 @@ class SessionManager:
             max_concurrent_sessions=self.config.max_concurrent_sessions,
             sessions_admitted=self._admitted,
             sessions_finished=self._finished,
+            sessions_unconfirmed=self._unconfirmed,
             by_state=MappingProxyType(dict(self._by_state)),
             by_rejection=MappingProxyType(dict(self._by_rejection)),
             tracked_peers=len(self._admission.peers),

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from ._actions import (
     DONE,
     Action,
+    AwaitPeerEnd,
     CallHook,
     Close,
     Crash,
@@ -134,6 +135,9 @@ class SessionProtocol(Generic[S]):
         self._interrupted = False
         self.failure: ProtocolError | None = None
         self.completed = False
+        self.confirmed: bool | None = None
+        """Of a completed session: whether its peer is known to have recorded it too (see
+        :meth:`_complete`); None while running or once failed."""
         self.audit_failures = 0
         self.role: Role | None = None
         self.tally_id: str | None = None
@@ -216,7 +220,8 @@ class SessionProtocol(Generic[S]):
         return self._resolve(None)
 
     def peer_end(self, seen: bool) -> Action:
-        """An :class:`AwaitPeerEnd` is done: whether the peer's end of stream arrived."""
+        """An :class:`AwaitPeerEnd` is done: whether the peer's orderly end of stream arrived
+        (nothing more sent, no reset) within its bound."""
         return self._resolve(seen)
 
     def timed_out(self) -> Action:
@@ -602,6 +607,7 @@ class SessionProtocol(Generic[S]):
                 tally_id=self.tally_id,
                 duration_s=max(0.0, self._clock() - self.started),
                 path=path,
+                confirmed=self.confirmed if self.completed else None,
             )
         )
         return self._flush(self._next, strict=False, shielded=True)
@@ -611,10 +617,15 @@ class SessionProtocol(Generic[S]):
         """The role the outcome event names."""
         return self.role
 
-    def _complete(self, trigger: Trigger, *first: Step) -> Action:
+    def _complete(self, trigger: Trigger, *first: Step, wrote_last_frame: bool) -> Action:
         """The last frame is through: nothing can fail the session any more. Runs ``first``
-        (post-completion steps), then the terminal transition, the tally's commit, the
-        outcome and the half-close."""
+        (post-completion steps), then the terminal transition and the tally's commit.
+
+        The side that *read* the last frame then records its outcome (``confirmed``: the peer
+        decided before writing it) and half-closes: that end of stream tells the peer its
+        outcome is durable. The side that *wrote* it half-closes, waits up to
+        ``cleanup_timeout`` for the peer's orderly end of stream and records its outcome as
+        ``confirmed`` only if it came (protocol section 10)."""
         self.completed = True
         self._now = _Outstanding()
         cleanup = self.config.cleanup_timeout
@@ -623,20 +634,36 @@ class SessionProtocol(Generic[S]):
             self._fire(trigger)
             return self._flush(self._next, strict=False, shielded=False)
 
-        self._plan = deque(
-            [
-                *first,
-                terminal,
-                self._commit_tally,
-                self._outcome_step,
-                lambda: self._continue(Close("close", cleanup)),
-                *self._after_close(),
-            ]
-        )
+        def close() -> Action:
+            return self._continue(Close("close", cleanup))
+
+        if wrote_last_frame:
+            self.confirmed = False  # until the peer's end of stream says otherwise
+            tail = [close, self._await_confirmation, self._outcome_step]
+        else:
+            self.confirmed = True
+            tail = [self._outcome_step, close]
+        self._plan = deque([*first, terminal, self._commit_tally, *tail])
         return self._next()
 
-    def _after_close(self) -> list[Step]:
-        return []
+    def _await_confirmation(self) -> Action:
+        """After our last frame: wait for the peer's orderly end of stream, which it sends once
+        its own outcome is durable."""
+        bound = self.config.cleanup_timeout
+        wait = AwaitPeerEnd("await the peer's end of stream", bound)
+
+        def ended(seen: bool) -> Action:
+            self.confirmed = seen
+            if not seen:
+                logger.warning(
+                    "session %s completed unconfirmed: the peer did not end the stream in"
+                    " order within %g s of our last frame",
+                    self.release_session_id,
+                    bound,
+                )
+            return self._next()
+
+        return self._emit(wait, ended, lambda _: ended(False))
 
     def _after_completion(
         self,

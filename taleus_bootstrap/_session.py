@@ -51,6 +51,10 @@ class SessionRecord:
     transitions: tuple[TransitionRecord, ...]
     detail: str | None = None
     """Why the session failed, in words (None when it completed)."""
+    confirmed: bool | None = None
+    """Of a completed session: whether the invitee is known to hold the tally too (False: this
+    side wrote the last frame, the foil flow's ``ack``, and the invitee's orderly end of stream
+    did not follow — the outcome is *unconfirmed*); None otherwise."""
 
 
 class BootstrapSession:
@@ -117,4 +121,5 @@ class BootstrapSession:
             duration_s=max(0.0, trio.current_time() - protocol.started),
             transitions=protocol.transitions,
             detail=protocol.detail,
+            confirmed=protocol.confirmed if protocol.completed else None,
         )

@@ -83,6 +83,7 @@ def test_serve_invite_dial_both_roles_replay_and_graceful_stop(tmp_path: Path) -
         assert results["stock"]["stock_party_id"] == node.peer_id
         for result in results.values():
             assert Path(result["database"]["endpoint"]).is_file()
+            assert result["confirmed"] is True  # both sides recorded it (protocol section 10)
 
         replay = run_cli("dial", links["stock"], "--data-dir", bob, "--json")
         assert replay.returncode == 3

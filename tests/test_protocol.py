@@ -20,6 +20,7 @@ import pytest
 
 from taleus_bootstrap import (
     Ack,
+    AwaitPeerEnd,
     BootstrapUnreachable,
     CallHook,
     Dial,
@@ -162,10 +163,12 @@ INVITER_FOIL: list[Row] = [
         "raise": "FAILED internal_error sent"}),
     # Committed: the token is spent even if the ack cannot be written.
     ("AWAITING_ACK", "send ack", "database", {"send failed": "FAILED malformed sent"}),
+    # Our ack was the last frame: the outcome waits for the invitee's end of stream.
     ("COMPLETED", "audit hook", "", flush(strict=False)),
     ("COMPLETED", "database.commit hook", "", completed(*HOOK)),
-    ("COMPLETED", "audit hook", "", flush(strict=False)),
     ("COMPLETED", "close", "", {}),
+    ("COMPLETED", "await the peer's end of stream", "", {"no end": "COMPLETED"}),
+    ("COMPLETED", "audit hook", "", flush(strict=False)),
 ]  # fmt: skip
 
 
@@ -196,11 +199,12 @@ INVITEE_STOCK: list[Row] = [
         "garbage": "FAILED provision_failed sent",
         "raise": "FAILED provision_failed sent"}),
     ("SENDING_ACK", "send ack", "database", {"send failed": "FAILED malformed sent"}),
+    # Our ack was the last frame: the outcome waits for the inviter's end of stream.
     ("COMPLETED", "audit hook", "", flush(strict=False)),
     ("COMPLETED", "database.commit hook", "", completed(*HOOK)),
-    ("COMPLETED", "audit hook", "", flush(strict=False)),
     ("COMPLETED", "close", "", {}),
-    ("COMPLETED", "await the inviter's end of stream", "", {"no end": "COMPLETED"}),
+    ("COMPLETED", "await the peer's end of stream", "", {"no end": "COMPLETED"}),
+    ("COMPLETED", "audit hook", "", flush(strict=False)),
 ]  # fmt: skip
 
 INVITEE_FOIL: list[Row] = [
@@ -560,3 +564,51 @@ def test_peer_ids_in_the_table_are_the_parties() -> None:
     [sent] = h.sent
     assert sent.party_id == INVITER_PEER
     assert sent.provision is not None and sent.provision.tally.foil_party_id == INVITEE_PEER
+
+
+@pytest.mark.parametrize("flow", list(FLOWS))
+@pytest.mark.parametrize("peer_ends", [True, False])
+def test_the_side_that_wrote_the_last_frame_is_confirmed_only_by_the_peers_end(
+    flow: str, peer_ends: bool
+) -> None:
+    """Issue 15, item 1: the writer of the last frame (the stock flow's invitee, the foil
+    flow's inviter) records its outcome after the peer's orderly end of stream, as confirmed
+    only if that end came; the reader records it confirmed, and half-closes only after."""
+    make, rows = FLOWS[flow]
+    writes_last = any(step == "await the peer's end of stream" for _, step, _, _ in rows)
+    h = make()
+    action = h.start()
+    steps = []
+    while not isinstance(action, Done):
+        steps.append(action.step)
+        if isinstance(action, AwaitPeerEnd):
+            action = h.protocol.peer_end(peer_ends)
+        else:
+            action = h.answer(action)
+    [outcome] = [e for e in h.events if e.kind == "session_outcome"]
+    assert outcome.final_state == "COMPLETED"
+    assert outcome.confirmed is (peer_ends or not writes_last)
+    assert h.protocol.confirmed is outcome.confirmed
+    last_audit = len(steps) - 1 - steps[::-1].index("audit hook")
+    if writes_last:  # the outcome is written after the wait
+        assert steps.index("await the peer's end of stream") < last_audit
+    else:  # the end of stream goes out once the outcome is durable
+        assert steps[-1] == "close" and last_audit < steps.index("close")
+    dumped = outcome.model_dump(mode="json")
+    assert dumped["confirmed"] is outcome.confirmed
+
+
+def test_a_failed_sessions_outcome_carries_no_confirmation() -> None:
+    make, _ = FLOWS["invitee-stock"]
+    h = make()
+    action = h.start()
+    while not isinstance(action, Done):
+        if isinstance(action, Receive):
+            action = h.protocol.receive_failed(
+                RemoteProtocolError(RejectionCode.MALFORMED, "not JSON")
+            )
+        else:
+            action = h.answer(action)
+    [outcome] = [e for e in h.events if e.kind == "session_outcome"]
+    assert outcome.final_state == "FAILED" and outcome.confirmed is None
+    assert "confirmed" not in outcome.model_dump(mode="json")

@@ -6,7 +6,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 from rich.table import Table
@@ -64,6 +64,7 @@ def result_summary(result: BootstrapResult) -> dict[str, Any]:
         },
         "responder_addr": result.responder_addr,
         "inviter_cadre_addrs": list(result.inviter_cadre_addrs),
+        "confirmed": result.confirmed,
     }
 
 
@@ -144,7 +145,8 @@ def dial(
     if as_json:
         click.echo(json.dumps(result_summary(result), indent=2))
         return
-    stdout_console().print(result_table(result, title=f"tally {result.tally.tally_id} formed"))
+    formed = "formed" if result.confirmed else "formed, unconfirmed"
+    stdout_console().print(result_table(result, title=f"tally {result.tally.tally_id} {formed}"))
 
 
 def result_table(result: BootstrapResult, *, title: str) -> Table:
@@ -161,7 +163,14 @@ def result_table(result: BootstrapResult, *, title: str) -> Table:
     table.add_row("credentials", result.database.credentials_ref)
     if result.inviter_cadre_addrs:
         table.add_row("inviter cadre", ", ".join(result.inviter_cadre_addrs))
+    table.add_row("confirmed", "yes" if result.confirmed else UNCONFIRMED)
     return table
+
+
+UNCONFIRMED: Final = (
+    "no: the inviter did not end the session in order after our ack, so it may not have"
+    " recorded the tally"
+)
 
 
 async def _dial(

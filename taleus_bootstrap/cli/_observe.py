@@ -127,6 +127,7 @@ def status_document(manager: SessionManager, addrs: list[str]) -> dict[str, Any]
                 "code": r.code.value if r.code is not None else None,
                 "detail": r.detail,
                 "tally_id": r.tally_id,
+                "confirmed": r.confirmed,
                 "started_at": r.started_at.isoformat(),
                 "duration_s": round(r.duration_s, 6),
                 "transitions": [
