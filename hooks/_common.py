@@ -20,7 +20,14 @@ from typing import Any, Protocol, TypeVar
 import trio
 from pydantic import JsonValue
 
-from taleus_bootstrap import InviteeHooks, Role, SessionHooks
+from taleus_bootstrap import (
+    AuditEvent,
+    InviteeHooks,
+    RecordedOutcome,
+    Role,
+    SessionHooks,
+    outcome_from_audit,
+)
 
 __all__ = [
     "Clock",
@@ -110,9 +117,18 @@ class HookBundle:
             "database": self.database,
             "identity": self.identity,
             "audit": self.audit,
+            "outcomes": self,
         }
         parts.update(overrides)
         return SessionHooks(**parts)
+
+    async def recorded_outcome(self, session_id: str, peer_id: str) -> RecordedOutcome:
+        """The ``outcomes`` hook (protocol section 14): what this node's audit log recorded for
+        ``session_id`` as its inviter, told only to the session's peer (``unknown`` to others)."""
+        return outcome_from_audit(await self._session_events(session_id), peer_id)
+
+    async def _session_events(self, session_id: str) -> list[AuditEvent]:
+        return list(self.audit.for_session(session_id))
 
     def invitee_hooks(self, **overrides: Any) -> InviteeHooks:
         """Invitee hooks (database and audit), with either replaced."""

@@ -10,7 +10,7 @@ from typing import Any, Final, cast
 
 import trio
 
-from taleus_bootstrap import Rejection, RejectionCode, SessionOutcome
+from taleus_bootstrap import AuditEvent, Rejection, RejectionCode, SessionOutcome
 from taleus_bootstrap._events import Side
 
 from ._common import HookBundle, RequirementsIdentityValidator
@@ -57,6 +57,9 @@ class SqlBackend(HookBundle):
     database: SqlProvisioner
     identity: RequirementsIdentityValidator
     audit: SqlAuditLog
+
+    async def _session_events(self, session_id: str) -> list[AuditEvent]:
+        return await trio.to_thread.run_sync(self.audit.for_session, session_id)
 
     @property
     def provisioner(self) -> SqlProvisioner:

@@ -24,7 +24,7 @@ from ._actions import (
     Receive,
     Send,
 )
-from ._bootstrap import initiate_bootstrap, run_invitee
+from ._bootstrap import initiate_bootstrap, resolve_bootstrap, run_invitee
 from ._codec import (
     DEFAULT_MAX_FRAME_BYTES,
     AnyFrame,
@@ -38,6 +38,7 @@ from ._errors import (
     BootstrapProtocolError,
     BootstrapProvisionError,
     BootstrapRejected,
+    BootstrapReleased,
     BootstrapTimeout,
     BootstrapUnreachable,
     LinkContentError,
@@ -55,6 +56,7 @@ from ._events import (
     AuditLevel,
     ContactReceived,
     HookError,
+    OutcomeResolved,
     Rejection,
     SessionOutcome,
     SessionStarted,
@@ -91,6 +93,7 @@ from ._invitee import BootstrapResult, InviteeProtocol
 from ._inviter import InviterProtocol
 from ._libp2p import (
     PROTOCOL_ID,
+    RESOLVE_PROTOCOL_ID,
     host_multiaddrs,
     new_bootstrap_host,
     open_bootstrap_stream,
@@ -100,8 +103,16 @@ from ._libp2p import (
 )
 from ._link import LINK_PREFIX, BootstrapLink, TokenMinter, mint_link
 from ._manager import ADMISSION_AUDIT_ID, ManagerStatistics, SessionManager, open_session_manager
+from ._resolve import (
+    OutcomeHook,
+    RecordedOutcome,
+    Resolution,
+    ResolveRequest,
+    outcome_from_audit,
+)
 from ._service import ServedBackend, ServingNode, serve_backend, tune_garbage_collector
 from ._session import BootstrapSession, SessionRecord
+from ._settle import StreamOpener, settle_unconfirmed
 from ._states import (
     INVITEE_TRANSITIONS,
     INVITER_TRANSITIONS,
@@ -125,6 +136,7 @@ __all__ = [
     "INVITER_TRANSITIONS",
     "LINK_PREFIX",
     "PROTOCOL_ID",
+    "RESOLVE_PROTOCOL_ID",
     "Accepted",
     "Ack",
     "Action",
@@ -139,6 +151,7 @@ __all__ = [
     "BootstrapProtocolError",
     "BootstrapProvisionError",
     "BootstrapRejected",
+    "BootstrapReleased",
     "BootstrapResult",
     "BootstrapSession",
     "BootstrapTimeout",
@@ -155,6 +168,12 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "HookError",
+    "OutcomeHook",
+    "OutcomeResolved",
+    "RecordedOutcome",
+    "Resolution",
+    "ResolveRequest",
+    "StreamOpener",
     "HostLimits",
     "IdentityHook",
     "IllegalTransition",
@@ -207,6 +226,9 @@ __all__ = [
     "encode_frame",
     "host_multiaddrs",
     "initiate_bootstrap",
+    "outcome_from_audit",
+    "resolve_bootstrap",
+    "settle_unconfirmed",
     "mint_link",
     "new_bootstrap_host",
     "open_bootstrap_stream",

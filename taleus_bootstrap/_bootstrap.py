@@ -20,14 +20,15 @@ from pydantic import JsonValue
 from ._channel import ByteStream
 from ._config import InviteeConfig
 from ._engine import Dialer, Engine, utc_now
-from ._errors import BootstrapError, LinkExpiredError, RejectionCode
+from ._errors import BootstrapError, BootstrapReleased, LinkExpiredError, RejectionCode
 from ._hooks import InviteeHooks, batched_audit
 from ._invitee import BootstrapResult, InviteeProtocol
-from ._libp2p import as_byte_stream, dial_bootstrap_stream
+from ._libp2p import RESOLVE_PROTOCOL_ID, as_byte_stream, dial_bootstrap_stream
 from ._link import BootstrapLink
+from ._settle import settle_unconfirmed
 from ._telemetry import telemetry_for
 
-__all__ = ["initiate_bootstrap", "run_invitee"]
+__all__ = ["initiate_bootstrap", "resolve_bootstrap", "run_invitee"]
 
 
 async def run_invitee(
@@ -93,17 +94,65 @@ async def initiate_bootstrap(
     """
     decoded = _decode(link)
     config = config or InviteeConfig()
-    return await _run(
-        decoded,
-        lambda: dial_bootstrap_stream(host, decoded.responder_addrs, config),
-        hooks=hooks,
-        local_peer_id=host.get_id().to_base58(),
-        identity=identity,
-        cadre_addrs=cadre_addrs,
-        config=config,
-        meter_provider=meter_provider,
-        tracer_provider=tracer_provider,
+    try:
+        result = await _run(
+            decoded,
+            lambda: dial_bootstrap_stream(host, decoded.responder_addrs, config),
+            hooks=hooks,
+            local_peer_id=host.get_id().to_base58(),
+            identity=identity,
+            cadre_addrs=cadre_addrs,
+            config=config,
+            meter_provider=meter_provider,
+            tracer_provider=tracer_provider,
+        )
+    except BootstrapError as exc:
+        if exc.unconfirmed is None or config.resolve_timeout == 0:
+            raise
+        try:  # in doubt: the inviter may have formed it (see BootstrapError.unconfirmed)
+            settled = await resolve_bootstrap(
+                exc.unconfirmed, host, hooks=hooks, config=config, addrs=decoded.responder_addrs
+            )
+        except BootstrapReleased as released:
+            raise released from exc
+        if settled.confirmed:
+            return settled
+        raise
+    if result.confirmed or config.resolve_timeout == 0:
+        return result
+    return await resolve_bootstrap(
+        result, host, hooks=hooks, config=config, addrs=decoded.responder_addrs
     )
+
+
+async def resolve_bootstrap(
+    result: BootstrapResult,
+    host: IHost,
+    *,
+    hooks: InviteeHooks,
+    config: InviteeConfig | None = None,
+    addrs: Sequence[str] = (),
+) -> BootstrapResult:
+    """Settle an unconfirmed ``result`` by asking its inviter over ``host`` what it recorded
+    (``/taleus/bootstrap-resolve/1.0.0``, protocol section 14), retrying with backoff for up to
+    ``config.resolve_timeout``; ``initiate_bootstrap`` does this itself before returning.
+
+    Returns the result confirmed once the inviter answers ``committed`` (the tally is committed
+    through ``hooks.database``); raises :class:`BootstrapReleased` once it answers that it did
+    not record the session (the tally is released); returns it still unconfirmed, with nothing
+    changed, if no answer came in time (call again later). The inviter is dialed at the address
+    that answered the bootstrap, then at ``addrs`` (the link's).
+    """
+    config = config or InviteeConfig()
+    targets = list(dict.fromkeys([result.responder_addr, *addrs]))
+
+    async def open_stream() -> ByteStream:
+        stream, _, _ = await dial_bootstrap_stream(
+            host, targets, config, protocol_id=RESOLVE_PROTOCOL_ID
+        )
+        return stream
+
+    return await settle_unconfirmed(result, open_stream, hooks=hooks, config=config)
 
 
 def _decode(link: BootstrapLink | str) -> BootstrapLink:

@@ -11,9 +11,9 @@ send (``frame_too_large`` or ``malformed``) and never any other exception.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ._errors import LocalProtocolError, RejectionCode, RemoteProtocolError
 from ._frames import FRAME_ADAPTER, Accepted, Ack, Contact, Provisioned, Rejected
@@ -87,10 +87,13 @@ def encode_frame(frame: AnyFrame, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BY
     return encode_varint(len(body)) + body
 
 
-def decode_frame_body(body: bytes | bytearray) -> AnyFrame:
-    """Validate one frame body (without its prefix); ``malformed`` on any defect."""
+def decode_frame_body(
+    body: bytes | bytearray, adapter: TypeAdapter[Any] = FRAME_ADAPTER
+) -> AnyFrame:
+    """Validate one frame body (without its prefix); ``malformed`` on any defect. (``adapter``:
+    another protocol's messages in the same framing, e.g. the resolve protocol's.)"""
     try:
-        return FRAME_ADAPTER.validate_json(bytes(body))
+        return adapter.validate_json(bytes(body))  # type: ignore[no-any-return]
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
@@ -111,10 +114,16 @@ class FrameDecoder:
     after raising, the decoder is spent and keeps raising the same error.
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        *,
+        adapter: TypeAdapter[Any] = FRAME_ADAPTER,
+    ) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be positive")
         self.max_frame_bytes = max_frame_bytes
+        self._adapter = adapter
         self._buffer = bytearray()
         self._body_length: int | None = None
         self._error: RemoteProtocolError | None = None
@@ -182,7 +191,7 @@ class FrameDecoder:
         self._body_length = None
         if not body:
             raise RemoteProtocolError(RejectionCode.MALFORMED, "empty frame body")
-        return decode_frame_body(body)
+        return decode_frame_body(body, self._adapter)
 
     def _check_truncation(self) -> None:
         if self._eof and (self._buffer or self._body_length is not None):

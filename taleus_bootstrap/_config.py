@@ -60,6 +60,7 @@ DEFAULT_DIAL_TIMEOUT: Final = 5.0
 DEFAULT_DIAL_ATTEMPTS: Final = 2
 DEFAULT_DIAL_BACKOFF: Final = 0.25
 DEFAULT_DIAL_BACKOFF_MAX: Final = 2.0
+DEFAULT_RESOLVE_TIMEOUT: Final = 30.0
 DEFAULT_AUDIT_LEVEL: Final[AuditLevel] = "full"
 DEFAULT_MAX_REFUSALS_IN_FLIGHT: Final = 512
 DEFAULT_REFUSAL_SUMMARY_INTERVAL: Final = 60.0
@@ -167,6 +168,10 @@ class InviteeConfig(_Timeouts):
     """Wait before the second attempt; doubles each further attempt up to ``dial_backoff_max``."""
     dial_backoff_max: Annotated[float, Field(ge=0, le=600)] = DEFAULT_DIAL_BACKOFF_MAX
     """Cap on the wait between attempts."""
+    resolve_timeout: Annotated[float, Field(ge=0, le=86_400)] = DEFAULT_RESOLVE_TIMEOUT
+    """How long :func:`~taleus_bootstrap.initiate_bootstrap` keeps asking the inviter about an
+    unconfirmed outcome (retrying with backoff) before it returns it unconfirmed; 0: never
+    asks (settle it later with :func:`~taleus_bootstrap.resolve_bootstrap`)."""
 
     @model_validator(mode="after")
     def _backoff_within_cap(self) -> InviteeConfig:

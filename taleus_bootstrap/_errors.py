@@ -8,12 +8,14 @@ The invitee's public exceptions (:class:`BootstrapError` and subclasses) carry t
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "BootstrapError",
     "BootstrapProtocolError",
     "BootstrapProvisionError",
     "BootstrapRejected",
+    "BootstrapReleased",
     "BootstrapTimeout",
     "BootstrapUnreachable",
     "LinkError",
@@ -87,6 +89,12 @@ class BootstrapError(Exception):
 
     ``code`` is the rejection code involved (received or sent), or ``None`` when the inviter
     could not be reached at all.
+
+    ``unconfirmed``: set when the session failed *after* this side's last decisive frame (the
+    foil flow's ``provisioned``: the inviter may have committed and sent an ``ack`` that never
+    arrived). The tally is then held in doubt, neither committed nor released, and this is the
+    result it would be: settle it with :func:`~taleus_bootstrap.resolve_bootstrap` (which
+    :func:`~taleus_bootstrap.initiate_bootstrap` tries before raising).
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class BootstrapError(Exception):
         super().__init__(message)
         self.code = code
         self.session_id = session_id
+        self.unconfirmed: Any = None  # a BootstrapResult (defined where it is made)
 
 
 class BootstrapRejected(BootstrapError):
@@ -122,6 +131,11 @@ class BootstrapProtocolError(BootstrapError):
 
 class BootstrapProvisionError(BootstrapError):
     """This side's database hook failed (``provision_failed`` was sent)."""
+
+
+class BootstrapReleased(BootstrapError):
+    """An unconfirmed bootstrap was resolved with the inviter, which had not recorded it
+    (protocol section 14): the tally was released on this side too."""
 
 
 class BootstrapTimeout(BootstrapError):

@@ -21,6 +21,7 @@ __all__ = [
     "AuditLevel",
     "ContactReceived",
     "HookError",
+    "OutcomeResolved",
     "Rejection",
     "SessionOutcome",
     "SessionStarted",
@@ -133,6 +134,16 @@ class SessionOutcome(_Event):
         return data
 
 
+class OutcomeResolved(_Event):
+    """An unconfirmed outcome settled by asking the peer (protocol section 14): what the peer
+    recorded (``answer``), and so what became of this side's tally (committed for
+    ``committed``, released for ``released`` or ``unknown``)."""
+
+    kind: Literal["outcome_resolved"] = "outcome_resolved"
+    answer: Literal["committed", "released", "unknown"]
+    tally_id: str
+
+
 class AdmissionSummary(_Event):
     """Streams refused at admission (``busy``, ``rate_limited``, ``shutting_down``) over one
     window: no session exists for a refused stream, so they are audited together, periodically.
@@ -158,6 +169,7 @@ AuditEvent = Annotated[
     | Rejection
     | HookError
     | SessionOutcome
+    | OutcomeResolved
     | AdmissionSummary,
     Field(discriminator="kind"),
 ]

@@ -46,6 +46,7 @@ __all__ = [
     "Provisioned",
     "Rejected",
     "Role",
+    "SessionIdStr",
     "Tally",
     "UtcDatetime",
     "format_utc",

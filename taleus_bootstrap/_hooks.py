@@ -27,6 +27,7 @@ from pydantic import Field, JsonValue
 
 from ._events import AuditEvent
 from ._frames import PeerIdStr, Provision, Role, Tally, UtcDatetime, _Model
+from ._resolve import OutcomeHook
 
 __all__ = [
     "AuditHook",
@@ -219,6 +220,9 @@ class SessionHooks:
     database: DatabaseHook
     identity: IdentityHook = field(default_factory=RefuseIdentity)
     audit: AuditHook = field(default_factory=NoopAudit)
+    outcomes: OutcomeHook | None = None
+    """Answers invitees resolving an unconfirmed outcome (protocol section 14) from the store's
+    durable records; without it the manager answers from the sessions it remembers."""
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         self.result: BootstrapResult | None = None
         self._accepted: Accepted | None = None
         self._unreachable: BaseException | None = None
+        self._awaiting_decision = False  # provisioned sent: the inviter's record decides
 
     @property
     def release_session_id(self) -> str:
@@ -213,6 +214,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
 
     def _await_ack(self, provision: Provision) -> Action:
         self._fire(Trigger.PROVISIONED_SENT)
+        self._awaiting_decision = True
 
         def on_ack(frame: Any) -> Action:
             if isinstance(frame, Rejected):
@@ -226,12 +228,24 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
     # -- COMPLETED --------------------------------------------------------------------------------
 
     def _done(self, provision: Provision, provisioned_by: Literal["inviter", "invitee"]) -> Action:
-        """The last frame is through: the tally is no longer released but committed."""
-        accepted = self._accepted
-        assert accepted is not None
+        """The last frame is through: the tally is no longer released but committed (once
+        confirmed, when the inviter's record decides)."""
         self.tally, self.releasable = provision, None
         self.tally_id = provision.tally.tally_id
-        self.result = BootstrapResult(
+        self.result = self._result_for(provision, provisioned_by)
+        # Stock inviter: our ack is the last frame, so we wait for the inviter's end of stream
+        # (sent once it has read the ack and committed) before returning: a caller closing its
+        # host at once would otherwise destroy the ack in flight (see ``_complete``).
+        if provisioned_by == "inviter":  # the inviter's record decides: see _complete
+            return self._complete(Trigger.ACK_SENT, wrote_last_frame=True, decides=False)
+        return self._complete(Trigger.ACK_RECEIVED, wrote_last_frame=False)
+
+    def _result_for(
+        self, provision: Provision, provisioned_by: Literal["inviter", "invitee"]
+    ) -> BootstrapResult:
+        accepted = self._accepted
+        assert accepted is not None
+        return BootstrapResult(
             session_id=accepted.session_id,
             local_session_id=self.session_id,
             tally=provision.tally,
@@ -244,12 +258,19 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
             responder_addr=self.responder_addr,
             transitions=(),
         )
-        # Stock inviter: our ack is the last frame, so we wait for the inviter's end of stream
-        # (sent once it has read the ack and committed) before returning: a caller closing its
-        # host at once would otherwise destroy the ack in flight (see ``_complete``).
-        if provisioned_by == "inviter":
-            return self._complete(Trigger.ACK_SENT, wrote_last_frame=True)
-        return self._complete(Trigger.ACK_RECEIVED, wrote_last_frame=False)
+
+    def _fail(self, error: ProtocolError) -> Action:
+        """Foil inviter, once our ``provisioned`` is out: unless the inviter said it failed
+        (``rejected``), it may have committed and sent an ack we never read. Our provision is
+        then held in doubt, not released, until the inviter is asked (section 14)."""
+        if (
+            self._awaiting_decision
+            and not self.completed
+            and self.failure is None
+            and not isinstance(error, PeerRejected)
+        ):
+            self.in_doubt, self.releasable = self.releasable, None
+        return super()._fail(error)
 
     # -- what the caller gets -------------------------------------------------------------------
 
@@ -262,7 +283,18 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         )
 
     def exception(self) -> BootstrapError:
-        """The exception a failed session raises to the caller of ``initiate_bootstrap``."""
+        """The exception a failed session raises to the caller of ``initiate_bootstrap`` (with
+        the result it would be, ``unconfirmed``, when its tally is in doubt)."""
+        error = self._exception()
+        if self._accepted is not None and self.in_doubt is not None:
+            error.unconfirmed = replace(
+                self._result_for(self.in_doubt, "invitee"),
+                transitions=self.machine.records,
+                confirmed=False,
+            )
+        return error
+
+    def _exception(self) -> BootstrapError:
         error = self.failure
         sid = self.remote_session_id
         if error is None:

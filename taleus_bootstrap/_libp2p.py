@@ -57,6 +57,8 @@ from ._config import HostLimits, InviteeConfig
 from ._errors import BootstrapUnreachable
 
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
+RESOLVE_PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap-resolve/1.0.0")
+"""The sibling protocol an invitee resolves an unconfirmed outcome on (protocol section 14)."""
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 
@@ -437,7 +439,11 @@ async def open_bootstrap_stream(
 
 
 async def dial_bootstrap_stream(
-    host: IHost, addrs: Sequence[str], config: InviteeConfig
+    host: IHost,
+    addrs: Sequence[str],
+    config: InviteeConfig,
+    *,
+    protocol_id: TProtocol = PROTOCOL_ID,
 ) -> tuple[Libp2pByteStream, str, str]:
     """Open a bootstrap stream to the first of ``addrs`` that answers: each tried in order,
     ``dial_attempts`` times with a doubling backoff, each attempt within ``dial_timeout``.
@@ -454,7 +460,7 @@ async def dial_bootstrap_stream(
                 delay = min(delay * 2, config.dial_backoff_max)
             with trio.move_on_after(config.dial_timeout) as scope:
                 try:
-                    stream = await open_bootstrap_stream(host, addr)
+                    stream = await open_bootstrap_stream(host, addr, protocol_id=protocol_id)
                 except Exception as exc:  # libp2p raises many unrelated types here
                     attempts.append((addr, f"{type(exc).__name__}: {exc}"[:300]))
                     continue

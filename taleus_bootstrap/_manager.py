@@ -31,7 +31,15 @@ from ._config import ManagerConfig
 from ._engine import utc_now
 from ._explain import RejectionExplainer
 from ._hooks import SessionHooks, batched_audit
-from ._libp2p import PROTOCOL_ID, as_byte_stream, remote_peer_id, set_guarded_stream_handler
+from ._libp2p import (
+    PROTOCOL_ID,
+    RESOLVE_PROTOCOL_ID,
+    as_byte_stream,
+    remote_peer_id,
+    set_guarded_stream_handler,
+)
+from ._resolve import RecordedOutcome
+from ._resolver import Resolver
 from ._session import BootstrapSession, SessionRecord
 from ._telemetry import SessionTrace, telemetry_for
 
@@ -67,7 +75,11 @@ class ManagerStatistics:
     sessions_unconfirmed: int = 0
     """Completed sessions whose outcome is *unconfirmed*: our ``ack`` was the last frame (foil
     flow) and the invitee's orderly end of stream did not follow (see
-    :attr:`SessionRecord.confirmed`)."""
+    :attr:`SessionRecord.confirmed`), and the invitee has not resolved it with us since."""
+    resolutions_answered: int = 0
+    """Resolve requests answered (protocol section 14)."""
+    resolutions_refused: int = 0
+    """Resolve requests refused: rate limited, malformed, or not sent in time."""
 
 
 class SessionManager:
@@ -115,6 +127,8 @@ class SessionManager:
         self._by_rejection: Counter[str] = Counter()
         self._admitted = self._finished = self._refused = self._refusals_in_flight = 0
         self._unconfirmed = 0
+        self._unconfirmed_ids: set[str] = set()
+        self._resolver = Resolver(cfg, hooks.outcomes, self._known_outcome, self._resolved)
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._close_requested = trio.Event()
@@ -137,6 +151,9 @@ class SessionManager:
                     set_guarded_stream_handler(
                         self.host, PROTOCOL_ID, self._handle_stream, on_error=self._on_handler_error
                     )
+                    set_guarded_stream_handler(
+                        self.host, RESOLVE_PROTOCOL_ID, self._handle_resolve_stream
+                    )
                 self._accepting = True
                 task_status.started(self)
                 await self._close_requested.wait()
@@ -147,10 +164,11 @@ class SessionManager:
         finally:
             self._accepting = False
             if self.host is not None:
-                try:
-                    self.host.remove_stream_handler(PROTOCOL_ID)
-                except Exception:  # the host may already be gone
-                    logger.debug("remove_stream_handler failed", exc_info=True)
+                for protocol_id in (PROTOCOL_ID, RESOLVE_PROTOCOL_ID):
+                    try:
+                        self.host.remove_stream_handler(protocol_id)
+                    except Exception:  # the host may already be gone
+                        logger.debug("remove_stream_handler failed", exc_info=True)
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -233,6 +251,33 @@ class SessionManager:
             self._idle = trio.Event()
         return await self._run_session(session, span)
 
+    async def _handle_resolve_stream(self, stream: INetStream) -> None:
+        await self.handle_resolve_stream(stream, remote_peer_id(stream))
+
+    async def handle_resolve_stream(self, stream: Any, peer_id: str) -> RecordedOutcome | None:
+        """Answer one ``/taleus/bootstrap-resolve/1.0.0`` request (protocol section 14) from
+        the authenticated ``peer_id``: what was recorded for its session. Returns the answer
+        given, or None if the request was refused (rate limited, malformed, too slow)."""
+        return await self._resolver.handle(as_byte_stream(stream), peer_id)
+
+    def _known_outcome(self, session_id: str, peer_id: str) -> RecordedOutcome | None:
+        running = self._sessions.get(session_id)
+        if running is not None:
+            return "pending" if running.peer_id == peer_id else None
+        for record in reversed(self._history):
+            if record.session_id == session_id:
+                if record.peer_id != peer_id:
+                    return None
+                return "committed" if record.final_state == "COMPLETED" else "released"
+        return None
+
+    def _resolved(self, session_id: str, peer_id: str, outcome: RecordedOutcome) -> None:
+        logger.info("resolve request for session %s answered %s", session_id, outcome)
+        if outcome == "committed" and session_id in self._unconfirmed_ids:
+            # The invitee is settling on our record: the outcome is no longer in doubt.
+            self._unconfirmed_ids.discard(session_id)
+            self._unconfirmed -= 1
+
     async def _refuse(self, stream: Any, peer_id: str, refusal: Refusal) -> SessionRecord:
         """One ``rejected`` frame and the end of the stream; counted, explained, summarized."""
         started, started_at = trio.current_time(), utc_now()
@@ -292,7 +337,9 @@ class SessionManager:
     def _record(self, record: SessionRecord, span: SessionTrace, audit_s: float) -> None:
         self._finished += 1
         self._by_state[record.final_state] += 1
-        self._unconfirmed += record.confirmed is False
+        if record.confirmed is False:
+            self._unconfirmed += 1
+            self._unconfirmed_ids.add(record.session_id)
         if record.code is not None:
             self._by_rejection[str(record.code)] += 1
         self._history.append(record)
@@ -348,6 +395,8 @@ class SessionManager:
             sessions_admitted=self._admitted,
             sessions_finished=self._finished,
             sessions_unconfirmed=self._unconfirmed,
+            resolutions_answered=self._resolver.answered,
+            resolutions_refused=self._resolver.refused,
             by_state=MappingProxyType(dict(self._by_state)),
             by_rejection=MappingProxyType(dict(self._by_rejection)),
             tracked_peers=len(self._admission.peers),

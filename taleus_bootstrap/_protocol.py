@@ -145,6 +145,7 @@ class SessionProtocol(Generic[S]):
         self.reservation: str | None = None  # a token whose use may be reserved
         self.releasable: Provision | None = None  # provisioned or accepted, not acknowledged
         self.tally: Provision | None = None  # the tally of the complete session
+        self.in_doubt: Provision | None = None  # complete, unconfirmed, not ours to decide
         self.has_stream = True
         self._releases_end: float | None = None  # the release_timeout budget's end, once begun
 
@@ -617,7 +618,9 @@ class SessionProtocol(Generic[S]):
         """The role the outcome event names."""
         return self.role
 
-    def _complete(self, trigger: Trigger, *first: Step, wrote_last_frame: bool) -> Action:
+    def _complete(
+        self, trigger: Trigger, *first: Step, wrote_last_frame: bool, decides: bool = True
+    ) -> Action:
         """The last frame is through: nothing can fail the session any more. Runs ``first``
         (post-completion steps), then the terminal transition and the tally's commit.
 
@@ -625,7 +628,10 @@ class SessionProtocol(Generic[S]):
         decided before writing it) and half-closes: that end of stream tells the peer its
         outcome is durable. The side that *wrote* it half-closes, waits up to
         ``cleanup_timeout`` for the peer's orderly end of stream and records its outcome as
-        ``confirmed`` only if it came (protocol section 10)."""
+        ``confirmed`` only if it came (protocol section 10). A writer whose record does not
+        ``decide`` the outcome (the stock flow's invitee: the inviter's does) commits its tally
+        only once confirmed; unconfirmed, the tally stays ``in_doubt`` (neither committed nor
+        released) until the inviter is asked (section 14)."""
         self.completed = True
         self._now = _Outstanding()
         cleanup = self.config.cleanup_timeout
@@ -637,14 +643,23 @@ class SessionProtocol(Generic[S]):
         def close() -> Action:
             return self._continue(Close("close", cleanup))
 
-        if wrote_last_frame:
-            self.confirmed = False  # until the peer's end of stream says otherwise
-            tail = [close, self._await_confirmation, self._outcome_step]
-        else:
+        if not wrote_last_frame:
             self.confirmed = True
-            tail = [self._outcome_step, close]
-        self._plan = deque([*first, terminal, self._commit_tally, *tail])
+            tail = [self._commit_tally, self._outcome_step, close]
+        elif decides:
+            self.confirmed = False  # until the peer's end of stream says otherwise
+            tail = [self._commit_tally, close, self._await_confirmation, self._outcome_step]
+        else:
+            self.confirmed = False
+            tail = [close, self._await_confirmation, self._commit_if_confirmed, self._outcome_step]
+        self._plan = deque([*first, terminal, *tail])
         return self._next()
+
+    def _commit_if_confirmed(self) -> Action | None:
+        if self.confirmed:
+            return self._commit_tally()
+        self.in_doubt, self.tally = self.tally, None
+        return None
 
     def _await_confirmation(self) -> Action:
         """After our last frame: wait for the peer's orderly end of stream, which it sends once

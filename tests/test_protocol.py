@@ -180,6 +180,8 @@ NO_STREAM = {  # nothing to send a rejection on before the stream is open
     "crash": "FAILED internal_error unsent",
 }
 
+IN_DOUBT = dict.fromkeys(("no end", *AFTER), "IN_DOUBT")  # complete, unconfirmed
+
 INVITEE_STOCK: list[Row] = [
     ("DIALING", "dial", "", {
         **NO_STREAM,
@@ -199,11 +201,12 @@ INVITEE_STOCK: list[Row] = [
         "garbage": "FAILED provision_failed sent",
         "raise": "FAILED provision_failed sent"}),
     ("SENDING_ACK", "send ack", "database", {"send failed": "FAILED malformed sent"}),
-    # Our ack was the last frame: the outcome waits for the inviter's end of stream.
+    # Our ack was the last frame: the outcome waits for the inviter's end of stream, and the
+    # tally is committed only once it came (the inviter's record decides).
     ("COMPLETED", "audit hook", "", flush(strict=False)),
-    ("COMPLETED", "database.commit hook", "", completed(*HOOK)),
     ("COMPLETED", "close", "", {}),
-    ("COMPLETED", "await the peer's end of stream", "", {"no end": "COMPLETED"}),
+    ("COMPLETED", "await the peer's end of stream", "", IN_DOUBT),
+    ("COMPLETED", "database.commit hook", "", completed(*HOOK)),
     ("COMPLETED", "audit hook", "", flush(strict=False)),
 ]  # fmt: skip
 
@@ -223,7 +226,10 @@ INVITEE_FOIL: list[Row] = [
         "raise": "FAILED provision_failed sent",
         "other tally": "FAILED provision_failed sent release=database"}),
     ("PROVISIONING_DB", "send provisioned", "database", {"send failed": "FAILED malformed sent"}),
-    ("AWAITING_ACK", "await ack", "database", frames(ack="COMPLETED")),
+    # Our provisioned is out: the inviter's record decides. Unless it says it failed
+    # (rejected), our provision is held in doubt, not released (protocol section 14).
+    ("AWAITING_ACK", "await ack", "", frames(
+        ack="COMPLETED", rejected="FAILED role_mismatch received release=database")),
     ("COMPLETED", "audit hook", "", flush(strict=False)),
     ("COMPLETED", "database.commit hook", "", completed(*HOOK)),
     ("COMPLETED", "audit hook", "", flush(strict=False)),
@@ -417,6 +423,11 @@ def test_every_state_and_input(flow: str, index: int, name: str) -> None:
         assert (p.state.value, p.code) == ("COMPLETED", None), (p.failure, p.detail)
         assert h.calls.count("database.commit") == 1 and not releases
         assert (h.closed or step == "close") and not h.ended  # half-closed, never reset
+        return
+    if expected == ["IN_DOUBT"]:  # complete, unconfirmed: neither committed nor released
+        assert (p.state.value, p.code, p.confirmed) == ("COMPLETED", None, False)
+        assert "database.commit" not in h.calls and not releases
+        assert p.in_doubt is not None and h.closed and not h.ended
         return
     final, code, how = expected[:3]
     release = next(

@@ -114,6 +114,8 @@ async def complete_session(
         await send_invitee_provision(running, accepted.session_id, tally_id)
         assert await read_frame(running.client) == Ack(session_id=accepted.session_id)
     assert await read_frame(running.client) is None  # closed after the last frame, no rejection
+    if role == "foil":  # the inviter's ack was the last frame: end ours, as an invitee does
+        await running.client.close()
     return await finish(running), tally_id
 
 

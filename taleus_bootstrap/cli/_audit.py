@@ -38,10 +38,14 @@ def describe_event(event: AuditEvent) -> str:
     if event.kind == "admission_summary":
         counts = ", ".join(f"{code.value} {n}" for code, n in sorted(event.refused.items()))
         return f"refused at admission in {event.window_s:.0f} s: {counts}; {event.peers} peers"
+    if event.kind == "outcome_resolved":
+        return f"resolved with the peer: {event.answer}, tally {event.tally_id}"
     tail = f"tally {event.tally_id}" if event.code is None else f"code {event.code.value}"
     path = f", path {' -> '.join(event.path)}" if event.path else ""
+    confirmed = ", unconfirmed" if event.confirmed is False else ""
     return (
         f"{event.final_state}, role {event.role or '-'}, {tail}, {event.duration_s * 1000:.1f} ms"
+        + confirmed
         + path
     )
 
