@@ -23,7 +23,7 @@ from ._engine import Dialer, Engine, utc_now
 from ._errors import BootstrapError, LinkExpiredError, RejectionCode
 from ._hooks import InviteeHooks, batched_audit
 from ._invitee import BootstrapResult, InviteeProtocol
-from ._libp2p import as_byte_stream, dial_bootstrap_stream
+from ._libp2p import as_byte_stream, check_noise_only, dial_bootstrap_stream
 from ._link import BootstrapLink
 from ._telemetry import telemetry_for
 
@@ -79,18 +79,25 @@ async def initiate_bootstrap(
     config: InviteeConfig | None = None,
     meter_provider: MeterProvider | None = None,
     tracer_provider: TracerProvider | None = None,
+    allow_insecure_host: bool = False,
 ) -> BootstrapResult:
     """Run the invitee's side of a bootstrap over ``host`` and return the tally formed.
 
-    Refuses an expired link before dialing, tries each responder address in order (bounded
-    attempts with backoff), then runs the exchange (:func:`run_invitee`). Metrics and a span
-    of the session go to ``meter_provider`` / ``tracer_provider`` (default: the global
-    OpenTelemetry providers, no-ops until an application installs the SDK).
+    ``host`` must be Noise-only (as :func:`~taleus_bootstrap.new_bootstrap_host` builds it),
+    else :class:`InsecureHostError` is raised before anything else, unless
+    ``allow_insecure_host`` (tests). Refuses an expired link, and a link whose inviter is this
+    node itself, before dialing; tries each responder address in order (bounded attempts with
+    backoff), then runs the exchange (:func:`run_invitee`). Metrics and a span of the session
+    go to ``meter_provider`` / ``tracer_provider`` (default: the global OpenTelemetry
+    providers, no-ops until an application installs the SDK).
 
-    Raises :class:`LinkExpiredError` (before dialing), :class:`BootstrapUnreachable`,
-    :class:`BootstrapRejected`, :class:`BootstrapTimeout`, :class:`BootstrapProtocolError`,
-    :class:`BootstrapProvisionError` or :class:`BootstrapError`.
+    Raises :class:`InsecureHostError`, :class:`LinkExpiredError` (before dialing),
+    :class:`BootstrapUnreachable`, :class:`BootstrapRejected`, :class:`BootstrapTimeout`,
+    :class:`BootstrapProtocolError`, :class:`BootstrapProvisionError` or
+    :class:`BootstrapError` (``identity_rejected`` for a link of this node's own).
     """
+    if not allow_insecure_host:
+        check_noise_only(host)
     decoded = _decode(link)
     config = config or InviteeConfig()
     return await _run(
