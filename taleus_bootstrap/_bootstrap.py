@@ -23,7 +23,12 @@ from ._engine import Dialer, Engine, utc_now
 from ._errors import BootstrapError, BootstrapReleased, LinkExpiredError, RejectionCode
 from ._hooks import InviteeHooks, batched_audit
 from ._invitee import BootstrapResult, InviteeProtocol
-from ._libp2p import RESOLVE_PROTOCOL_ID, as_byte_stream, dial_bootstrap_stream
+from ._libp2p import (
+    RESOLVE_PROTOCOL_ID,
+    as_byte_stream,
+    check_noise_only,
+    dial_bootstrap_stream,
+)
 from ._link import BootstrapLink
 from ._settle import settle_unconfirmed
 from ._telemetry import telemetry_for
@@ -80,18 +85,25 @@ async def initiate_bootstrap(
     config: InviteeConfig | None = None,
     meter_provider: MeterProvider | None = None,
     tracer_provider: TracerProvider | None = None,
+    allow_insecure_host: bool = False,
 ) -> BootstrapResult:
     """Run the invitee's side of a bootstrap over ``host`` and return the tally formed.
 
-    Refuses an expired link before dialing, tries each responder address in order (bounded
-    attempts with backoff), then runs the exchange (:func:`run_invitee`). Metrics and a span
-    of the session go to ``meter_provider`` / ``tracer_provider`` (default: the global
-    OpenTelemetry providers, no-ops until an application installs the SDK).
+    ``host`` must be Noise-only (as :func:`~taleus_bootstrap.new_bootstrap_host` builds it),
+    else :class:`InsecureHostError` is raised before anything else, unless
+    ``allow_insecure_host`` (tests). Refuses an expired link, and a link whose inviter is this
+    node itself, before dialing; tries each responder address in order (bounded attempts with
+    backoff), then runs the exchange (:func:`run_invitee`). Metrics and a span of the session
+    go to ``meter_provider`` / ``tracer_provider`` (default: the global OpenTelemetry
+    providers, no-ops until an application installs the SDK).
 
-    Raises :class:`LinkExpiredError` (before dialing), :class:`BootstrapUnreachable`,
-    :class:`BootstrapRejected`, :class:`BootstrapTimeout`, :class:`BootstrapProtocolError`,
-    :class:`BootstrapProvisionError` or :class:`BootstrapError`.
+    Raises :class:`InsecureHostError`, :class:`LinkExpiredError` (before dialing),
+    :class:`BootstrapUnreachable`, :class:`BootstrapRejected`, :class:`BootstrapTimeout`,
+    :class:`BootstrapProtocolError`, :class:`BootstrapProvisionError` or
+    :class:`BootstrapError` (``identity_rejected`` for a link of this node's own).
     """
+    if not allow_insecure_host:
+        check_noise_only(host)
     decoded = _decode(link)
     config = config or InviteeConfig()
     try:
@@ -111,7 +123,12 @@ async def initiate_bootstrap(
             raise
         try:  # in doubt: the inviter may have formed it (see BootstrapError.unconfirmed)
             settled = await resolve_bootstrap(
-                exc.unconfirmed, host, hooks=hooks, config=config, addrs=decoded.responder_addrs
+                exc.unconfirmed,
+                host,
+                hooks=hooks,
+                config=config,
+                addrs=decoded.responder_addrs,
+                allow_insecure_host=True,  # checked above
             )
         except BootstrapReleased as released:
             raise released from exc
@@ -121,7 +138,12 @@ async def initiate_bootstrap(
     if result.confirmed or config.resolve_timeout == 0:
         return result
     return await resolve_bootstrap(
-        result, host, hooks=hooks, config=config, addrs=decoded.responder_addrs
+        result,
+        host,
+        hooks=hooks,
+        config=config,
+        addrs=decoded.responder_addrs,
+        allow_insecure_host=True,  # checked above
     )
 
 
@@ -132,6 +154,7 @@ async def resolve_bootstrap(
     hooks: InviteeHooks,
     config: InviteeConfig | None = None,
     addrs: Sequence[str] = (),
+    allow_insecure_host: bool = False,
 ) -> BootstrapResult:
     """Settle an unconfirmed ``result`` by asking its inviter over ``host`` what it recorded
     (``/taleus/bootstrap-resolve/1.0.0``, protocol section 14), retrying with backoff for up to
@@ -141,8 +164,11 @@ async def resolve_bootstrap(
     through ``hooks.database``); raises :class:`BootstrapReleased` once it answers that it did
     not record the session (the tally is released); returns it still unconfirmed, with nothing
     changed, if no answer came in time (call again later). The inviter is dialed at the address
-    that answered the bootstrap, then at ``addrs`` (the link's).
+    that answered the bootstrap, then at ``addrs`` (the link's). ``host`` is checked as by
+    :func:`initiate_bootstrap`.
     """
+    if not allow_insecure_host:
+        check_noise_only(host)
     config = config or InviteeConfig()
     targets = list(dict.fromkeys([result.responder_addr, *addrs]))
 

@@ -18,6 +18,7 @@ __all__ = [
     "BootstrapReleased",
     "BootstrapTimeout",
     "BootstrapUnreachable",
+    "InsecureHostError",
     "LinkError",
     "LinkExpiredError",
     "LinkFormatError",
@@ -66,6 +67,13 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something unacceptable (bad frame, bad token, wrong identity...)."""
+
+
+class InsecureHostError(ValueError):
+    """A libp2p host offers a security protocol other than Noise, so the peer ids it reports
+    may be claimed rather than proven; build it with
+    :func:`~taleus_bootstrap.new_bootstrap_host` (or opt in with ``allow_insecure_host=True``,
+    for tests)."""
 
 
 class LinkError(ValueError):

@@ -144,6 +144,12 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         self._record(
             SessionStarted(at=self.started_at, side="invitee", peer_id=link.inviter_peer_id)
         )
+        if link.inviter_peer_id == self.local_peer_id:  # nothing dialed, nothing sent
+            raise LocalProtocolError(
+                RejectionCode.IDENTITY_REJECTED,
+                f"the link's inviter is this node itself ({self.local_peer_id}):"
+                " a node cannot form a tally with itself",
+            )
         # No flush before dialing: session_started goes with the first batch, before the
         # contact frame is sent (the first effect the inviter sees).
         return self._emit(Dial("dial", self.config.session_timeout), self._on_dialed)

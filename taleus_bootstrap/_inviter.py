@@ -102,6 +102,11 @@ class InviterProtocol(SessionProtocol[InviterState]):
             raise RemoteProtocolError(
                 RejectionCode.IDENTITY_REJECTED, "party_id differs from the authenticated peer id"
             )
+        if frame.party_id == self.local_peer_id:  # stock_party_id would equal foil_party_id
+            raise RemoteProtocolError(
+                RejectionCode.IDENTITY_REJECTED,
+                "party_id is this node's own: a node cannot form a tally with itself",
+            )
         self._fire(Trigger.CONTACT_RECEIVED)
         self._contact = frame
         self.reservation = frame.token  # from here on a reservation may exist

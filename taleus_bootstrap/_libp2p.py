@@ -3,7 +3,8 @@
 Defect numbers refer to LIBP2P-NOTES.md; each workaround has a regression test in
 tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until the swarm stops
 (:class:`_BootstrapSwarm`). 2: a raising stream handler kills the host
-(:func:`set_guarded_stream_handler`). 3: plaintext accepted (hosts are Noise-only). 4: 250 ms
+(:func:`set_guarded_stream_handler`). 3: plaintext accepted (hosts are Noise-only, and a host
+built elsewhere is refused unless it is: :func:`check_noise_only`). 4: 250 ms
 ``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
 (:func:`route_libp2p_logging`). Also: the negative dial cache and stale peerstore addresses
@@ -54,7 +55,7 @@ from multiaddr import Multiaddr
 
 from ._channel import ByteStream, StreamBroken
 from ._config import HostLimits, InviteeConfig
-from ._errors import BootstrapUnreachable
+from ._errors import BootstrapUnreachable, InsecureHostError
 
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
 RESOLVE_PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap-resolve/1.0.0")
@@ -203,6 +204,33 @@ def new_bootstrap_host(
         burst_connections_per_peer=limits.connection_burst_per_peer,
     )
     return BasicHost(swarm, negotiate_timeout=limits.negotiation_timeout, resource_manager=rm)
+
+
+def check_noise_only(host: IHost) -> None:
+    """Defect 3 for a host built elsewhere: raise :class:`~taleus_bootstrap.InsecureHostError`
+    unless every security protocol ``host`` negotiates is Noise.
+
+    Under any other (``/plaintext/2.0.0`` above all, which py-libp2p's ``new_host()`` offers) a
+    peer may claim any peer id, and every identity check of the protocol would mean nothing.
+    A host whose security protocols cannot be read (not a py-libp2p swarm) is refused too.
+    """
+    upgrader = getattr(host.get_network(), "upgrader", None)
+    transports = getattr(getattr(upgrader, "security_multistream", None), "transports", None)
+    if transports is None:
+        offered = "cannot read its security protocols"
+    else:
+        others = [
+            str(protocol)
+            for protocol, transport in transports.items()
+            if protocol != NOISE_PROTOCOL_ID or not isinstance(transport, NoiseTransport)
+        ]
+        if transports and not others:
+            return
+        offered = f"offers {', '.join(others)}" if others else "offers no security protocol"
+    raise InsecureHostError(
+        f"the libp2p host must be Noise-only but {offered}: a peer could claim any peer id."
+        " Build the host with new_bootstrap_host(), or pass allow_insecure_host=True (tests only)"
+    )
 
 
 def _host_limits(host: IHost) -> HostLimits:

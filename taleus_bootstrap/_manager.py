@@ -35,6 +35,7 @@ from ._libp2p import (
     PROTOCOL_ID,
     RESOLVE_PROTOCOL_ID,
     as_byte_stream,
+    check_noise_only,
     remote_peer_id,
     set_guarded_stream_handler,
 )
@@ -97,12 +98,19 @@ class SessionManager:
         local_peer_id: str | None = None,
         meter_provider: MeterProvider | None = None,
         tracer_provider: TracerProvider | None = None,
+        allow_insecure_host: bool = False,
     ) -> None:
         """``host=None`` runs the manager without a libp2p handler: streams are then handed in
         with :meth:`handle_stream` (tests, other transports) and ``local_peer_id`` is required.
 
+        ``host`` must be Noise-only (as :func:`~taleus_bootstrap.new_bootstrap_host` builds
+        it): a host offering any other security protocol raises
+        :class:`~taleus_bootstrap.InsecureHostError`, unless ``allow_insecure_host`` (tests).
+
         Metrics and traces go to ``meter_provider`` / ``tracer_provider`` (default: the global
         OpenTelemetry providers, which do nothing until an application installs the SDK)."""
+        if host is not None and not allow_insecure_host:
+            check_noise_only(host)
         self.host = host
         self.hooks = hooks
         self.config = cfg = config or ManagerConfig()
@@ -426,10 +434,17 @@ async def open_session_manager(
     *,
     meter_provider: MeterProvider | None = None,
     tracer_provider: TracerProvider | None = None,
+    allow_insecure_host: bool = False,
 ) -> AsyncIterator[SessionManager]:
-    """Serve bootstraps on ``host`` for the duration of the block; leaving it drains."""
+    """Serve bootstraps on ``host`` for the duration of the block; leaving it drains.
+    ``host`` is checked as by :class:`SessionManager`."""
     manager = SessionManager(
-        host, hooks, config, meter_provider=meter_provider, tracer_provider=tracer_provider
+        host,
+        hooks,
+        config,
+        meter_provider=meter_provider,
+        tracer_provider=tracer_provider,
+        allow_insecure_host=allow_insecure_host,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)

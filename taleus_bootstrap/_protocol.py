@@ -492,7 +492,7 @@ class SessionProtocol(Generic[S]):
         self.failure = error
         self.tally_id = None
         received = isinstance(error, PeerRejected)
-        direction = "received" if received else "none" if isinstance(error, Unreachable) else "sent"
+        direction = "received" if received else "sent" if self.has_stream else "none"
         cause = getattr(error, "error", None)
         self._record(
             Rejection(

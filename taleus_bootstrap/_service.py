@@ -87,6 +87,7 @@ async def serve_backend(
     local_peer_id: str | None = None,
     meter_provider: MeterProvider | None = None,
     tracer_provider: TracerProvider | None = None,
+    allow_insecure_host: bool = False,
 ) -> AsyncIterator[ServingNode]:
     """Recover ``backend``, start its maintenance, and serve bootstraps on ``host`` with its
     hooks for the duration of the block; leaving it drains the manager (new streams get
@@ -95,7 +96,7 @@ async def serve_backend(
     Recovery runs before anything is served, so no session of this run can be mistaken for
     one the previous run left behind. ``hooks`` replaces ``backend.hooks()`` (to wrap or
     override some of them). ``host=None`` serves streams handed to ``manager.handle_stream``
-    (``local_peer_id`` is then required).
+    (``local_peer_id`` is then required); ``host`` is checked as by :class:`SessionManager`.
     """
     recover = getattr(backend, "recover", None)
     recovery = await recover() if callable(recover) else None
@@ -114,6 +115,7 @@ async def serve_backend(
         local_peer_id=local_peer_id,
         meter_provider=meter_provider,
         tracer_provider=tracer_provider,
+        allow_insecure_host=allow_insecure_host,
     )
     async with trio.open_nursery() as nursery:
         maintain = getattr(backend, "run_maintenance", None)

@@ -138,6 +138,33 @@ def test_human_output_of_invite_dial_and_tokens(tmp_path: Path) -> None:
         assert "shop" in listed.stdout and "1/3" in listed.stdout and "active" in listed.stdout
 
 
+def test_dial_refuses_a_link_of_its_own_data_dir(tmp_path: Path) -> None:
+    """``dial "$(invite --data-dir alice --role foil)" --data-dir alice`` formed a tally with
+    stock_party_id == foil_party_id; now it says why it refuses, and the token stays usable."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    with served_node(alice) as node:
+        minted = run_cli("invite", "--data-dir", alice, "--role", "foil")
+        assert minted.returncode == 0, minted.stderr
+        link = minted.stdout.strip()
+        own = run_cli("dial", link, "--data-dir", alice)
+        assert_one_line_error(own, 2, "a node cannot form a tally with itself")
+        assert node.peer_id in own.stderr and "--data-dir" in own.stderr
+        by_env = run_cli("dial", link, "--json", env={"TALEUS_BOOTSTRAP_DATA_DIR": str(alice)})
+        assert_one_line_error(by_env, 2, "a node cannot form a tally with itself")
+        assert {k: json_of(by_env)[k] for k in ("ok", "code", "error")} == {
+            "ok": False,
+            "code": "identity_rejected",
+            "error": "own_link",
+        }
+        dialed = run_cli("dial", link, "--data-dir", bob, "--json")  # the token is still good
+        assert dialed.returncode == 0, dialed.stderr
+        result = json_of(dialed)
+        assert result["stock_party_id"] != result["foil_party_id"] == node.peer_id
+        status, out, err = node.stop()
+    assert status == 0, err
+    assert "stopped: 1 sessions finished (COMPLETED 1)" in out
+
+
 def test_peer_id_is_stable_across_restarts_and_invite_warns_when_stopped(tmp_path: Path) -> None:
     alice = tmp_path / "alice"
     with served_node(alice) as first:

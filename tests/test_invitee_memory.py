@@ -12,6 +12,7 @@ import trio
 
 from taleus_bootstrap import (
     Ack,
+    BootstrapError,
     BootstrapLink,
     BootstrapProtocolError,
     BootstrapProvisionError,
@@ -146,6 +147,40 @@ async def test_a_stream_to_another_peer_is_identity_rejected_before_the_contact(
     await outcome.done.wait()
     assert isinstance(outcome.error, BootstrapProtocolError)
     assert outcome.error.code == RejectionCode.IDENTITY_REJECTED
+
+
+@pytest.mark.parametrize("role", ["stock", "foil"])
+async def test_a_link_of_this_node_itself_is_refused_before_anything_is_sent(
+    autojump_clock: Any, invitee_backend: Backend, role: str
+) -> None:
+    """The invitee is the link's inviter (same key, e.g. the same data directory): refused
+    ``identity_rejected`` before the stream is used, and audited."""
+    ours, theirs = memory_stream_pair()
+    with pytest.raises(BootstrapError) as raised:
+        await run_invitee(
+            ours,
+            make_link(role),
+            hooks=invitee_backend.invitee_hooks(),
+            local_peer_id=INVITER_PEER,  # the link's own peer id
+            remote_peer_id=INVITER_PEER,
+        )
+    error = raised.value
+    assert type(error) is BootstrapError and error.code == RejectionCode.IDENTITY_REJECTED
+    assert "cannot form a tally with itself" in str(error)
+    with trio.move_on_after(1):
+        assert await theirs.read(1) == b"", "the invitee wrote to the stream"
+    assert not (ours.was_closed or ours.was_reset)  # never touched
+    [session_id] = invitee_backend.audit.session_ids()
+    events = invitee_backend.audit.for_session(session_id)
+    assert [e.kind for e in events] == [
+        "session_started",
+        "rejection",
+        "state_changed",
+        "session_outcome",
+    ]
+    assert (events[1].code, events[1].direction) == (RejectionCode.IDENTITY_REJECTED, "none")
+    assert (events[2].from_state, events[2].to_state) == ("DIALING", "FAILED")
+    assert invitee_backend.provisioner.tallies == {} and invitee_backend.provisioner.accepted == {}
 
 
 async def test_a_role_other_than_the_links_is_role_mismatch(

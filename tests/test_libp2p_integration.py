@@ -7,11 +7,13 @@ fail if libp2p itself changes the defect (then revisit the workaround).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from functools import partial
 
 import pytest
@@ -28,7 +30,15 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
+from taleus_hooks.memory import MemoryBackend
 
+from taleus_bootstrap import (
+    InsecureHostError,
+    SessionManager,
+    initiate_bootstrap,
+    mint_link,
+    open_session_manager,
+)
 from taleus_bootstrap._libp2p import (
     PROTOCOL_ID,
     HostLimits,
@@ -45,6 +55,9 @@ from taleus_bootstrap._libp2p import (
 )
 
 pytestmark = pytest.mark.libp2p
+
+PLAINTEXT = re.escape(PLAINTEXT_PROTOCOL_ID)
+PEER = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"  # a syntactically valid peer id
 
 ECHO = TProtocol("/taleus/test/echo/1.0.0")
 BOOM = TProtocol("/taleus/test/boom/1.0.0")
@@ -212,6 +225,46 @@ async def test_plaintext_peer_cannot_connect() -> None:
             await client.connect(info_from_p2p_addr(Multiaddr(host_multiaddrs(other)[0])))
             accepted = await seconds_until(lambda: bool(other.get_connected_peers()), 2.0)
             assert accepted < 2 and other.get_connected_peers() == [client.get_id()]
+
+
+def insecure_hosts() -> list[IHost]:
+    """Hand-built hosts that accept plaintext: plaintext only, and libp2p's default (which
+    offers Noise first, but the dialing peer picks)."""
+    return [plaintext_only_host(), new_host()]
+
+
+async def test_the_entry_points_refuse_a_host_that_accepts_plaintext() -> None:
+    backend = MemoryBackend()
+    for host in insecure_hosts():
+        with pytest.raises(InsecureHostError, match=PLAINTEXT) as raised:
+            SessionManager(host, backend.hooks())
+        assert "new_bootstrap_host()" in str(raised.value)
+        assert "allow_insecure_host=True" in str(raised.value)
+        with pytest.raises(InsecureHostError, match=PLAINTEXT):
+            async with open_session_manager(host, backend.hooks()):
+                pass
+        link = mint_link(
+            backend.tokens, [f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}"], "stock", ttl=timedelta(minutes=1)
+        )
+        with pytest.raises(InsecureHostError, match=PLAINTEXT):
+            await initiate_bootstrap(link, host, hooks=backend.invitee_hooks())
+
+
+async def test_a_host_from_new_bootstrap_host_passes_and_the_opt_in_skips_the_check() -> None:
+    inviter, invitee = MemoryBackend(), MemoryBackend()
+    assert SessionManager(new_bootstrap_host(), inviter.hooks()).host is not None
+    # Opted in (tests only), libp2p's default hosts form a tally over whatever they negotiate.
+    async with (
+        running_host(new_host()) as server,
+        running_host(new_host(), ()) as client,
+        open_session_manager(server, inviter.hooks(), allow_insecure_host=True),
+    ):
+        link = mint_link(inviter.tokens, host_multiaddrs(server), "foil", ttl=timedelta(minutes=1))
+        with trio.fail_after(20):
+            result = await initiate_bootstrap(
+                link, client, hooks=invitee.invitee_hooks(), allow_insecure_host=True
+            )
+        assert result.inviter_party_id == server.get_id().to_base58()
 
 
 # Defect 4 ---------------------------------------------------------------------------------

@@ -99,11 +99,18 @@ async def send_invitee_provision(running: Running, session_id: str, tally_id: st
 
 
 async def complete_session(
-    nursery: trio.Nursery, manager: Any, backend: Backend, role: str, delay: float = 0
+    nursery: trio.Nursery,
+    manager: Any,
+    backend: Backend,
+    role: str,
+    delay: float = 0,
+    token: str | None = None,
 ) -> tuple[SessionRecord, str]:
-    """Play a well-behaved invitee through a session of ``role``, waiting ``delay`` seconds
-    before its last frame; return the inviter's record and the tally id."""
-    running, accepted = await start_accepted(nursery, manager, backend.tokens.mint(role))  # type: ignore[arg-type]
+    """Play a well-behaved invitee through a session of ``role`` (with ``token``, else a new
+    one), waiting ``delay`` seconds before its last frame; return the inviter's record and the
+    tally id."""
+    token = token or backend.tokens.mint(role)  # type: ignore[arg-type]
+    running, accepted = await start_accepted(nursery, manager, token)
     await trio.sleep(delay)
     if role == "stock":
         assert accepted.provision is not None
@@ -268,6 +275,44 @@ async def test_party_id_must_match_the_authenticated_peer(
     assert (await finish(running)).code == RejectionCode.IDENTITY_REJECTED
     assert inviter_backend.tokens.get(token).used == 0  # type: ignore[union-attr]
     assert inviter_backend.tokens.reservations_held == 0
+
+
+@pytest.mark.parametrize("role", ["stock", "foil"])
+async def test_a_contact_from_this_node_itself_is_refused_before_the_token_hook(
+    role: str,
+    inviter_backend: Backend,
+    memory_manager: Any,
+    nursery: trio.Nursery,
+    autojump_clock: Any,
+) -> None:
+    """A node dialing its own link (same key: stock_party_id would equal foil_party_id) is
+    refused ``identity_rejected`` before the token is reserved; the token stays usable."""
+    manager = await memory_manager()
+    token = inviter_backend.tokens.mint(role, uses=1)  # type: ignore[arg-type]
+    running = await start(nursery, manager, peer_id=INVITER_PEER)  # authenticated as itself
+    await write_frame(running.client, contact(token, party_id=INVITER_PEER))
+    reply = await read_frame(running.client)
+    assert reply == Rejected(code=RejectionCode.IDENTITY_REJECTED, retry_after_s=None)
+    record = await finish(running)
+    assert record.code == RejectionCode.IDENTITY_REJECTED
+    assert states(record) == ["CREATED", "READING_REQUEST", "FAILED"]  # never VALIDATING_TOKEN
+    assert "itself" in (record.detail or "")
+    assert inviter_backend.tokens.get(token).used == 0  # type: ignore[union-attr]
+    assert inviter_backend.tokens.reservations_held == 0
+    assert kinds(inviter_backend, record.session_id) == [
+        "session_started",
+        "state_changed",
+        "contact_received",
+        "rejection",
+        "state_changed",
+        "session_outcome",
+    ]
+    [event] = rejection_events(inviter_backend, record.session_id)
+    assert (event.code, event.direction) == (RejectionCode.IDENTITY_REJECTED, "sent")
+    # The one use is still there for the real invitee.
+    completed, _ = await complete_session(nursery, manager, inviter_backend, role, token=token)
+    assert completed.final_state == "COMPLETED"
+    assert inviter_backend.tokens.get(token).used == 1  # type: ignore[union-attr]
 
 
 async def test_identity_hook_refusal_releases_the_reservation(

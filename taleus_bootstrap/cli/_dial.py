@@ -21,6 +21,7 @@ from .._errors import (
     BootstrapUnreachable,
     LinkError,
     LinkExpiredError,
+    RejectionCode,
 )
 from .._invitee import BootstrapResult
 from .._libp2p import new_bootstrap_host, running_host
@@ -29,6 +30,7 @@ from ._backend import open_backend, resolve_backend
 from ._errors import ExitCode, run_trio
 from ._nodedir import NodeDir
 from ._options import (
+    DATA_DIR_ENV,
     backend_options,
     config_option,
     data_dir_option,
@@ -68,10 +70,19 @@ def result_summary(result: BootstrapResult) -> dict[str, Any]:
     }
 
 
+class _OwnLink(LinkError):
+    """The link was minted by this data directory's node: a node cannot form a tally with
+    itself (the library refuses it too, ``identity_rejected``; this says which option)."""
+
+    code = RejectionCode.IDENTITY_REJECTED
+
+
 def _failure(error: Exception) -> tuple[ExitCode, str, dict[str, Any]]:
     """Exit status, one-line message and JSON form of a failed dial."""
     code = getattr(error, "code", None)
     info: dict[str, Any] = {"ok": False, "code": code.value if code is not None else None}
+    if isinstance(error, _OwnLink):
+        return ExitCode.USAGE, str(error), {**info, "error": "own_link"}
     if isinstance(error, LinkExpiredError):
         return ExitCode.USAGE, "the link has expired", {**info, "error": "link_expired"}
     if isinstance(error, LinkError):
@@ -121,8 +132,9 @@ def dial(
 ) -> None:
     """Dial a link and form the tally it offers.
 
-    Exit status: 0 formed, 2 bad or expired link, 3 rejected by the inviter, 4 timed out,
-    5 inviter unreachable, 6 protocol or provisioning error, 1 anything else.
+    Exit status: 0 formed, 2 bad or expired link (or one this node minted), 3 rejected by the
+    inviter, 4 timed out, 5 inviter unreachable, 6 protocol or provisioning error, 1 anything
+    else.
     """
     claims = json_object(identity, "--identity")
     try:
@@ -134,6 +146,16 @@ def dial(
         return
     data_dir = data_dir or default_dial_dir()
     node = NodeDir.create(data_dir)
+    if link.inviter_peer_id == node.peer_id():
+        _report_failure(
+            _OwnLink(
+                f"the link was minted by this node ({data_dir}, peer id {node.peer_id()}):"
+                " a node cannot form a tally with itself; dial with another --data-dir"
+                f" (or {DATA_DIR_ENV})"
+            ),
+            as_json,
+        )
+        return
     settings = load_settings(config_path, data_dir)
     store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn)
     with open_backend(node, store_settings) as store:

@@ -29,8 +29,8 @@ EXIT_MEANINGS: Final[Mapping[ExitCode, str]] = {
     ExitCode.OK: "Success (`dial`: the tally was formed; `audit verify`: the chain is intact).",
     ExitCode.FAILED: "The command ran and failed: audit chain broken, port in use, another "
     "serve on the data directory, a store that cannot be opened, an unexpected error.",
-    ExitCode.USAGE: "Bad options, a bad or expired link, a bad config file, a missing data "
-    "directory.",
+    ExitCode.USAGE: "Bad options, a bad or expired link, a link of this node's own (`dial`), a "
+    "bad config file, a missing data directory.",
     ExitCode.REJECTED: "`dial`: the inviter refused; the rejection code is printed.",
     ExitCode.TIMEOUT: "`dial`: a step or the whole session ran out of time.",
     ExitCode.UNREACHABLE: "`dial`: no address of the link answered.",
