@@ -32,6 +32,7 @@ from ._engine import utc_now
 from ._explain import RejectionExplainer
 from ._hooks import SessionHooks, batched_audit
 from ._libp2p import PROTOCOL_ID, as_byte_stream, remote_peer_id, set_guarded_stream_handler
+from ._redact import format_exception, scrub_patterns
 from ._session import BootstrapSession, SessionRecord
 from ._telemetry import SessionTrace, telemetry_for
 
@@ -192,8 +193,9 @@ class SessionManager:
         with trio.move_on_after(self.config.cleanup_timeout) as scope:
             try:
                 await self._session_hooks.audit.log_events(ADMISSION_AUDIT_ID, [event])
-            except Exception:
-                logger.exception("audit hook failed for the admission summary")
+            except Exception as exc:
+                trace = scrub_patterns(format_exception(exc))
+                logger.error("audit hook failed for the admission summary\n%s", trace)
         if scope.cancelled_caught:
             logger.error("audit hook timed out on the admission summary")
 
