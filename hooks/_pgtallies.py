@@ -24,6 +24,7 @@ from ._pgdatabase import (
     remaining_budget_ms,
     thread_budget_ms,
 )
+from ._pgsecrets import CredentialBox
 from ._sqlschema import (
     DRAFT_TALLY_SELECT,
     draft_tally_row,
@@ -60,15 +61,24 @@ class PostgresTallyFactory:
     its CPU here, which the hand-out is spared (a rename keeps a SCRAM verifier; only MD5 ones
     are cleared). Its schema holds the empty ``draft_tally`` table, owned by it, and ``PUBLIC``
     gets nothing. Each is listed in the control schema's ``prepared_tallies`` with its password
+    (sealed with ``box``, as in ``tally_credentials``: :mod:`taleus_hooks._pgsecrets`)
     and the database user that made it: only that user's backends take it (renaming a role
     needs admin rights on it). :meth:`create` takes one, and with none left creates the role
     and schema itself.
     """
 
-    def __init__(self, db: PostgresDatabase, *, prepared: int = POOL_SIZE, low: int = POOL_LOW):
+    def __init__(
+        self,
+        db: PostgresDatabase,
+        box: CredentialBox,
+        *,
+        prepared: int = POOL_SIZE,
+        low: int = POOL_LOW,
+    ):
         if not 0 <= low <= prepared:
             raise ValueError("need 0 <= low <= prepared")
         self._db = db
+        self._box = box
         info = psycopg.conninfo.conninfo_to_dict(db.dsn)
         self._host = str(info.get("host") or "")
         self._port = str(info.get("port") or "")
@@ -129,8 +139,9 @@ class PostgresTallyFactory:
                     limit_waits(conn.execute, budget_ms)
                 taken = self._take_prepared(conn) if self.prepared else None
                 if taken is not None:
-                    # Renaming a role clears an MD5 password, not a SCRAM verifier.
-                    prep, password = sql.Identifier(taken[0]), taken[1]
+                    # Renaming a role clears an MD5 password, not a SCRAM verifier. The
+                    # password moves as it is stored (sealed).
+                    prep, stored = sql.Identifier(taken[0]), taken[1]
                     conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(prep, role))
                     conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
                     conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(prep, schema))
@@ -141,6 +152,7 @@ class PostgresTallyFactory:
                             role, sql.Literal(_verifier(conn, password, name))
                         )
                     )
+                    stored = self._box.seal(password)
                     _create_schema(conn, schema, role)
                 conn.execute(
                     sql.SQL("INSERT INTO {}.draft_tally VALUES (%s, %s, %s, %s, %s)").format(
@@ -150,7 +162,7 @@ class PostgresTallyFactory:
                 )
                 conn.execute(
                     "INSERT INTO tally_credentials (role_name, password) VALUES (%s, %s)",
-                    (name, password),
+                    (name, stored),
                 )
             return taken is not None
 
@@ -213,7 +225,8 @@ class PostgresTallyFactory:
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN PASSWORD {}").format(ident, verifier))
             _create_schema(conn, ident, ident)
             conn.execute(
-                "INSERT INTO prepared_tallies (name, password) VALUES (%s, %s)", (name, password)
+                "INSERT INTO prepared_tallies (name, password) VALUES (%s, %s)",
+                (name, self._box.seal(password)),
             )
         self._left = left + 1
         return True

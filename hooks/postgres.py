@@ -1,17 +1,19 @@
 """PostgreSQL reference backend: several inviter nodes sharing one token store and audit log.
 
-``PostgresBackend(dsn, schema="taleus")`` keeps its tables in ``schema`` (created if missing):
-the same ``tokens`` / ``reservations`` / ``redemptions`` / ``provisions`` as SQLite, the
-append-only ``audit_log`` (``UPDATE`` / ``DELETE`` / ``TRUNCATE`` refused by triggers) with its
-``audit_head``, and ``tally_credentials``. A reservation locks its token's row
-(``SELECT ... FOR UPDATE``), so any number of processes on any number of hosts racing for a
-one-time token yield one reservation.
+``PostgresBackend(dsn, schema="taleus", credentials_key_file=...)`` keeps its tables in
+``schema`` (created if missing): the same ``tokens`` / ``reservations`` / ``redemptions`` /
+``provisions`` as SQLite, the append-only ``audit_log`` (``UPDATE`` / ``DELETE`` /
+``TRUNCATE`` refused by triggers) with its ``audit_head``, and ``tally_credentials``. A
+reservation locks its token's row (``SELECT ... FOR UPDATE``), so any number of processes on
+any number of hosts racing for a one-time token yield one reservation.
 
 Each provisioned tally gets its own schema and its own login role with a generated password: the
 role owns the schema and its ``draft_tally`` table, ``PUBLIC`` gets nothing. The password is sent
-to the server only as a SCRAM verifier and kept in ``tally_credentials`` (readable by the backend's
-role only); ``ProvisionResult.database.endpoint`` is a libpq URI without the password and
-``credentials_ref`` names the row holding it (:meth:`PostgresBackend.read_credentials`).
+to the server only as a SCRAM verifier and kept in ``tally_credentials`` (readable by the
+backend's role only), sealed with a key the node keeps apart from the database
+(:mod:`taleus_hooks._pgsecrets`); ``ProvisionResult.database.endpoint`` is a libpq URI without
+the password and ``credentials_ref`` names the row holding it
+(:meth:`PostgresBackend.read_credentials`).
 
 Creating the role with its password, the schema and the table costs the server several catalog
 writes, new files and (for the password) a SCRAM hash of its own, so they are **prepared
@@ -30,6 +32,7 @@ threads on a small connection pool (``psycopg_pool``), never on the event loop.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any, Final
 
@@ -40,6 +43,13 @@ from taleus_bootstrap import ProvisionResult, Tally
 
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._pgdatabase import UNREACHABLE_WAIT, PostgresDatabase
+from ._pgsecrets import (
+    KEY_FILE_NAME,
+    CredentialBox,
+    CredentialsKeyError,
+    load_key_file,
+    seal_clear_rows,
+)
 from ._pgtallies import POOL_LOW, POOL_SIZE, PREPARED_PREFIX, PostgresTallyFactory, read_draft_tally
 from ._sqlaudit import (
     DEFAULT_OWNER,
@@ -58,10 +68,12 @@ from ._sqlschema import (
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
 
 __all__ = [
+    "KEY_FILE_NAME",
     "PREPARED_PREFIX",
     "UNREACHABLE_WAIT",
     "AuditWriteError",
     "ChainReport",
+    "CredentialsKeyError",
     "MaintenanceReport",
     "SqlAuditLog",
     "SqlProvisioner",
@@ -120,6 +132,12 @@ class PostgresBackend(SqlBackend):
     the background when fewer than ``prepared_low`` are left (see :class:`PostgresTallyFactory`;
     ``prepared=0``: none, each tally's are created when it is provisioned). Use as a context
     manager or call :meth:`close`.
+
+    The tally passwords the schema keeps are sealed with a key kept apart from the database:
+    ``credentials_key`` (32 bytes) or ``credentials_key_file`` (created, 0600, on first use;
+    ``serve`` keeps it in its data directory as ``pg-credentials.key``); exactly one of them.
+    Nodes sharing a schema need the same key. Passwords an older version stored in clear are
+    sealed when the backend opens the schema (and read as they are until then).
     """
 
     def __init__(
@@ -134,9 +152,20 @@ class PostgresBackend(SqlBackend):
         owner: str = DEFAULT_OWNER,
         prepared: int = POOL_SIZE,
         prepared_low: int = POOL_LOW,
+        credentials_key: bytes | None = None,
+        credentials_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not 0 <= prepared_low <= prepared:
             raise ValueError("need 0 <= prepared_low <= prepared")
+        if (credentials_key is None) == (credentials_key_file is None):
+            raise ValueError(
+                "give one of credentials_key and credentials_key_file: the key that seals the"
+                " tally passwords the database keeps (kept apart from the database)"
+            )
+        if credentials_key is None:
+            assert credentials_key_file is not None
+            credentials_key = load_key_file(credentials_key_file)
+        self.credentials = CredentialBox(credentials_key)
         self.db = PostgresDatabase(dsn, schema, max_size=pool_size)
         try:
             self.db.run_admin(self._set_up)
@@ -144,7 +173,9 @@ class PostgresBackend(SqlBackend):
             self.db.close()
             raise
         self.tokens = SqlTokenStore(self.db, clock=clock, reservation_lease=reservation_lease)
-        self.tallies = PostgresTallyFactory(self.db, prepared=prepared, low=prepared_low)
+        self.tallies = PostgresTallyFactory(
+            self.db, self.credentials, prepared=prepared, low=prepared_low
+        )
         self.database = SqlProvisioner(
             self.db, self.tallies, clock=clock, provision_ttl=provision_ttl
         )
@@ -166,9 +197,12 @@ class PostgresBackend(SqlBackend):
                 + POSTGRES_DDL
             )
             conn.execute(ddl.encode())
+            seal_clear_rows(conn, self.credentials)  # stored in clear by an older version
 
     def read_credentials(self, credentials_ref: str) -> str | None:
-        """The password a ``credentials_ref`` of this backend names (None if unknown)."""
+        """The password a ``credentials_ref`` of this backend names (None if unknown).
+
+        Raises :class:`CredentialsKeyError` if it was sealed with another key."""
         prefix = f"postgres:{self.db.schema}.tally_credentials/"
         if not credentials_ref.startswith(prefix):
             raise ValueError("not a credentials reference of this backend")
@@ -179,7 +213,8 @@ class PostgresBackend(SqlBackend):
             row = cur.fetchone()
             return None if row is None else str(row[0])
 
-        return self.db.transact(select)
+        stored = self.db.transact(select)
+        return None if stored is None else self.credentials.open(stored)
 
     def read_tally(self, result: ProvisionResult) -> Tally | None:
         """Read back the draft tally of a provision: connect through its endpoint as the tally's

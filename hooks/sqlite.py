@@ -1,6 +1,8 @@
 """SQLite reference backend: everything one inviter node keeps, in one data directory.
 
-Nothing to install: ``SqliteBackend(data_dir)`` creates (0700) ``data_dir`` with
+Nothing to install: ``SqliteBackend(data_dir)`` creates (0700) ``data_dir``, or tightens an
+existing one the group or others may read, write or enter (everything in it too: 0700
+directories, 0600 files; a warning is logged), with
 
 * ``control.sqlite`` — tokens (digests only), reservations, redemptions, provisions;
 * ``audit.sqlite`` — the append-only, hash-chained audit log;
@@ -36,6 +38,7 @@ from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
 from ._batching import Batcher
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._groupcommit import MAX_GROUP, GroupCommit
+from ._private import PRIVATE_DIR, tighten
 from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog, chain_hash
 from ._sqlbackend import MaintenanceReport, RecoveryReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
@@ -374,7 +377,15 @@ class SqliteBackend(SqlBackend):
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        opened = tighten(self.data_dir)
+        if opened:
+            logger.warning(
+                "data directory %s was open to other users: made %d path(s) private (0700"
+                " directories, 0600 files)",
+                self.data_dir,
+                len(opened),
+            )
         self.control = SqliteDatabase(self.data_dir / "control.sqlite", synchronous=synchronous)
         self.control.executescript(control_tables("REAL"))
         self.audit_db = SqliteDatabase(self.data_dir / "audit.sqlite", synchronous=synchronous)

@@ -111,7 +111,8 @@ class Engine:
         try:
             action = await self._exchange()
         except Exception as exc:  # a bug must still end only this session
-            logger.exception("session %s crashed", protocol.session_id)
+            trace = protocol.secrets.scrub_exception(exc)
+            logger.error("session %s crashed\n%s", protocol.session_id, trace)
             action = protocol.crashed(exc)
         except BaseException:  # cancelled from outside: clean up, then propagate
             with trio.CancelScope(shield=True):

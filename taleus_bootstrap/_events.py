@@ -1,8 +1,9 @@
 """Typed audit events handed to the audit hook.
 
 Events never carry a token (only :func:`token_digest` of it) nor database credentials (a
-``Provision`` holds only a ``credentials_ref``). Hook exceptions are kept here (type and message),
-never on the wire.
+``Provision`` holds only a ``credentials_ref``). Hook exceptions are kept here (type and message,
+scrubbed of the session's secrets and cut to ``MAX_ERROR_CHARS``: :mod:`._redact`), never on the
+wire.
 """
 
 from __future__ import annotations

@@ -113,6 +113,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
             wall_clock=wall_clock,
         )
         self.link = link
+        self.secrets.add_token(link.token, link_text=link.encode())
         self.identity = dict(identity or {})
         self.cadre_addrs = list(cadre_addrs)
         self.role = link.invitee_role
@@ -301,7 +302,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         return error
 
     def _exception(self) -> BootstrapError:
-        error = self.failure
+        error, detail = self.failure, self.detail or ""
         sid = self.remote_session_id
         if error is None:
             return BootstrapError("the bootstrap did not complete", session_id=sid)
@@ -310,9 +311,9 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         if isinstance(error, PeerRejected):
             return BootstrapRejected(error.code, error.retry_after_s, session_id=sid)
         if error.code is RejectionCode.TIMEOUT:
-            return BootstrapTimeout(error.detail, code=error.code, session_id=sid)
+            return BootstrapTimeout(detail, code=error.code, session_id=sid)
         if error.code is RejectionCode.PROVISION_FAILED and isinstance(error, LocalProtocolError):
-            return BootstrapProvisionError(error.detail, code=error.code, session_id=sid)
+            return BootstrapProvisionError(detail, code=error.code, session_id=sid)
         if isinstance(error, RemoteProtocolError):
-            return BootstrapProtocolError(error.detail, code=error.code, session_id=sid)
-        return BootstrapError(error.detail, code=error.code, session_id=sid)
+            return BootstrapProtocolError(detail, code=error.code, session_id=sid)
+        return BootstrapError(detail, code=error.code, session_id=sid)

@@ -88,6 +88,7 @@ class InviterProtocol(SessionProtocol[InviterState]):
             raise RemoteProtocolError(
                 RejectionCode.MALFORMED, f"expected contact, got {frame.type}"
             )
+        self.secrets.add_token(frame.token)
         self._record(
             ContactReceived(
                 at=self._wall(),

@@ -39,6 +39,7 @@ from ._libp2p import (
     remote_peer_id,
     set_guarded_stream_handler,
 )
+from ._redact import format_exception, scrub_patterns
 from ._resolve import RecordedOutcome
 from ._resolver import Resolver
 from ._session import BootstrapSession, SessionRecord
@@ -223,8 +224,9 @@ class SessionManager:
         with trio.move_on_after(self.config.cleanup_timeout) as scope:
             try:
                 await self._session_hooks.audit.log_events(ADMISSION_AUDIT_ID, [event])
-            except Exception:
-                logger.exception("audit hook failed for the admission summary")
+            except Exception as exc:
+                trace = scrub_patterns(format_exception(exc))
+                logger.error("audit hook failed for the admission summary\n%s", trace)
         if scope.cancelled_caught:
             logger.error("audit hook timed out on the admission summary")
 

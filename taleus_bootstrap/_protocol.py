@@ -66,6 +66,7 @@ from ._events import (
     StateChanged,
 )
 from ._frames import Provision, Rejected, Role
+from ._redact import Secrets
 from ._rules import (
     check_provision_matches,
     check_received_tally,
@@ -147,6 +148,7 @@ class SessionProtocol(Generic[S]):
         self.tally: Provision | None = None  # the tally of the complete session
         self.in_doubt: Provision | None = None  # complete, unconfirmed, not ours to decide
         self.has_stream = True
+        self.secrets = Secrets(MAX_ERROR_CHARS)  # what text leaving the session is scrubbed of
         self._releases_end: float | None = None  # the release_timeout budget's end, once begun
 
     # -- what the session is --------------------------------------------------------------
@@ -163,8 +165,8 @@ class SessionProtocol(Generic[S]):
 
     @property
     def detail(self) -> str | None:
-        """Why the session failed, in words (None unless it failed)."""
-        return None if self.failure is None else self.failure.detail
+        """Why the session failed, in words (None unless it failed), scrubbed of secrets."""
+        return None if self.failure is None else self.secrets.scrub(self.failure.detail)
 
     @property
     def transitions(self) -> tuple[TransitionRecord, ...]:
@@ -360,7 +362,8 @@ class SessionProtocol(Generic[S]):
             self.audit_failures += 1
             if strict:
                 return self._fail(error)
-            logger.error("audit hook failed for session %s: %s", self.session_id, error.detail)
+            detail = self.secrets.scrub(error.detail)
+            logger.error("audit hook failed for session %s: %s", self.session_id, detail)
             return then()
 
         self._emit(action, written, failed)
@@ -425,6 +428,7 @@ class SessionProtocol(Generic[S]):
         )
 
         def provisioned(result: Provision) -> Action:
+            self.secrets.add_provision(result)
             self.releasable = result
             check_provision_matches(request, result)
             self.tally_id = result.tally.tally_id
@@ -448,6 +452,7 @@ class SessionProtocol(Generic[S]):
         """The other party is stock and provisioned: its tally must be a stock provision naming
         both parties (``malformed`` otherwise); the database hook records it (refusing is
         ``provision_failed``). The acceptance is released unless the session completes."""
+        self.secrets.add_provision(provision)
         check_received_tally(
             provision.tally, stock_party_id=stock_party_id, foil_party_id=self.local_peer_id
         )
@@ -500,10 +505,10 @@ class SessionProtocol(Generic[S]):
                 side=self.side,
                 code=error.code,
                 direction=direction,  # type: ignore[arg-type]
-                detail=error.detail[:MAX_ERROR_CHARS],
+                detail=self.secrets.scrub(error.detail),
                 retry_after_s=error.retry_after_s,
                 error_type=type(cause).__name__ if cause is not None else None,
-                error_message=str(cause)[:MAX_ERROR_CHARS] if cause is not None else None,
+                error_message=self.secrets.scrub(str(cause)) if cause is not None else None,
             )
         )
         trigger = Trigger.TIMED_OUT if isinstance(error, TimedOut) else Trigger.REJECTED
@@ -569,7 +574,8 @@ class SessionProtocol(Generic[S]):
             if isinstance(error, TimedOut):
                 logger.error("%s timed out after %g s for session %s", name, action.bound, sid)
             else:
-                logger.error("%s failed for session %s", name, sid, exc_info=cause)
+                trace = "" if cause is None else self.secrets.scrub_exception(cause)
+                logger.error("%s failed for session %s\n%s", name, sid, trace)
             return self._next()
 
         return self._emit(action, lambda _: self._next(), failed)
@@ -701,17 +707,16 @@ class SessionProtocol(Generic[S]):
 
         def failed(error: ProtocolError) -> Action:
             cause = getattr(error, "error", None)
-            logger.error(
-                "session %s completed but %s failed: %s", self.session_id, name, error.detail
-            )
+            detail = self.secrets.scrub(error.detail)
+            logger.error("session %s completed but %s failed: %s", self.session_id, name, detail)
             self._record(
                 HookError(
                     at=self._wall(),
                     side=self.side,
                     hook=name,
-                    detail=f"{error.detail}; {consequence}",
+                    detail=f"{detail}; {consequence}",
                     error_type=type(cause).__name__ if cause is not None else None,
-                    error_message=str(cause)[:MAX_ERROR_CHARS] if cause is not None else None,
+                    error_message=self.secrets.scrub(str(cause)) if cause is not None else None,
                 )
             )
             return self._next()

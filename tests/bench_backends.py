@@ -51,11 +51,13 @@ def open_backend(kind: str, workdir: Path, stack: ExitStack) -> Iterator[Any]:
     else:
         from taleus_hooks.postgres import PostgresBackend
 
-        from .pgserver import drop_schema, fresh_schema, postgres_server
+        from .pgserver import TEST_CREDENTIALS_KEY, drop_schema, fresh_schema, postgres_server
 
         dsn = stack.enter_context(postgres_server())
         schema = fresh_schema()
-        with PostgresBackend(dsn, schema=schema, pool_size=16) as backend:
+        with PostgresBackend(
+            dsn, schema=schema, pool_size=16, credentials_key=TEST_CREDENTIALS_KEY
+        ) as backend:
             yield backend
         drop_schema(dsn, schema)
 

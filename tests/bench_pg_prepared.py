@@ -27,7 +27,7 @@ from taleus_hooks.postgres import PostgresBackend
 
 from taleus_bootstrap import Tally
 
-from .pgserver import drop_schema, fresh_schema, postgres_server
+from .pgserver import TEST_CREDENTIALS_KEY, drop_schema, fresh_schema, postgres_server
 
 INVITER = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
 INVITEE = "12D3KooWDUuAp3AUT2pT3UiMHbgqsdtSsvD7Et8Hoc6Rzp3yoc56"
@@ -103,7 +103,12 @@ def run_mode(dsn: str, pm: int, mode: str, n: int, concurrency: int, tag: str) -
     prepared = n if mode == "prepared" else 0
     try:
         with PostgresBackend(
-            dsn, schema=schema, prepared=prepared, prepared_low=0, pool_size=max(concurrency, 2)
+            dsn,
+            schema=schema,
+            prepared=prepared,
+            prepared_low=0,
+            pool_size=max(concurrency, 2),
+            credentials_key=TEST_CREDENTIALS_KEY,
         ) as backend:
             prep_cpu = prep_wall = 0.0
             if prepared:

@@ -21,7 +21,7 @@ from taleus_bootstrap import (
     running_host,
 )
 
-from .pgserver import drop_schema, fresh_schema, postgres_server
+from .pgserver import TEST_CREDENTIALS_KEY, drop_schema, fresh_schema, postgres_server
 
 # A syntactically valid peer id for the inviter in memory-stream tests.
 INVITER_PEER = "12D3KooWDSzhRqU2agPZGfN42irroipZotydBWxLhLoJP9ATU7dq"
@@ -82,7 +82,9 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
             from taleus_hooks.postgres import PostgresBackend
 
             dsn, schema = request.getfixturevalue("pg_dsn"), fresh_schema()
-            pg_backend = PostgresBackend(dsn, schema=schema, **options)
+            pg_backend = PostgresBackend(
+                dsn, schema=schema, credentials_key=TEST_CREDENTIALS_KEY, **options
+            )
             made.append((pg_backend, schema))
             return pg_backend
         raise ValueError(kind)

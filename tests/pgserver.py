@@ -35,6 +35,10 @@ host all all 127.0.0.1/32 scram-sha-256
 """
 
 
+TEST_CREDENTIALS_KEY = bytes(range(32))
+"""The credentials key every test PostgreSQL backend seals its tally passwords with."""
+
+
 def _embedded_server(workdir: Path) -> Any:
     """An embedded server whose data lives in ``workdir``, its ``pg_hba.conf`` in force."""
     with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is not set

@@ -20,10 +20,11 @@ from taleus_bootstrap import (
     open_session_manager,
     running_host,
 )
+from tests.pgserver import TEST_CREDENTIALS_KEY
 
 
 async def serve(dsn: str, schema: str, ready_file: Path) -> None:
-    with PostgresBackend(dsn, schema=schema) as backend:
+    with PostgresBackend(dsn, schema=schema, credentials_key=TEST_CREDENTIALS_KEY) as backend:
         async with (
             running_host(new_bootstrap_host()) as host,
             open_session_manager(host, backend.hooks()) as manager,

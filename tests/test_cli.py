@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,9 @@ def test_postgres_backend_serve_invite_dial(tmp_path: Path, pg_dsn: str) -> None
             state = json.loads((alice / "node.json").read_text())
             assert (state["backend"], state["schema_name"]) == ("postgres", schema)
             assert pg_dsn not in json.dumps(state)
+            # The tally passwords' key is the data directory's own, kept private.
+            key_mode = (alice / "pg-credentials.key").stat().st_mode
+            assert stat.S_IMODE(key_mode) == 0o600
             # invite needs neither the config file nor --backend: node.json names the kind and
             # the schema; the DSN comes from the environment.
             minted = run_cli("invite", "--data-dir", alice, "--role", "stock", env=env)
@@ -288,6 +292,9 @@ def test_postgres_backend_serve_invite_dial(tmp_path: Path, pg_dsn: str) -> None
         assert_one_line_error(no_dsn, 2, "needs a DSN")
         sqlite_instead = run_cli("tokens", "list", "--data-dir", alice, "--backend", "sqlite")
         assert_one_line_error(sqlite_instead, 2, "last served with the postgres backend")
+        (alice / "pg-credentials.key").chmod(0o644)
+        open_key = run_cli("tokens", "list", "--data-dir", alice, env=env)
+        assert_one_line_error(open_key, 1, "pg-credentials.key is accessible to other users")
     finally:
         drop_schema(pg_dsn, schema)
 

@@ -74,10 +74,13 @@ class Node:
             with SqliteBackend(self.data_dir) as backend:
                 yield backend
         else:
-            from taleus_hooks.postgres import PostgresBackend
+            from taleus_hooks.postgres import KEY_FILE_NAME, PostgresBackend
 
             owner = NodeDir(self.data_dir).owner()  # what serve records its sessions under
-            with PostgresBackend(self.dsn, schema=self.schema, owner=owner) as backend:
+            key_file = Path(self.data_dir) / KEY_FILE_NAME  # serve's
+            with PostgresBackend(
+                self.dsn, schema=self.schema, owner=owner, credentials_key_file=key_file
+            ) as backend:
                 yield backend
 
 

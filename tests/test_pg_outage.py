@@ -49,6 +49,7 @@ from taleus_bootstrap import (
 from taleus_bootstrap.testing import memory_stream_pair
 
 from .conftest import INVITEE_PEER, INVITER_PEER, NO_RATE_LIMITS, Backend
+from .pgserver import TEST_CREDENTIALS_KEY as KEY
 from .pgserver import OwnServer, own_postgres_server
 
 pytestmark = pytest.mark.postgres
@@ -148,7 +149,9 @@ async def test_the_maintenance_sweep_outlives_an_outage(
     """A sweep that fails while the server is down is logged; the next one, once it is back,
     does its work (here: reclaims a reservation whose lease ran out)."""
     lease = timedelta(seconds=1)
-    with PostgresBackend(own_server.dsn, schema="maintenance", reservation_lease=lease) as backend:
+    with PostgresBackend(
+        own_server.dsn, schema="maintenance", reservation_lease=lease, credentials_key=KEY
+    ) as backend:
         token = backend.tokens.mint("stock")
         assert await backend.tokens.validate(token, session_id="s-1", peer_id=INVITEE_PEER)
         async with trio.open_nursery() as nursery:
@@ -231,7 +234,7 @@ async def bootstrap(manager: SessionManager, link: BootstrapLink, invitee: Backe
 async def test_a_10s_postgres_outage_under_load_meets_the_stall_target(
     own_server: OwnServer,
 ) -> None:
-    backend = PostgresBackend(own_server.dsn, schema="outage", owner="node-a")
+    backend = PostgresBackend(own_server.dsn, schema="outage", owner="node-a", credentials_key=KEY)
     try:
         await _outage_under_load(own_server, backend)
     finally:

@@ -16,6 +16,7 @@ from taleus_hooks.postgres import PREPARED_PREFIX, PostgresBackend
 from taleus_bootstrap import ProvisionRequest, ProvisionResult
 
 from .conftest import INVITEE_PEER, INVITER_PEER, wait_for_count
+from .pgserver import TEST_CREDENTIALS_KEY as KEY
 from .pgserver import drop_schema, fresh_schema
 
 pytestmark = pytest.mark.postgres
@@ -98,7 +99,7 @@ async def test_a_provision_takes_a_prepared_role_and_schema(
     assert row is not None
     unused = result.database.endpoint.replace(role_name(result), other)
     with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
-        psycopg.connect(unused, password=row[0]).close()
+        psycopg.connect(unused, password=backend.credentials.open(row[0])).close()
     with psycopg.connect(result.database.endpoint, password=password) as conn:
         for table in (f"{other}.draft_tally", f"{backend.db.schema}.prepared_tallies"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -148,7 +149,14 @@ async def test_two_backends_on_one_schema_never_take_the_same_prepared_one(
     backend_factory: Any, pg_dsn: str
 ) -> None:
     one = backend_factory("postgres", prepared=12, prepared_low=0, pool_size=6)
-    two = PostgresBackend(pg_dsn, schema=one.db.schema, prepared=12, prepared_low=0, pool_size=6)
+    two = PostgresBackend(
+        pg_dsn,
+        schema=one.db.schema,
+        prepared=12,
+        prepared_low=0,
+        pool_size=6,
+        credentials_key=KEY,
+    )
     try:
         assert one.tallies.prepare() == 12
         before = prepared_oids(pg_dsn, one.db.schema)
@@ -187,9 +195,13 @@ async def test_close_stops_the_refill(backend_factory: Any, pg_dsn: str) -> None
 def test_prepared_ones_survive_a_restart_and_the_test_cleanup_drops_them(pg_dsn: str) -> None:
     schema = fresh_schema()
     try:
-        with PostgresBackend(pg_dsn, schema=schema, prepared=3, prepared_low=0) as backend:
+        with PostgresBackend(
+            pg_dsn, schema=schema, prepared=3, prepared_low=0, credentials_key=KEY
+        ) as backend:
             assert backend.tallies.prepare() == 3
-        with PostgresBackend(pg_dsn, schema=schema, prepared=3, prepared_low=0) as backend:
+        with PostgresBackend(
+            pg_dsn, schema=schema, prepared=3, prepared_low=0, credentials_key=KEY
+        ) as backend:
             assert backend.tallies.prepared_count() == 3
             result = trio.run(backend.database.provision, request_for("tally-after-restart"))
             assert backend.tallies.prepared_used == 1
@@ -204,6 +216,10 @@ def test_prepared_ones_survive_a_restart_and_the_test_cleanup_drops_them(pg_dsn:
 
 def test_the_pool_options_are_checked(pg_dsn: str) -> None:
     with pytest.raises(ValueError):
-        PostgresBackend(pg_dsn, schema=fresh_schema(), prepared=4, prepared_low=5)
+        PostgresBackend(
+            pg_dsn, schema=fresh_schema(), prepared=4, prepared_low=5, credentials_key=KEY
+        )
     with pytest.raises(ValueError):
-        PostgresBackend(pg_dsn, schema=fresh_schema(), prepared=-1, prepared_low=0)
+        PostgresBackend(
+            pg_dsn, schema=fresh_schema(), prepared=-1, prepared_low=0, credentials_key=KEY
+        )

@@ -13,6 +13,7 @@ from taleus_bootstrap import SessionOutcome, SessionStarted
 from taleus_bootstrap.testing import ManualClock
 
 from .conftest import INVITEE_PEER
+from .pgserver import TEST_CREDENTIALS_KEY
 from .test_sql_backends import request_for, sid
 
 KINDS = ("sqlite", "postgres")
@@ -32,7 +33,8 @@ def reopen(kind: str, backend: Any, **options: Any) -> Any:
         return SqliteBackend(backend.data_dir, **options)
     from taleus_hooks.postgres import PostgresBackend
 
-    return PostgresBackend(backend.db.dsn, schema=backend.db.schema, **options)
+    key = {"credentials_key": TEST_CREDENTIALS_KEY}
+    return PostgresBackend(backend.db.dsn, schema=backend.db.schema, **key, **options)
 
 
 async def start(backend: Any, session_id: str) -> None:

@@ -419,11 +419,19 @@ async def test_reset_mid_frame_is_malformed(
 
 class Misbehaving:
     """Wraps a hook object, making one method raise, hang or return garbage (the first
-    ``times`` calls; every call by default)."""
+    ``times`` calls; every call by default). A raise says ``message``."""
 
-    def __init__(self, inner: Any, method: str, mode: str, *, times: float = math.inf) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        method: str,
+        mode: str,
+        *,
+        times: float = math.inf,
+        message: str = "hook exploded: password=hunter2",
+    ) -> None:
         self._inner, self._method, self._mode = inner, method, mode
-        self._left = times
+        self._left, self._message = times, message
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -433,7 +441,7 @@ class Misbehaving:
         async def broken(*args: Any, **kwargs: Any) -> Any:
             self._left -= 1
             if self._mode == "raise":
-                raise RuntimeError("hook exploded: password=hunter2")
+                raise RuntimeError(self._message)
             if self._mode == "hang":
                 await trio.sleep_forever()
             return {"garbage": True}
@@ -486,6 +494,8 @@ async def test_a_failing_hook_ends_only_its_session(
     if hook != "audit" and mode == "raise":
         [event] = rejection_events(inviter_backend, record.session_id)
         assert event.error_type == "RuntimeError" and "exploded" in (event.error_message or "")
+        # The hook's message is kept, its password scrubbed (see tests/test_secrets.py).
+        assert event.error_message == "hook exploded: password=[redacted]"
     # The manager still serves: a healthy session afterwards completes.
     assert manager.statistics().active_sessions == 0
     healthy, tally_id = await complete_session(nursery, manager, inviter_backend, "stock")
@@ -685,6 +695,8 @@ async def test_a_failing_commit_cannot_undo_the_completed_session(
     assert error.hook == "database.commit" and "not released" in error.detail
     expected_type = {"raise": "RuntimeError", "hang": None, "garbage": "TypeError"}[mode]
     assert error.error_type == expected_type
+    if mode == "raise":  # the hook's message is kept, its password scrubbed
+        assert error.error_message == "commit exploded: password=[redacted]"
     assert (outcome.final_state, outcome.code, outcome.tally_id) == ("COMPLETED", None, tally_id)
     provisioner = inviter_backend.provisioner
     assert provisioner.released == []

@@ -83,7 +83,7 @@ def open_backend(
         except Exception as exc:  # sqlite3.Error, OSError
             raise CliError(f"cannot open the SQLite store in {node.path}: {exc}") from None
     else:
-        store = _open_postgres(backend, lease, ttl, owner)
+        store = _open_postgres(backend, lease, ttl, owner, node.path)
     try:
         yield store
     finally:
@@ -91,8 +91,10 @@ def open_backend(
 
 
 def _open_postgres(
-    backend: BackendSettings, lease: timedelta, ttl: timedelta, owner: str | None
+    backend: BackendSettings, lease: timedelta, ttl: timedelta, owner: str | None, data_dir: Path
 ) -> Any:
+    """The ``PostgresBackend``; its tally passwords sealed with the key file the data directory
+    keeps (``pg-credentials.key``, created on first use)."""
     try:
         import psycopg
 
@@ -110,8 +112,11 @@ def _open_postgres(
             reservation_lease=lease,
             provision_ttl=ttl,
             pool_size=backend.pool_size,
+            credentials_key_file=data_dir / postgres.KEY_FILE_NAME,
             **({"owner": owner} if owner is not None else {}),
         )
+    except postgres.CredentialsKeyError as exc:
+        raise CliError(f"cannot open the PostgreSQL store: {exc}") from None
     except (psycopg.Error, OSError) as exc:
         # psycopg's messages name the host, port and user, never the password.
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

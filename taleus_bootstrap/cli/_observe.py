@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from .._manager import SessionManager
+from .._redact import format_exception, scrub_patterns
 from .._telemetry import peer_digest
 
 __all__ = ["Providers", "serve_http", "setup_logging", "status_document", "telemetry_providers"]
@@ -44,13 +45,29 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry)
+
+
+class ScrubSecrets(logging.Filter):
+    """Scrubs password-shaped values (URL userinfo, ``password=`` settings) from every record's
+    message and traceback, whichever library logged it (the sessions scrub what they know,
+    tokens included, before logging)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub_patterns(record.getMessage()), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = scrub_patterns(format_exception(record.exc_info[1]))
+            record.exc_info = None
+        return True
 
 
 def setup_logging(level: str, fmt: str) -> None:
     """Log to stderr at ``level``, as ``text`` or ``json`` lines."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
+    handler.addFilter(ScrubSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -174,7 +174,9 @@ def _open_store(
     else:
         postgres = importlib.import_module("taleus_hooks.postgres")
         pool = {} if prepared is None else {"prepared": prepared, "prepared_low": prepared // 4}
-        store = postgres.PostgresBackend(dsn, schema="taleus_load_" + secrets.token_hex(4), **pool)
+        schema = "taleus_load_" + secrets.token_hex(4)
+        key_file = data_dir / postgres.KEY_FILE_NAME
+        store = postgres.PostgresBackend(dsn, schema=schema, credentials_key_file=key_file, **pool)
     stack.callback(store.close)
     return store
 
