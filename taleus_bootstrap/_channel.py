@@ -37,7 +37,12 @@ class StreamBroken(Exception):
 
 
 class ByteStream(Protocol):
-    """The stream interface sessions need (a subset of py-libp2p's ``INetStream``)."""
+    """The stream interface sessions need (a subset of py-libp2p's ``INetStream``).
+
+    A stream that can tell an orderly end of stream (the peer's half-close) from a reset or a
+    lost connection, which some transports also report as ``b""``, may have an
+    ``ended_in_order() -> bool`` method, asked after ``read`` returned ``b""``: only an orderly
+    end confirms a session's outcome (protocol section 10)."""
 
     async def read(self, n: int | None = None) -> bytes:
         """Up to ``n`` bytes; ``b""`` at end of stream (or :class:`StreamBroken`)."""
@@ -185,6 +190,9 @@ class FrameChannel:
                 except StreamBroken:
                     return "broken", drained
                 if not data:
+                    orderly = getattr(self.stream, "ended_in_order", None)
+                    if orderly is not None and not orderly():
+                        return "broken", drained  # a reset or a dead connection, seen as an end
                     return "end", drained
                 drained += len(data)
         return "timeout", drained

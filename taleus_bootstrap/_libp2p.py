@@ -7,7 +7,9 @@ tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until
 built elsewhere is refused unless it is: :func:`check_noise_only`). 4: 250 ms
 ``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
-(:func:`route_libp2p_logging`). Also: the negative dial cache and stale peerstore addresses
+(:func:`route_libp2p_logging`). 8 (found here, not in the notes): a reset stream and a dead
+connection (the peer killed) read as an end of stream, like a half-close
+(:meth:`Libp2pByteStream.ended_in_order`). Also: the negative dial cache and stale peerstore addresses
 (:func:`open_bootstrap_stream`), ``SO_REUSEPORT`` listeners that silently share a fixed port
 with another process (:func:`running_host` refuses a port in use), and libp2p's stream
 exceptions, which are mapped to the package's own here and nowhere else
@@ -359,6 +361,18 @@ class Libp2pByteStream:
             return b""
         except _STREAM_ERRORS as exc:
             raise StreamBroken(f"read: {type(exc).__name__}") from None
+
+    def ended_in_order(self) -> bool:
+        """After :meth:`read` returned ``b""``: whether that end was the peer's half-close on a
+        live connection. py-libp2p reports a reset stream and a dead connection (the peer's
+        process killed) as an end of stream too (defect 8): the yamux stream's
+        ``reset_received`` and the connection's shutdown tell them apart. Unsure is False."""
+        muxed = getattr(self.inner, "muxed_stream", None)
+        conn = getattr(muxed, "conn", None)
+        if muxed is None or conn is None or getattr(muxed, "reset_received", True):
+            return False
+        shutting_down = getattr(conn, "event_shutting_down", None)
+        return shutting_down is not None and not shutting_down.is_set()
 
     async def write(self, data: bytes) -> None:
         """Write all of ``data``."""

@@ -54,6 +54,8 @@ class MemoryByteStream:
         self._stream = stream
         self.was_reset = False
         self.was_closed = False
+        self.peer: MemoryByteStream | None = None
+        """The other end (set by :func:`memory_stream_pair`)."""
 
     async def read(self, n: int | None = None) -> bytes:
         """Up to ``n`` bytes; ``b""`` at end of stream or after a reset."""
@@ -78,6 +80,11 @@ class MemoryByteStream:
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise StreamBroken(type(exc).__name__) from None
 
+    def ended_in_order(self) -> bool:
+        """After :meth:`read` returned ``b""``: whether the other end half-closed (True) or
+        reset (False)."""
+        return self.peer is None or not self.peer.was_reset
+
     async def reset(self) -> None:
         """Close both directions."""
         self.was_reset = True
@@ -87,7 +94,9 @@ class MemoryByteStream:
 def memory_stream_pair() -> tuple[MemoryByteStream, MemoryByteStream]:
     """Two connected :class:`MemoryByteStream` ends."""
     left, right = trio.testing.memory_stream_pair()
-    return MemoryByteStream(left), MemoryByteStream(right)
+    ours, theirs = MemoryByteStream(left), MemoryByteStream(right)
+    ours.peer, theirs.peer = theirs, ours
+    return ours, theirs
 
 
 async def write_frame(stream: object, frame: AnyFrame) -> None:

@@ -146,13 +146,23 @@ async def test_a_foil_inviter_whose_ack_the_invitee_does_not_close_on_is_unconfi
     assert outcome.duration_s >= PATIENCE
 
 
+async def test_a_reset_after_the_ack_is_not_a_confirmation(
+    autojump_clock: Any, nursery: trio.Nursery, invitee_backend: Backend
+) -> None:
+    inviter, outcome = await start_invitee(nursery, make_link("stock"), invitee_backend)
+    await read_frame(inviter)
+    await write_frame(inviter, accepted("stock", provision=inviter_provision()))
+    assert await read_frame(inviter) == Ack(session_id=A_SESSION)
+    await inviter.reset()
+    await outcome.done.wait()
+    assert outcome.result is not None and outcome.result.confirmed is False
+
+
 async def test_data_after_the_ack_is_not_a_confirmation(
     autojump_clock: Any, nursery: trio.Nursery, invitee_backend: Backend
 ) -> None:
     """Only an orderly end with nothing before it confirms: here the inviter sends more (as
-    an inviter that failed would send its ``rejected``) and then ends the stream. (A reset
-    reads as a broken stream over libp2p, also not a confirmation; the memory streams here
-    cannot tell a reset from an end.)"""
+    an inviter that failed would send its ``rejected``) and then ends the stream."""
     inviter, outcome = await start_invitee(nursery, make_link("stock"), invitee_backend)
     await read_frame(inviter)
     await write_frame(inviter, accepted("stock", provision=inviter_provision()))

@@ -39,9 +39,11 @@ from taleus_bootstrap import (
     mint_link,
     open_session_manager,
 )
+from taleus_bootstrap._channel import StreamBroken
 from taleus_bootstrap._libp2p import (
     PROTOCOL_ID,
     HostLimits,
+    Libp2pByteStream,
     _stop_listening,
     close_stream,
     host_multiaddrs,
@@ -387,6 +389,43 @@ def test_libp2p_records_reach_standard_logging(caplog: pytest.LogCaptureFixture)
     expected = [("libp2p.something", "visible")]
     assert [(r.name, r.getMessage()) for r in caplog.records] == expected
     assert [(r.name, r.getMessage()) for r in app_handler.records] == expected
+
+
+# Defect 8 ---------------------------------------------------------------------------------
+
+ENDINGS = TProtocol("/taleus/test/endings/1.0.0")
+
+
+@pytest.mark.parametrize("ending", ["half-close", "reset", "connection closed"])
+async def test_only_a_half_close_on_a_live_connection_is_an_orderly_end(ending: str) -> None:
+    """py-libp2p reports a reset stream and a dead connection as an end of stream, like the
+    peer's half-close: ``Libp2pByteStream.ended_in_order`` tells them apart, and a session's
+    outcome is confirmed only by the half-close (docs/protocol.md section 10)."""
+    done = trio.Event()
+
+    async def end(stream: INetStream) -> None:
+        await stream.read(1)
+        if ending == "half-close":
+            await stream.close()
+            await done.wait()  # the connection stays up
+        elif ending == "reset":
+            await stream.reset()
+        else:
+            await server.get_network().close_peer(stream.muxed_conn.peer_id)
+
+    server = new_bootstrap_host()
+    set_guarded_stream_handler(server, ENDINGS, end)
+    async with running_host(server), clients(1) as (client,):
+        raw = await open_bootstrap_stream(client, host_multiaddrs(server)[0], protocol_id=ENDINGS)
+        stream = Libp2pByteStream(raw)
+        await stream.write(b"x")
+        with trio.fail_after(5):
+            try:
+                ended = await stream.read(1024) == b"" and stream.ended_in_order()
+            except StreamBroken:
+                ended = False
+        done.set()
+    assert ended is (ending == "half-close")
 
 
 # Other helpers ----------------------------------------------------------------------------
