@@ -9,7 +9,10 @@ as canonical JSON (sorted keys), the previous row's hash and its own::
 
 The database itself refuses ``UPDATE`` and ``DELETE`` on ``audit_log`` (triggers), and
 ``audit_head`` (the last seq and hash) may only move forward, so truncating the tail is refused
-too. :meth:`SqlAuditLog.verify` recomputes everything and reports the first bad seq.
+too. :meth:`SqlAuditLog.verify` recomputes everything, a chunk of rows at a time (constant memory),
+and reports the first bad seq. That proves the chain intact, not that it was not rebuilt from the
+start or cut short by someone able to drop the triggers: :meth:`SqlAuditLog.head` exports the head
+(seq and hash) to keep elsewhere, and ``verify(anchor=...)`` checks the log still passes through it.
 
 Open sessions: the batch that logs a session's ``session_started`` also adds it to
 ``open_sessions`` (with the log's ``owner``), and the one that logs its ``session_outcome`` removes
@@ -30,7 +33,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pydantic import TypeAdapter
 
@@ -42,6 +45,8 @@ from ._common import Cursor, SqlDatabase, canonical_json
 __all__ = [
     "DEFAULT_OWNER",
     "GENESIS_HASH",
+    "VERIFY_CHUNK",
+    "AuditHead",
     "AuditRow",
     "AuditStatistics",
     "AuditWriteError",
@@ -92,8 +97,16 @@ class ChainReport:
     first_bad_seq: int | None = None
     reason: str | None = None
     head_hash: str | None = None
-    """The hash of the last row when the chain is intact: keep a copy elsewhere (a later
-    ``verify`` whose chain no longer passes through it shows the log was rewritten)."""
+    """The hash of the last row when the chain is intact: keep a copy elsewhere with its seq
+    (:meth:`SqlAuditLog.head`), and a later ``verify(anchor=...)`` shows whether the log was
+    rewritten or cut short since."""
+
+
+class AuditHead(NamedTuple):
+    """The head of the log: its last row's seq and hash, an anchor for ``verify``."""
+
+    seq: int
+    hash: str
 
 
 @dataclass(frozen=True)
@@ -274,33 +287,117 @@ class SqlAuditLog:
 
         return self._db.transact(select)
 
-    def verify(self, *, progress: Callable[[int], None] | None = None) -> ChainReport:
-        """Recompute the whole chain; report the first row that does not check out."""
+    def head(self) -> AuditHead:
+        """The recorded head: the last row's seq and hash (``(0, GENESIS_HASH)`` when empty).
+        Copied somewhere this log's writers cannot write, it is an anchor for :meth:`verify`."""
+
+        def select(cur: Cursor) -> AuditHead:
+            cur.execute("SELECT seq, hash FROM audit_head WHERE id = 1")
+            seq, digest = cur.fetchone()
+            return AuditHead(int(seq), str(digest))
+
+        return self._db.transact(select)
+
+    def verify(
+        self,
+        *,
+        progress: Callable[[int], None] | None = None,
+        anchor: tuple[int, str] | None = None,
+    ) -> ChainReport:
+        """Recompute the whole chain; report the first row that does not check out.
+
+        The rows are read :data:`VERIFY_CHUNK` at a time by seq (keyset pagination), so memory
+        stays constant however long the log. With ``anchor`` (a ``(seq, hash)`` an earlier
+        :meth:`head` returned), the chain must also still pass through it: the row at that seq
+        has that hash (else the log was rewritten), and the log reaches it (else it was cut
+        short)."""
+        if anchor is not None and anchor[0] < 0:
+            raise ValueError("an anchor's seq is 0 or more")
 
         def check(cur: Cursor) -> ChainReport:
             cur.execute("SELECT seq, hash FROM audit_head WHERE id = 1")
             head_seq, head_hash = cur.fetchone()
-            cur.execute(
-                "SELECT seq, session_id, event, prev_hash, hash FROM audit_log ORDER BY seq"
-            )
-            expected_seq, prev, rows = 1, GENESIS_HASH, 0
-            for seq, sid, text, prev_hash, digest in cur.fetchall():
-                bad = _check_row(
-                    int(seq), expected_seq, str(sid), str(text), prev, prev_hash, digest
-                )
-                if bad is not None:
-                    return ChainReport(False, rows, bad[0], bad[1])
-                rows += 1
-                expected_seq, prev = int(seq) + 1, str(digest)
-                if progress is not None:
-                    progress(rows)
-            if (int(head_seq), str(head_hash)) != (expected_seq - 1, prev):
+            walk = _ChainWalk(anchor, progress)
+            while walk.ok and (chunk := _next_chunk(cur, walk.expected_seq - 1)):
+                walk.feed(chunk)
+            if walk.failure is not None:
+                return walk.failure
+            if anchor is not None and walk.expected_seq <= anchor[0]:
                 return ChainReport(
-                    False, rows, expected_seq, "the log ends before the recorded head (truncated)"
+                    False,
+                    walk.rows,
+                    walk.expected_seq,
+                    f"the log ends at seq {walk.expected_seq - 1}, before the anchor "
+                    f"{_anchor_text(anchor)} (truncated)",
                 )
-            return ChainReport(True, rows, head_hash=prev)
+            if (int(head_seq), str(head_hash)) != (walk.expected_seq - 1, walk.prev):
+                return ChainReport(
+                    False,
+                    walk.rows,
+                    walk.expected_seq,
+                    "the log ends before the recorded head (truncated)",
+                )
+            return ChainReport(True, walk.rows, head_hash=walk.prev)
 
         return self._db.transact(check)
+
+
+VERIFY_CHUNK: Final = 2000
+"""Rows :meth:`SqlAuditLog.verify` reads per query."""
+
+
+def _next_chunk(cur: Cursor, after_seq: int) -> list[Any]:
+    cur.execute(
+        "SELECT seq, session_id, event, prev_hash, hash FROM audit_log WHERE seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (after_seq, VERIFY_CHUNK),
+    )
+    return cur.fetchall()
+
+
+def _anchor_text(anchor: tuple[int, str]) -> str:
+    return f"{anchor[0]}:{anchor[1][:16]}..."
+
+
+class _ChainWalk:
+    """The state of one :meth:`SqlAuditLog.verify`, fed the rows in order, a chunk at a time."""
+
+    def __init__(
+        self, anchor: tuple[int, str] | None, progress: Callable[[int], None] | None
+    ) -> None:
+        self.anchor = anchor
+        self.progress = progress
+        self.expected_seq, self.prev, self.rows = 1, GENESIS_HASH, 0
+        self.failure: ChainReport | None = None
+        if anchor is not None and anchor[0] == 0 and anchor[1] != GENESIS_HASH:
+            self.failure = ChainReport(
+                False, 0, 0, f"the anchor {_anchor_text(anchor)} is not the empty log's head"
+            )
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def feed(self, chunk: list[Any]) -> None:
+        for seq, sid, text, prev_hash, digest in chunk:
+            bad = _check_row(
+                int(seq), self.expected_seq, str(sid), str(text), self.prev, prev_hash, digest
+            )
+            if bad is None:
+                bad = self._off_anchor(int(seq), digest)
+            if bad is not None:
+                self.failure = ChainReport(False, self.rows, bad[0], bad[1])
+                return
+            self.rows += 1
+            self.expected_seq, self.prev = int(seq) + 1, str(digest)
+            if self.progress is not None:
+                self.progress(self.rows)
+
+    def _off_anchor(self, seq: int, digest: Any) -> tuple[int, str] | None:
+        anchor = self.anchor
+        if anchor is None or seq != anchor[0] or digest == anchor[1]:
+            return None
+        return seq, f"the log does not pass through the anchor {_anchor_text(anchor)} (rewritten)"
 
 
 def _timestamp(rfc3339: str) -> float:

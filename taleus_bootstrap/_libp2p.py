@@ -3,7 +3,8 @@
 Defect numbers refer to LIBP2P-NOTES.md; each workaround has a regression test in
 tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until the swarm stops
 (:class:`_BootstrapSwarm`). 2: a raising stream handler kills the host
-(:func:`set_guarded_stream_handler`). 3: plaintext accepted (hosts are Noise-only, and a host
+(:func:`set_guarded_stream_handler`); removing a handler races multiselect's negotiations in
+flight (:func:`retire_stream_handler`). 3: plaintext accepted (hosts are Noise-only, and a host
 built elsewhere is refused unless it is: :func:`check_noise_only`). 4: 250 ms
 ``connect()`` (``max_connections_per_peer=1``). 5: ``host.run()`` leaves connections and the
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
@@ -452,6 +453,18 @@ def set_guarded_stream_handler(
             await close_stream(stream)
 
     host.set_stream_handler(protocol_id, guarded)
+
+
+def retire_stream_handler(host: IHost, protocol_id: TProtocol) -> None:
+    """Stop serving ``protocol_id``: streams that still select it are reset.
+
+    Not ``host.remove_stream_handler``: multiselect checks that the protocol is in its table,
+    awaits its echo to the peer, then looks the handler up again, so a handler removed in
+    between raises ``KeyError`` out of the connection's task and stops the host (``serve``
+    interrupted under load exited 1 without draining). The protocol stays in the table, with a
+    handler that resets the stream.
+    """
+    host.set_stream_handler(protocol_id, reset_stream)
 
 
 async def open_bootstrap_stream(

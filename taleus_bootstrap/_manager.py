@@ -37,6 +37,7 @@ from ._libp2p import (
     as_byte_stream,
     check_noise_only,
     remote_peer_id,
+    retire_stream_handler,
     set_guarded_stream_handler,
 )
 from ._redact import format_exception, scrub_patterns
@@ -175,9 +176,9 @@ class SessionManager:
             if self.host is not None:
                 for protocol_id in (PROTOCOL_ID, RESOLVE_PROTOCOL_ID):
                     try:
-                        self.host.remove_stream_handler(protocol_id)
+                        retire_stream_handler(self.host, protocol_id)
                     except Exception:  # the host may already be gone
-                        logger.debug("remove_stream_handler failed", exc_info=True)
+                        logger.debug("retire_stream_handler failed", exc_info=True)
             self._stopped.set()
 
     async def aclose(self) -> None:

@@ -112,15 +112,18 @@ async def read_reply(stream: Any, *, timeout: float = 15.0) -> Reply:
     return reply
 
 
-async def send_raw(host: Any, addr: str, payload: bytes, *, half_close: bool = True) -> Reply:
-    """Open a bootstrap stream, write ``payload``, half-close, and read the reply."""
+async def send_raw(
+    host: Any, addr: str, payload: bytes, *, half_close: bool = True, timeout: float = 15.0
+) -> Reply:
+    """Open a bootstrap stream, write ``payload``, half-close, and read the reply (waiting up
+    to ``timeout`` seconds for its end)."""
     stream = await open_bootstrap_stream(host, addr)
     try:
         if payload:
             await stream.write(payload)
         if half_close:
             await stream.close()
-        return await read_reply(stream)
+        return await read_reply(stream, timeout=timeout)
     finally:
         with contextlib.suppress(Exception):
             await stream.reset()

@@ -4,7 +4,8 @@ process's core with the node under test).
 ``python -m tests.flood_client ADDR COUNT --concurrency C (--fresh | --hosts K)``: COUNT
 streams, each sending one ``contact`` with a token that does not exist and reading the node's
 answer. ``--fresh``: every stream from a new libp2p host (a fresh Ed25519 key, so a new peer
-id); ``--hosts K``: from K hosts, connections reused. Prints one JSON line: the answers'
+id); ``--hosts K``: from K hosts, connections reused; ``--reply-timeout S``: how long a stream waits
+for the node's answer (15 s by default). Prints one JSON line: the answers'
 rejection codes counted, and the distinct raw ``invalid_token`` answers (to compare them).
 """
 
@@ -24,11 +25,15 @@ from .adversary import contact_for, send_raw
 
 
 async def answer(
-    host: Any, addr: str, index: int, counts: Counter[str], raw: dict[str, set[str]]
+    host: Any,
+    args: argparse.Namespace,
+    index: int,
+    counts: Counter[str],
+    raw: dict[str, set[str]],
 ) -> None:
     token = f"flood-{index:08d}-not-a-token"
     contact = contact_for(host, token)
-    reply = await send_raw(host, addr, encode_frame(contact))
+    reply = await send_raw(host, args.addr, encode_frame(contact), timeout=args.reply_timeout)
     frames = reply.frames
     if reply.error is None and len(frames) == 1 and isinstance(frames[0], Rejected):
         code = frames[0].code.value
@@ -54,9 +59,9 @@ async def main(args: argparse.Namespace) -> None:
                 try:
                     if args.fresh:
                         async with running_host(new_bootstrap_host(), ()) as host:
-                            await answer(host, args.addr, index, counts, raw)
+                            await answer(host, args, index, counts, raw)
                     else:
-                        await answer(hosts[index % len(hosts)], args.addr, index, counts, raw)
+                        await answer(hosts[index % len(hosts)], args, index, counts, raw)
                 except Exception as exc:
                     counts[f"error: {type(exc).__name__}"] += 1
 
@@ -72,6 +77,7 @@ if __name__ == "__main__":
     parser.add_argument("addr")
     parser.add_argument("count", type=int)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--reply-timeout", type=float, default=15.0)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--fresh", action="store_true")
     group.add_argument("--hosts", type=int)

@@ -23,6 +23,7 @@ COMMANDS = [
     ["demo"],
     ["audit"],
     ["audit", "verify"],
+    ["audit", "head"],
     ["audit", "tail"],
     ["tokens"],
     ["tokens", "list"],

@@ -30,6 +30,12 @@ from .strategies import ed25519_peer_id
 PEERS = int(os.environ.get("TALEUS_PEER_FLOOD", "1000"))
 
 
+# What these tests measure is admission; a stream whose contact or answer waits for a CPU shared
+# with other work must still get its invalid_token or rate_limited answer, not a timeout: the
+# node's step timeout and the clients' wait for the answer are far above what the flood takes.
+STEP_TIMEOUT = 60.0
+
+
 def _limits(max_tracked: int, rate: float) -> ManagerConfig:
     return ManagerConfig(
         max_tracked_peers=max_tracked,
@@ -37,6 +43,8 @@ def _limits(max_tracked: int, rate: float) -> ManagerConfig:
         global_burst=int(rate),
         max_concurrent_sessions=1_000,
         max_session_history=100,
+        step_timeout=STEP_TIMEOUT,
+        session_timeout=2 * STEP_TIMEOUT,
     )
 
 
@@ -50,7 +58,8 @@ async def test_fresh_peer_ids_over_libp2p_keep_the_limiter_bounded_and_the_globa
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
-                result.update(await flood(node.addr, PEERS, 2, "--fresh", "--concurrency", "16"))
+                flags = ("--fresh", "--concurrency", "16", "--reply-timeout", f"{2 * STEP_TIMEOUT}")
+                result.update(await flood(node.addr, PEERS, 2, *flags))
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)

@@ -1,9 +1,12 @@
-"""``taleus-bootstrap audit verify|tail``: check the hash chain, read the trail."""
+"""``taleus-bootstrap audit verify|head|tail``: check the hash chain, export its head, read the
+trail."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +88,76 @@ def _open(data_dir: Path, backend: str | None, dsn: str | None, config_path: Pat
     return open_backend(node, settings)
 
 
+_ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})")
+
+
+def _parse_anchor(text: str, source: str) -> tuple[int, str]:
+    match = _ANCHOR.fullmatch(text.strip())
+    if match is None:
+        raise CliError(
+            f"{source}: an anchor is SEQ:HASH (the hash as 64 lowercase hex digits)",
+            ExitCode.USAGE,
+        )
+    return int(match[1]), match[2]
+
+
+def _read_anchor_file(path: Path) -> tuple[int, str]:
+    """The last anchor in ``path``: one JSON object per line, as ``audit head --json`` writes."""
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        last = json.loads(lines[-1]) if lines else None
+        text = f"{last['seq']}:{last['hash']}" if isinstance(last, dict) else ""
+    except OSError as exc:
+        raise CliError(f"cannot read anchor file {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError):
+        text = ""
+    if not text:
+        raise CliError(
+            f"anchor file {path}: its last line is not what audit head --json writes",
+            ExitCode.USAGE,
+        )
+    return _parse_anchor(text, f"anchor file {path}")
+
+
 @audit.command()
 @data_dir_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--anchor",
+    metavar="SEQ:HASH",
+    help="Also check that the log still passes through this head (an earlier `audit head`).",
+)
+@click.option(
+    "--anchor-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="As --anchor, with the last line of this file (`audit head --json` output appended).",
+)
 @backend_options
 @config_option
 def verify(
-    data_dir: Path, as_json: bool, backend: str | None, dsn: str | None, config_path: Path | None
+    data_dir: Path,
+    as_json: bool,
+    anchor: str | None,
+    anchor_file: Path | None,
+    backend: str | None,
+    dsn: str | None,
+    config_path: Path | None,
 ) -> None:
     """Recompute the audit log's hash chain from the first event to the recorded head.
 
     Exit status 0 if intact; 1 with the first bad sequence number if an event was altered,
-    removed or the log truncated.
+    removed or the log truncated, or if, with an anchor, the log no longer passes through it
+    (rewritten from the start or cut short below it).
     """
+    if anchor is not None and anchor_file is not None:
+        raise CliError("--anchor and --anchor-file exclude each other", ExitCode.USAGE)
+    checked: tuple[int, str] | None = None
+    if anchor is not None:
+        checked = _parse_anchor(anchor, "--anchor")
+    elif anchor_file is not None:
+        checked = _read_anchor_file(anchor_file)
     with _open(data_dir, backend, dsn, config_path) as store:
-        report = store.audit.verify()
+        report = store.audit.verify(anchor=checked)
     if as_json:
         click.echo(
             json.dumps(
@@ -109,6 +167,7 @@ def verify(
                     "first_bad_seq": report.first_bad_seq,
                     "reason": report.reason,
                     "head_hash": report.head_hash,
+                    "anchor": None if checked is None else {"seq": checked[0], "hash": checked[1]},
                 }
             )
         )
@@ -118,7 +177,32 @@ def verify(
             f"({report.rows} events verified before it)"
         )
     if not as_json:
-        click.echo(f"audit chain intact: {report.rows} events verified, head {report.head_hash}")
+        through = "" if checked is None else f", through the anchor at seq {checked[0]}"
+        click.echo(
+            f"audit chain intact: {report.rows} events verified, head {report.head_hash}{through}"
+        )
+
+
+@audit.command()
+@data_dir_option()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: seq, hash, at.")
+@backend_options
+@config_option
+def head(
+    data_dir: Path, as_json: bool, backend: str | None, dsn: str | None, config_path: Path | None
+) -> None:
+    """Print the audit log's head: the last event's sequence number and hash.
+
+    Append it to a place this node cannot rewrite, on a schedule; `audit verify --anchor-file`
+    then shows whether the log still passes through the last head kept there.
+    """
+    with _open(data_dir, backend, dsn, config_path) as store:
+        seq, digest = store.audit.head()
+    at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if as_json:
+        click.echo(json.dumps({"seq": seq, "hash": digest, "at": at}))
+    else:
+        click.echo(f"{seq}:{digest}")
 
 
 @audit.command()
