@@ -10,10 +10,10 @@ built elsewhere is refused unless it is: :func:`check_noise_only`). 4: 250 ms
 listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled). 7: logging
 (:func:`route_libp2p_logging`). 8 (found here, not in the notes): a reset stream and a dead
 connection (the peer killed) read as an end of stream, like a half-close
-(:meth:`Libp2pByteStream.ended_in_order`). Also: the negative dial cache and stale peerstore addresses
-(:func:`open_bootstrap_stream`), ``SO_REUSEPORT`` listeners that silently share a fixed port
-with another process (:func:`running_host` refuses a port in use), and libp2p's stream
-exceptions, which are mapped to the package's own here and nowhere else
+(:meth:`Libp2pByteStream.ended_in_order`). Also: the negative dial cache and stale peerstore
+addresses (:func:`open_bootstrap_stream`), ``SO_REUSEPORT`` listeners that silently share a
+fixed port with another process (:func:`running_host` refuses a port in use), and libp2p's
+stream exceptions, which are mapped to the package's own here and nowhere else
 (:class:`Libp2pByteStream`: end of stream is ``b""``, a broken stream
 :class:`~taleus_bootstrap._channel.StreamBroken`).
 """
