@@ -259,6 +259,18 @@ class SqlAuditLog:
         """Every ``(session_id, event)``, in order."""
         return [(row.session_id, row.event) for row in self._select("ORDER BY seq", ())]
 
+    def awaiting_decision(self) -> list[str]:
+        """The sessions (invitee) with an ``awaiting_decision`` event, oldest first (a partial
+        index keeps this cheap on a large log)."""
+
+        def select(cur: Cursor) -> list[str]:
+            cur.execute(
+                "SELECT session_id FROM audit_log WHERE kind = 'awaiting_decision' ORDER BY seq"
+            )
+            return [str(row[0]) for row in cur.fetchall()]
+
+        return self._db.transact(select)
+
     def session_ids(self) -> list[str]:
         """Every session id seen, in order of first appearance."""
 

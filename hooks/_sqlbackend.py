@@ -10,12 +10,20 @@ from typing import Any, Final, cast
 
 import trio
 
-from taleus_bootstrap import AuditEvent, Rejection, RejectionCode, SessionOutcome
+from taleus_bootstrap import (
+    AuditEvent,
+    AwaitingDecision,
+    BootstrapResult,
+    OutcomeResolved,
+    Rejection,
+    RejectionCode,
+    SessionOutcome,
+)
 from taleus_bootstrap._events import Side
 
 from ._common import HookBundle, RequirementsIdentityValidator
 from ._sqlaudit import OpenSession, SqlAuditLog
-from ._sqlprovision import SqlProvisioner
+from ._sqlprovision import ProvisionRecord, SqlProvisioner
 from ._sqltokens import SqlTokenStore
 
 __all__ = ["ABORTED", "MaintenanceReport", "RecoveryReport", "SqlBackend"]
@@ -76,8 +84,27 @@ class SqlBackend(HookBundle):
         are committed and its reservation redeemed (never released, its tally never swept)."""
         await trio.to_thread.run_sync(self._settle_completed)
         reclaimed = await trio.to_thread.run_sync(self.tokens.reclaim_expired)
-        swept = await self.database.sweep()
+        doubt = await trio.to_thread.run_sync(self.in_doubt)
+        swept = await self.database.sweep(keep={r.tally.tally_id for r in doubt})
         return MaintenanceReport(reclaimed, tuple(swept))
+
+    def in_doubt(self) -> list[BootstrapResult]:
+        """This node's bootstraps *as invitee* whose outcome only the inviter can tell: their
+        decisive frame was (or may have been) sent, and their tally is neither committed nor
+        released (a crash, or an unconfirmed outcome not yet resolved). Each is the unconfirmed
+        result to settle with :func:`~taleus_bootstrap.resolve_bootstrap` (``taleus-bootstrap
+        resolve`` does); until then the sweep keeps their tallies."""
+        found: list[BootstrapResult] = []
+        for session_id in self.audit.awaiting_decision():
+            events = self.audit.for_session(session_id)
+            if any(isinstance(e, OutcomeResolved) for e in events):
+                continue
+            [pending] = [e for e in events if isinstance(e, AwaitingDecision)][-1:]
+            records = self.database.records("tally_id = ?", pending.tally_id)
+            if not records or records[0].state != "pending":
+                continue
+            found.append(_unconfirmed_result(session_id, pending, records[0]))
+        return found
 
     def _settle_completed(self) -> None:
         """See :meth:`sweep`."""
@@ -181,3 +208,23 @@ class SqlBackend(HookBundle):
             duration_s=max(0.0, (now - session.started_at).total_seconds()),
         )
         await self.audit.log_events(session.session_id, (rejection, outcome))
+
+
+def _unconfirmed_result(
+    session_id: str, pending: AwaitingDecision, record: ProvisionRecord
+) -> BootstrapResult:
+    inviter_role = pending.inviter_role
+    return BootstrapResult(
+        session_id=pending.inviter_session_id,
+        local_session_id=session_id,
+        tally=record.provision.tally,
+        database=record.provision.database,
+        inviter_role=inviter_role,
+        invitee_role="foil" if inviter_role == "stock" else "stock",
+        inviter_party_id=pending.inviter_peer_id,
+        inviter_cadre_addrs=(),
+        provisioned_by="inviter" if record.origin == "remote" else "invitee",
+        responder_addr=pending.inviter_addr,
+        transitions=(),
+        confirmed=False,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Literal, Protocol
@@ -123,8 +124,9 @@ class SqlProvisioner:
         if await self._db.run(update) < 1:
             raise LookupError(f"no pending provision of tally {tally_id!r}")
 
-    async def sweep(self) -> list[str]:
-        """Remove provisions still pending after ``provision_ttl``; return their tally ids.
+    async def sweep(self, *, keep: Collection[str] = ()) -> list[str]:
+        """Remove provisions still pending after ``provision_ttl``, but those of the tallies in
+        ``keep`` (in doubt: only the inviter can tell their fate); return their tally ids.
 
         A pending provision whose session recorded its token use (a row in ``redemptions``,
         which ``mark_used`` writes only once the tally is formed) is not stale but a tally whose
@@ -138,7 +140,8 @@ class SqlProvisioner:
         if formed_ids:
             await trio.to_thread.run_sync(self.commit_sessions, formed_ids)
             logger.warning("committed %d tally(ies) whose commit had failed", len(formed_ids))
-        stale = await self._db.run(lambda cur: self._select(cur, stale_where, cutoff))
+        found = await self._db.run(lambda cur: self._select(cur, stale_where, cutoff))
+        stale = [record for record in found if record.tally_id not in keep]
         for record in stale:
             await trio.to_thread.run_sync(self._drop_one, record, "swept")
             logger.warning("swept unacknowledged provision of tally %s", record.tally_id)

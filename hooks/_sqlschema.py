@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_log_session ON audit_log (session_id, seq);
+CREATE INDEX IF NOT EXISTS audit_log_awaiting_decision ON audit_log (session_id)
+    WHERE kind = 'awaiting_decision';
 CREATE TABLE IF NOT EXISTS audit_head (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq {seq} NOT NULL,

@@ -20,6 +20,7 @@ __all__ = [
     "AdmissionSummary",
     "AuditEvent",
     "AuditLevel",
+    "AwaitingDecision",
     "ContactReceived",
     "HookError",
     "OutcomeResolved",
@@ -135,6 +136,20 @@ class SessionOutcome(_Event):
         return data
 
 
+class AwaitingDecision(_Event):
+    """Invitee, just before its decisive frame (the stock flow's ``ack``, the foil flow's
+    ``provisioned``): from here the inviter's record decides the outcome, so this is what a
+    restarted invitee needs to ask it (protocol section 14) — the inviter's session id, peer id
+    and the address that answered — and which tally is at stake."""
+
+    kind: Literal["awaiting_decision"] = "awaiting_decision"
+    inviter_session_id: str
+    inviter_peer_id: str
+    inviter_addr: str
+    inviter_role: Role
+    tally_id: str
+
+
 class OutcomeResolved(_Event):
     """An unconfirmed outcome settled by asking the peer (protocol section 14): what the peer
     recorded (``answer``), and so what became of this side's tally (committed for
@@ -170,6 +185,7 @@ AuditEvent = Annotated[
     | Rejection
     | HookError
     | SessionOutcome
+    | AwaitingDecision
     | OutcomeResolved
     | AdmissionSummary,
     Field(discriminator="kind"),

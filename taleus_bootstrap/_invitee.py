@@ -36,7 +36,7 @@ from ._errors import (
     RejectionCode,
     RemoteProtocolError,
 )
-from ._events import SessionStarted
+from ._events import AwaitingDecision, SessionStarted
 from ._frames import (
     Accepted,
     Ack,
@@ -123,7 +123,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         self.result: BootstrapResult | None = None
         self._accepted: Accepted | None = None
         self._unreachable: BaseException | None = None
-        self._awaiting_decision = False  # provisioned sent: the inviter's record decides
+        self._decision_pending = False  # provisioned sent: the inviter's record decides
 
     @property
     def release_session_id(self) -> str:
@@ -203,7 +203,23 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         self._fire(Trigger.ACCEPTED_WITH_PROVISION)
         return self._accept(provision, self.link.inviter_peer_id, self._send_ack)
 
+    def _record_decision_pending(self, provision: Provision) -> None:
+        """Recorded (and made durable with the batch written before the frame) just before our
+        decisive frame: what a restarted invitee needs to ask the inviter (section 14)."""
+        self._record(
+            AwaitingDecision(
+                at=self._wall(),
+                side="invitee",
+                inviter_session_id=self.release_session_id,
+                inviter_peer_id=self.link.inviter_peer_id,
+                inviter_addr=self.responder_addr,
+                inviter_role=self.link.inviter_role,
+                tally_id=provision.tally.tally_id,
+            )
+        )
+
     def _send_ack(self, provision: Provision) -> Action:
+        self._record_decision_pending(provision)
         ack = Ack(session_id=self.release_session_id)
         return self._send(ack, "send ack", lambda: self._done(provision, "inviter"))
 
@@ -216,12 +232,13 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         )
 
     def _send_provisioned(self, provision: Provision) -> Action:
+        self._record_decision_pending(provision)
         frame = Provisioned(session_id=self.release_session_id, provision=provision)
         return self._send(frame, "send provisioned", lambda: self._await_ack(provision))
 
     def _await_ack(self, provision: Provision) -> Action:
         self._fire(Trigger.PROVISIONED_SENT)
-        self._awaiting_decision = True
+        self._decision_pending = True
 
         def on_ack(frame: Any) -> Action:
             if isinstance(frame, Rejected):
@@ -271,7 +288,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         (``rejected``), it may have committed and sent an ack we never read. Our provision is
         then held in doubt, not released, until the inviter is asked (section 14)."""
         if (
-            self._awaiting_decision
+            self._decision_pending
             and not self.completed
             and self.failure is None
             and not isinstance(error, PeerRejected)

@@ -20,6 +20,7 @@ COMMANDS = [
     ["serve"],
     ["invite"],
     ["dial"],
+    ["resolve"],
     ["demo"],
     ["audit"],
     ["audit", "verify"],

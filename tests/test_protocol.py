@@ -200,6 +200,8 @@ INVITEE_STOCK: list[Row] = [
         "refusal": "FAILED provision_failed sent",
         "garbage": "FAILED provision_failed sent",
         "raise": "FAILED provision_failed sent"}),
+    # What a restarted invitee needs to ask the inviter is durable before the ack goes out.
+    ("SENDING_ACK", "audit hook", "database", flush()),
     ("SENDING_ACK", "send ack", "database", {"send failed": "FAILED malformed sent"}),
     # Our ack was the last frame: the outcome waits for the inviter's end of stream, and the
     # tally is committed only once it came (the inviter's record decides).
@@ -225,6 +227,7 @@ INVITEE_FOIL: list[Row] = [
         "garbage": "FAILED provision_failed sent",
         "raise": "FAILED provision_failed sent",
         "other tally": "FAILED provision_failed sent release=database"}),
+    ("PROVISIONING_DB", "audit hook", "database", flush()),
     ("PROVISIONING_DB", "send provisioned", "database", {"send failed": "FAILED malformed sent"}),
     # Our provisioned is out: the inviter's record decides. Unless it says it failed
     # (rejected), our provision is held in doubt, not released (protocol section 14).

@@ -14,6 +14,7 @@ from ._demo import demo
 from ._dial import dial
 from ._errors import CliError, ExitCode
 from ._loadtest import loadtest
+from ._resolve import resolve
 from ._serve import serve
 from ._tokens import invite, tokens
 
@@ -67,7 +68,7 @@ def cli(debug: bool) -> None:
     )
 
 
-for command in (serve, invite, dial, demo, audit, tokens, loadtest):
+for command in (serve, invite, dial, resolve, demo, audit, tokens, loadtest):
     cli.add_command(command)
 
 

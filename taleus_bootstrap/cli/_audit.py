@@ -41,6 +41,9 @@ def describe_event(event: AuditEvent) -> str:
     if event.kind == "admission_summary":
         counts = ", ".join(f"{code.value} {n}" for code, n in sorted(event.refused.items()))
         return f"refused at admission in {event.window_s:.0f} s: {counts}; {event.peers} peers"
+    if event.kind == "awaiting_decision":
+        sid, tally = event.inviter_session_id, event.tally_id
+        return f"the inviter's record decides: session {sid}, tally {tally}"
     if event.kind == "outcome_resolved":
         return f"resolved with the peer: {event.answer}, tally {event.tally_id}"
     tail = f"tally {event.tally_id}" if event.code is None else f"code {event.code.value}"
