@@ -32,6 +32,7 @@ from taleus_bootstrap._config import (
     DEFAULT_PROVISION_TIMEOUT,
     DEFAULT_REFUSAL_SUMMARY_INTERVAL,
     DEFAULT_RELEASE_TIMEOUT,
+    DEFAULT_RESOLVE_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_STEP_TIMEOUT,
@@ -71,6 +72,7 @@ INVITEE_DEFAULTS: dict[str, Any] = {
     "dial_attempts": DEFAULT_DIAL_ATTEMPTS,
     "dial_backoff": DEFAULT_DIAL_BACKOFF,
     "dial_backoff_max": DEFAULT_DIAL_BACKOFF_MAX,
+    "resolve_timeout": DEFAULT_RESOLVE_TIMEOUT,
 }
 MODELS = [
     pytest.param(ManagerConfig, MANAGER_DEFAULTS, id="manager"),
