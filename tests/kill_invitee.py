@@ -5,7 +5,8 @@ key and SQLite store, as ``taleus-bootstrap dial`` keeps them) and kills itself 
 
 * ``decisive``: once the audit batch holding ``awaiting_decision`` is durable, before the
   decisive frame (the stock flow's ``ack``, the foil flow's ``provisioned``) is written;
-* ``commit``: when the database hook is told to commit the tally (the last frame is through).
+* ``database.METHOD:before`` / ``:after``: before its database hook's METHOD is called, or once
+  it returned (``accept`` or ``provision``, then ``commit`` once the last frame is through).
 
 Exits 0 only if it reached the end without being killed (a test failure).
 """
@@ -40,15 +41,25 @@ class KillAfterDecisiveBatch:
             die()
 
 
-class KillAtCommit:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+class KillAt:
+    """``inner``, dying before or after its ``method`` is called."""
+
+    def __init__(self, inner: Any, method: str, when: str) -> None:
+        self._inner, self._method, self._when = inner, method, when
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        attribute = getattr(self._inner, name)
+        if name != self._method:
+            return attribute
 
-    async def commit(self, result: Any, *, session_id: str) -> None:
-        die()
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self._when == "before":
+                die()
+            result = await attribute(*args, **kwargs)
+            die()
+            return result
+
+        return call
 
 
 async def main(link: str, data_dir: Path, point: str) -> None:
@@ -57,7 +68,9 @@ async def main(link: str, data_dir: Path, point: str) -> None:
         if point == "decisive":
             hooks = backend.invitee_hooks(audit=KillAfterDecisiveBatch(backend.audit))
         else:
-            hooks = backend.invitee_hooks(database=KillAtCommit(backend.database))
+            call, when = point.split(":")
+            method = call.removeprefix("database.")
+            hooks = backend.invitee_hooks(database=KillAt(backend.database, method, when))
         async with running_host(new_bootstrap_host(key_pair=node.key_pair()), ()) as host:
             await initiate_bootstrap(link, host, hooks=hooks)
 
