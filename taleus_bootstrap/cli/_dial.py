@@ -78,7 +78,20 @@ class _OwnLink(LinkError):
 
 
 def _failure(error: Exception) -> tuple[ExitCode, str, dict[str, Any]]:
-    """Exit status, one-line message and JSON form of a failed dial."""
+    """Exit status, one-line message and JSON form of a failed dial (saying so when its tally
+    is left in doubt: the inviter could not be asked in time)."""
+    status, message, info = _classify(error)
+    unconfirmed = getattr(error, "unconfirmed", None)
+    if unconfirmed is not None:
+        info["in_doubt"] = unconfirmed.tally.tally_id
+        message += (
+            f"; tally {unconfirmed.tally.tally_id} is held in doubt until the inviter says what"
+            " it recorded: run `taleus-bootstrap resolve` later"
+        )
+    return status, message, info
+
+
+def _classify(error: Exception) -> tuple[ExitCode, str, dict[str, Any]]:
     code = getattr(error, "code", None)
     info: dict[str, Any] = {"ok": False, "code": code.value if code is not None else None}
     if isinstance(error, _OwnLink):
@@ -190,8 +203,8 @@ def result_table(result: BootstrapResult, *, title: str) -> Table:
 
 
 UNCONFIRMED: Final = (
-    "no: the inviter did not end the session in order after our ack, so it may not have"
-    " recorded the tally"
+    "no: the inviter did not end the session in order after our ack and could not be asked in"
+    " time; the tally is held in doubt until `taleus-bootstrap resolve` settles it"
 )
 
 
