@@ -123,7 +123,7 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         self.result: BootstrapResult | None = None
         self._accepted: Accepted | None = None
         self._unreachable: BaseException | None = None
-        self._decision_pending = False  # provisioned sent: the inviter's record decides
+        self._decision_pending = False  # our decisive frame is being written: see _fail
 
     @property
     def release_session_id(self) -> str:
@@ -203,9 +203,22 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         self._fire(Trigger.ACCEPTED_WITH_PROVISION)
         return self._accept(provision, self.link.inviter_peer_id, self._send_ack)
 
+    def _send_decisive(
+        self, frame: Ack | Provisioned, step: str, provision: Provision, then: Callable[[], Action]
+    ) -> Action:
+        """Send our decisive frame (the stock flow's ``ack``, the foil flow's ``provisioned``):
+        first make durable what a restarted invitee needs to ask the inviter (section 14); from
+        the moment the write begins, the inviter's record decides, so a failure no longer
+        releases the tally but holds it in doubt (see :meth:`_fail`)."""
+        self._record_decision_pending(provision)
+
+        def sending() -> Action:
+            self._decision_pending = True
+            return self._send(frame, step, then)
+
+        return self._flush(sending, strict=True, shielded=False)
+
     def _record_decision_pending(self, provision: Provision) -> None:
-        """Recorded (and made durable with the batch written before the frame) just before our
-        decisive frame: what a restarted invitee needs to ask the inviter (section 14)."""
         self._record(
             AwaitingDecision(
                 at=self._wall(),
@@ -219,9 +232,10 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         )
 
     def _send_ack(self, provision: Provision) -> Action:
-        self._record_decision_pending(provision)
         ack = Ack(session_id=self.release_session_id)
-        return self._send(ack, "send ack", lambda: self._done(provision, "inviter"))
+        return self._send_decisive(
+            ack, "send ack", provision, lambda: self._done(provision, "inviter")
+        )
 
     # -- PROVISIONING_DB, AWAITING_ACK: the inviter is foil ---------------------------------------
 
@@ -232,13 +246,13 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         )
 
     def _send_provisioned(self, provision: Provision) -> Action:
-        self._record_decision_pending(provision)
         frame = Provisioned(session_id=self.release_session_id, provision=provision)
-        return self._send(frame, "send provisioned", lambda: self._await_ack(provision))
+        return self._send_decisive(
+            frame, "send provisioned", provision, lambda: self._await_ack(provision)
+        )
 
     def _await_ack(self, provision: Provision) -> Action:
         self._fire(Trigger.PROVISIONED_SENT)
-        self._decision_pending = True
 
         def on_ack(frame: Any) -> Action:
             if isinstance(frame, Rejected):
@@ -284,9 +298,10 @@ class InviteeProtocol(SessionProtocol[InviteeState]):
         )
 
     def _fail(self, error: ProtocolError) -> Action:
-        """Foil inviter, once our ``provisioned`` is out: unless the inviter said it failed
-        (``rejected``), it may have committed and sent an ack we never read. Our provision is
-        then held in doubt, not released, until the inviter is asked (section 14)."""
+        """Once our decisive frame is being written, unless the inviter said it failed
+        (``rejected``), it may have read it and committed (and, foil, sent an ack we never
+        read): our tally is then held in doubt, not released, until the inviter is asked
+        (section 14)."""
         if (
             self._decision_pending
             and not self.completed

@@ -181,6 +181,10 @@ NO_STREAM = {  # nothing to send a rejection on before the stream is open
 }
 
 IN_DOUBT = dict.fromkeys(("no end", *AFTER), "IN_DOUBT")  # complete, unconfirmed
+DECISIVE_WRITE = {  # however the write of our decisive frame fails, nothing is released
+    name: f"{outcome} release="
+    for name, outcome in {**IN_EXCHANGE["invitee"], "send failed": M}.items()
+}
 
 INVITEE_STOCK: list[Row] = [
     ("DIALING", "dial", "", {
@@ -202,7 +206,8 @@ INVITEE_STOCK: list[Row] = [
         "raise": "FAILED provision_failed sent"}),
     # What a restarted invitee needs to ask the inviter is durable before the ack goes out.
     ("SENDING_ACK", "audit hook", "database", flush()),
-    ("SENDING_ACK", "send ack", "database", {"send failed": "FAILED malformed sent"}),
+    # Once the ack is being written the inviter may have it: a failure holds the tally in doubt.
+    ("SENDING_ACK", "send ack", "database", DECISIVE_WRITE),
     # Our ack was the last frame: the outcome waits for the inviter's end of stream, and the
     # tally is committed only once it came (the inviter's record decides).
     ("COMPLETED", "audit hook", "", flush(strict=False)),
@@ -228,7 +233,7 @@ INVITEE_FOIL: list[Row] = [
         "raise": "FAILED provision_failed sent",
         "other tally": "FAILED provision_failed sent release=database"}),
     ("PROVISIONING_DB", "audit hook", "database", flush()),
-    ("PROVISIONING_DB", "send provisioned", "database", {"send failed": "FAILED malformed sent"}),
+    ("PROVISIONING_DB", "send provisioned", "database", DECISIVE_WRITE),
     # Our provisioned is out: the inviter's record decides. Unless it says it failed
     # (rejected), our provision is held in doubt, not released (protocol section 14).
     ("AWAITING_ACK", "await ack", "", frames(
