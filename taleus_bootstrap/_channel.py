@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import trio
+from pydantic import TypeAdapter
 
 from ._codec import AnyFrame, FrameDecoder, encode_frame
 from ._errors import RejectionCode, RemoteProtocolError
+from ._frames import FRAME_ADAPTER
 
 __all__ = ["REJECTION_LINGER", "ByteStream", "FrameChannel", "PeerGone", "StreamBroken"]
 
@@ -73,10 +75,18 @@ class FrameChannel:
 
     __slots__ = ("_decoder", "closed", "max_frame_bytes", "stream", "writable")
 
-    def __init__(self, stream: ByteStream, *, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        *,
+        max_frame_bytes: int,
+        adapter: TypeAdapter[Any] = FRAME_ADAPTER,
+    ) -> None:
+        """``adapter``: another protocol's messages in the same framing (the resolve
+        protocol's)."""
         self.stream = stream
         self.max_frame_bytes = max_frame_bytes
-        self._decoder = FrameDecoder(max_frame_bytes)
+        self._decoder = FrameDecoder(max_frame_bytes, adapter=adapter)
         self.writable = True
         self.closed = False
 

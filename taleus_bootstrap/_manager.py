@@ -136,7 +136,6 @@ class SessionManager:
         self._by_state: Counter[str] = Counter()
         self._by_rejection: Counter[str] = Counter()
         self._admitted = self._finished = self._refused = self._refusals_in_flight = 0
-        self._unconfirmed = 0
         self._unconfirmed_ids: set[str] = set()
         self._resolver = Resolver(cfg, hooks.outcomes, self._known_outcome, self._resolved)
         self._nursery: trio.Nursery | None = None
@@ -287,7 +286,6 @@ class SessionManager:
         if outcome == "committed" and session_id in self._unconfirmed_ids:
             # The invitee is settling on our record: the outcome is no longer in doubt.
             self._unconfirmed_ids.discard(session_id)
-            self._unconfirmed -= 1
 
     async def _refuse(self, stream: Any, peer_id: str, refusal: Refusal) -> SessionRecord:
         """One ``rejected`` frame and the end of the stream; counted, explained, summarized."""
@@ -349,7 +347,6 @@ class SessionManager:
         self._finished += 1
         self._by_state[record.final_state] += 1
         if record.confirmed is False:
-            self._unconfirmed += 1
             self._unconfirmed_ids.add(record.session_id)
         if record.code is not None:
             self._by_rejection[str(record.code)] += 1
@@ -405,7 +402,7 @@ class SessionManager:
             max_concurrent_sessions=self.config.max_concurrent_sessions,
             sessions_admitted=self._admitted,
             sessions_finished=self._finished,
-            sessions_unconfirmed=self._unconfirmed,
+            sessions_unconfirmed=len(self._unconfirmed_ids),
             resolutions_answered=self._resolver.answered,
             resolutions_refused=self._resolver.refused,
             by_state=MappingProxyType(dict(self._by_state)),

@@ -19,8 +19,8 @@ from typing import Annotated, Final, Literal, Protocol
 import trio
 from pydantic import Field, TypeAdapter
 
-from ._channel import ByteStream, StreamBroken
-from ._codec import FrameDecoder, encode_varint
+from ._channel import ByteStream, FrameChannel, StreamBroken
+from ._codec import encode_varint
 from ._errors import RejectionCode, RemoteProtocolError
 from ._events import AuditEvent, SessionOutcome, SessionStarted
 from ._frames import Rejected, SessionIdStr, _Model
@@ -104,21 +104,8 @@ def encode(message: ResolveRequest | Resolution | Rejected) -> bytes:
 
 async def _read_one(stream: ByteStream) -> ResolveRequest | Resolution | Rejected:
     """One message, or ``RemoteProtocolError`` (``malformed`` / ``frame_too_large``)."""
-    decoder = FrameDecoder(MAX_RESOLVE_FRAME_BYTES, adapter=_ANY)
-    while True:
-        message = decoder.next_frame()
-        if message is not None:
-            return message  # type: ignore[return-value]
-        try:
-            data = await stream.read(decoder.bytes_needed)
-        except StreamBroken as exc:
-            raise RemoteProtocolError(RejectionCode.MALFORMED, f"stream broken: {exc}") from None
-        if not data:
-            decoder.feed(b"")
-            if decoder.next_frame() is None:
-                raise RemoteProtocolError(RejectionCode.MALFORMED, "stream ended before a frame")
-        else:
-            decoder.feed(data)
+    channel = FrameChannel(stream, max_frame_bytes=MAX_RESOLVE_FRAME_BYTES, adapter=_ANY)
+    return await channel.receive()  # type: ignore[return-value]
 
 
 async def read_resolve_request(stream: ByteStream) -> ResolveRequest:
