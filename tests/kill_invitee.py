@@ -13,8 +13,6 @@ Exits 0 only if it reached the end without being killed (a test failure).
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +23,7 @@ from taleus_hooks.sqlite import SqliteBackend
 
 from taleus_bootstrap import initiate_bootstrap, new_bootstrap_host, running_host
 from taleus_bootstrap.cli._nodedir import NodeDir
-
-
-def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+from tests.killing import KillAt, die
 
 
 class KillAfterDecisiveBatch:
@@ -39,27 +34,6 @@ class KillAfterDecisiveBatch:
         await self._inner.log_events(session_id, events)
         if any(event.kind == "awaiting_decision" for event in events):
             die()
-
-
-class KillAt:
-    """``inner``, dying before or after its ``method`` is called."""
-
-    def __init__(self, inner: Any, method: str, when: str) -> None:
-        self._inner, self._method, self._when = inner, method, when
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name != self._method:
-            return attribute
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self._when == "before":
-                die()
-            result = await attribute(*args, **kwargs)
-            die()
-            return result
-
-        return call
 
 
 async def main(link: str, data_dir: Path, point: str) -> None:

@@ -11,11 +11,8 @@ after it happened).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import trio
 from taleus_hooks.sqlite import SqliteBackend
@@ -28,27 +25,7 @@ from taleus_bootstrap import (
     running_host,
 )
 from taleus_bootstrap.cli._nodedir import NodeDir
-
-
-class KillAt:
-    """``inner``, dying before or after its ``method`` is called."""
-
-    def __init__(self, inner: Any, method: str, when: str) -> None:
-        self._inner, self._method, self._when = inner, method, when
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name != self._method:
-            return attribute
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self._when == "before":
-                os.kill(os.getpid(), signal.SIGKILL)
-            result = await attribute(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGKILL)
-            return result
-
-        return call
+from tests.killing import KillAt
 
 
 async def main(data_dir: Path, port: int, point: str, ready: Path) -> None:
