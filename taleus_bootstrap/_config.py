@@ -5,15 +5,15 @@ The library never reads the environment; the CLI builds these models from its op
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from ._codec import DEFAULT_MAX_FRAME_BYTES
-from ._events import AuditLevel
 from ._frames import MAX_CADRE_ADDRS, MultiaddrStr, _Model
 
 __all__ = [
+    "AuditLevel",
     "DEFAULT_AUDIT_LEVEL",
     "DEFAULT_CLEANUP_INTERVAL",
     "DEFAULT_GLOBAL_BURST",
@@ -37,6 +37,10 @@ __all__ = [
     "InviteeConfig",
     "ManagerConfig",
 ]
+
+AuditLevel = Literal["full", "minimal"]
+"""``full``: every event; ``minimal``: the start, rejections, hook errors and the outcome (which
+then carries the session's path of states)."""
 
 DEFAULT_MAX_CONCURRENT_SESSIONS: Final = 100
 DEFAULT_BUSY_RETRY_AFTER: Final = 1.0

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
+from ._config import AuditLevel
 from ._errors import RejectionCode
 from ._frames import Role, UtcDatetime, _Model
 
@@ -32,9 +33,6 @@ __all__ = [
 ]
 
 Side = Literal["inviter", "invitee"]
-AuditLevel = Literal["full", "minimal"]
-"""``full``: every event; ``minimal``: the start, rejections, hook errors and the outcome (which
-then carries the session's path of states)."""
 MAX_ERROR_CHARS: Final = 500
 MAX_SUMMARY_PEERS: Final = 10
 

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import Field, JsonValue
 
 from ._events import AuditEvent
 from ._frames import PeerIdStr, Provision, Role, Tally, UtcDatetime, _Model
-from ._resolve import OutcomeHook
+
+if TYPE_CHECKING:
+    from ._resolve import OutcomeHook  # (it imports trio)
 
 __all__ = [
     "AuditHook",

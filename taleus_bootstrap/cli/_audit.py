@@ -8,17 +8,19 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from .._events import AuditEvent
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
 from ._nodedir import NodeDir
 from ._options import backend_options, config_option, data_dir_option, stdout_console
 from ._settings import load_settings
+
+if TYPE_CHECKING:
+    from .._events import AuditEvent
 
 __all__ = ["audit", "audit_table", "describe_event"]
 

@@ -8,24 +8,23 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import trio
 from rich.console import Console
 from rich.table import Table
 
-from .._bootstrap import initiate_bootstrap
 from .._errors import BootstrapRejected
-from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
 from .._link import BootstrapLink, mint_link
-from .._manager import SessionManager, open_session_manager
 from ._audit import audit_table
 from ._backend import sqlite_backend
 from ._dial import result_table
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir
 from ._options import stdout_console
+
+if TYPE_CHECKING:
+    from .._manager import SessionManager
 
 __all__ = ["demo"]
 
@@ -58,6 +57,11 @@ def demo(keep: bool) -> None:
 
 
 async def _demo(console: Console, root: Path) -> None:
+    # libp2p and the manager: imported by the commands that use them (start-up stays cheap).
+    from .._bootstrap import initiate_bootstrap
+    from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
+    from .._manager import open_session_manager
+
     node_a, node_b = NodeDir.create(root / "inviter-A"), NodeDir.create(root / "invitee-B")
     with sqlite_backend(node_a.path) as store_a, sqlite_backend(node_b.path) as store_b:
         host_a = new_bootstrap_host(key_pair=node_a.key_pair())
@@ -111,6 +115,8 @@ async def _demo(console: Console, root: Path) -> None:
 
 
 def _mint(store: Any, host: Any, role: str) -> BootstrapLink:
+    from .._libp2p import host_multiaddrs
+
     return mint_link(
         store.tokens,
         host_multiaddrs(host),
@@ -128,6 +134,8 @@ def _provision_of(store: Any, tally_id: str) -> Any:
 
 
 async def _wait_finished(manager: SessionManager, count: int) -> None:
+    import trio
+
     with trio.fail_after(5):
         await manager.wait_idle()
     if manager.statistics().sessions_finished != count:

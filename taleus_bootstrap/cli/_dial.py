@@ -6,12 +6,11 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 from rich.table import Table
 
-from .._bootstrap import initiate_bootstrap
 from .._errors import (
     BootstrapError,
     BootstrapProtocolError,
@@ -23,8 +22,6 @@ from .._errors import (
     LinkExpiredError,
     RejectionCode,
 )
-from .._invitee import BootstrapResult
-from .._libp2p import new_bootstrap_host, running_host
 from .._link import BootstrapLink
 from ._backend import open_backend, resolve_backend
 from ._errors import ExitCode, run_trio
@@ -38,6 +35,9 @@ from ._options import (
     stdout_console,
 )
 from ._settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .._invitee import BootstrapResult
 
 __all__ = ["default_dial_dir", "dial", "result_summary"]
 
@@ -216,6 +216,9 @@ async def _dial(
     claims: dict[str, Any] | None,
     cadre_addrs: tuple[str, ...],
 ) -> BootstrapResult:
+    from .._bootstrap import initiate_bootstrap  # libp2p: imported by the commands that use it
+    from .._libp2p import new_bootstrap_host, running_host
+
     host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
     async with running_host(host, ()):
         return await initiate_bootstrap(

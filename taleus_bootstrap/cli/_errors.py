@@ -6,8 +6,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from enum import IntEnum
 from typing import Final, TypeVar
 
-import trio
-
 __all__ = ["EXIT_MEANINGS", "CliError", "ExitCode", "run_trio"]
 
 T = TypeVar("T")
@@ -59,6 +57,8 @@ def _leaf(error: BaseException) -> BaseException:
 def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
     """``trio.run(fn)``, re-raising a lone exception out of the exception groups of nurseries
     (so that a :class:`CliError` raised inside one still becomes its one line)."""
+    import trio  # here: commands that run no event loop start without it
+
     try:
         return trio.run(fn)
     except BaseExceptionGroup as group:

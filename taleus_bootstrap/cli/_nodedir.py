@@ -14,20 +14,19 @@ import fcntl
 import json
 import os
 import secrets
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair
-from libp2p.crypto.serialization import deserialize_private_key
-from libp2p.peer.id import ID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .._nodekey import load_or_create_node_key, node_key_peer_id
 from ._errors import CliError, ExitCode
+
+if TYPE_CHECKING:
+    from libp2p.crypto.keys import KeyPair
 
 __all__ = ["NodeDir", "NodeState", "write_json_atomically"]
 
@@ -81,7 +80,7 @@ class NodeDir:
             raise CliError(f"cannot create data directory {path}: {exc.strerror}") from None
         node = cls(path)
         if not node.key_path.exists():
-            node._write_new_key()
+            node._key_pair = load_or_create_node_key(node.key_path)
         return node
 
     @classmethod
@@ -102,15 +101,6 @@ class NodeDir:
             )
         return node
 
-    def _write_new_key(self) -> None:
-        data = create_new_key_pair().private_key.serialize()
-        try:
-            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return  # another process created it first: use theirs
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-
     def owner(self) -> str:
         """``<peer id>/<data dir id>``: what this node's sessions are recorded under in a shared
         store (several nodes may share one identity, never one data directory)."""
@@ -127,22 +117,18 @@ class NodeDir:
     def key_pair(self) -> KeyPair:
         """The node's identity key pair (refused if others may read the key file)."""
         if self._key_pair is None:
-            mode = stat.S_IMODE(self.key_path.stat().st_mode)
-            if mode & 0o077:
-                raise CliError(
-                    f"{self.key_path} is accessible to other users (mode {mode:04o}); "
-                    f"run `chmod 600 {self.key_path}`"
-                )
             try:
-                private = deserialize_private_key(self.key_path.read_bytes())
-            except Exception:
-                raise CliError(f"{self.key_path} does not hold a libp2p private key") from None
-            self._key_pair = KeyPair(private, private.get_public_key())
+                self._key_pair = load_or_create_node_key(self.key_path)
+            except (PermissionError, ValueError) as exc:
+                raise CliError(str(exc)) from None
         return self._key_pair
 
     def peer_id(self) -> str:
-        """The node's peer id (base58)."""
-        return ID.from_pubkey(self.key_pair().public_key).to_base58()
+        """The node's peer id (base58; read without importing libp2p)."""
+        try:
+            return node_key_peer_id(self.key_path)
+        except (PermissionError, ValueError) as exc:
+            raise CliError(str(exc)) from None
 
     def read_state(self) -> NodeState | None:
         """The record of ``serve``'s last start, or None if it never started."""

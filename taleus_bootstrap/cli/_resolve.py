@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._bootstrap import resolve_bootstrap
 from .._errors import BootstrapReleased
-from .._invitee import BootstrapResult
-from .._libp2p import new_bootstrap_host, running_host
 from ._backend import open_backend, resolve_backend
 from ._dial import default_dial_dir
 from ._errors import ExitCode, run_trio
 from ._nodedir import NodeDir
 from ._options import backend_options, config_option, data_dir_option
 from ._settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .._invitee import BootstrapResult
 
 __all__ = ["resolve"]
 
@@ -73,6 +73,9 @@ async def _resolve_all(node: NodeDir, settings: Settings, store: Any) -> list[di
     outcomes: list[dict[str, str]] = []
     if not in_doubt:
         return outcomes
+    from .._bootstrap import resolve_bootstrap  # libp2p: imported by the commands that use it
+    from .._libp2p import new_bootstrap_host, running_host
+
     host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
     async with running_host(host, ()):
         for result in in_doubt:

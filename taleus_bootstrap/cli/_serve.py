@@ -9,21 +9,18 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import trio
-from libp2p.exceptions import BaseLibp2pError
 
-from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
-from .._manager import SessionManager
-from .._service import serve_backend, tune_garbage_collector
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir, NodeState, write_json_atomically
-from ._observe import routes, serve_http, setup_logging, telemetry_providers
 from ._options import backend_options, config_option, data_dir_option
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
+
+if TYPE_CHECKING:
+    from .._manager import SessionManager
 
 __all__ = ["serve"]
 
@@ -104,6 +101,8 @@ def serve(
     sessions (they get `shutting_down`) and lets running ones finish within the manager's
     shutdown_grace; a second signal cancels them.
     """
+    from ._observe import setup_logging  # OpenTelemetry SDK: only serve pays for it
+
     setup_logging(log_level, log_format)
     settings = load_settings(config_path, data_dir)
     # Options override the file. Only what was set is carried over, so that resolve_backend
@@ -140,6 +139,14 @@ async def _serve(
     ready_file: Path | None,
     observe: Observe,
 ) -> str:
+    # libp2p, trio and OpenTelemetry: imported here, so that the other commands start quickly.
+    import trio
+    from libp2p.exceptions import BaseLibp2pError
+
+    from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
+    from .._service import serve_backend, tune_garbage_collector
+    from ._observe import routes, serve_http, telemetry_providers
+
     with (
         node.serve_lock(),
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
@@ -221,6 +228,8 @@ def _remove(path: Path) -> None:
 
 async def _drain_on_signals(signals: Any, manager: SessionManager) -> None:
     """Wait for a signal, then drain the manager; a second signal cancels the sessions."""
+    import trio
+
     async for signum in signals:
         logger.info(
             "%s: draining, running sessions get %g s (signal again to cancel them)",

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import click
-import segno
 from multiaddr import Multiaddr
 from pydantic import ValidationError
 from rich.table import Table
 
 from .._errors import LinkError
-from .._events import token_digest
 from .._link import BootstrapLink, mint_link
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
@@ -157,6 +155,8 @@ def invite(
         except ValidationError as exc:
             first = exc.errors(include_input=False)[0]
             raise CliError(f"cannot build the link: {first['msg']}", ExitCode.USAGE) from None
+    from .._events import token_digest
+
     token, expires_at = link.token, link.expires_at
     text = link.encode()
     if as_json:
@@ -176,6 +176,8 @@ def invite(
     else:
         click.echo(text)
     if qr:
+        import segno
+
         segno.make(text, error="l").terminal(compact=True)
 
 
@@ -274,6 +276,8 @@ def revoke_token(
     )
     with open_backend(node, store_settings) as store:
         if link_text is not None:
+            from .._events import token_digest
+
             try:
                 full = token_digest(BootstrapLink.decode(link_text).token)
             except LinkError as exc:
