@@ -19,6 +19,8 @@ session; an audit hook written for ``log_session(session_id, event)`` alone stil
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
@@ -214,9 +216,77 @@ class RefuseIdentity:
         return False
 
 
+_TOKEN_METHODS = ("validate", "mark_used", "release")
+_DATABASE_METHODS = ("provision", "release", "accept", "commit")
+
+
+def _unwrapped(fn: Any) -> Any:
+    """``fn`` without its bound-method and :func:`functools.partial` layers."""
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif inspect.ismethod(fn):
+            fn = fn.__func__
+        else:
+            return fn
+
+
+def _sync_kind(fn: Any) -> str | None:
+    """What makes ``fn`` certainly not async (``"a plain function"``, ...), or ``None`` if it
+    is async or cannot be told apart from an async callable (a decorated function: its wrapper
+    may return an awaitable)."""
+    target = _unwrapped(fn)
+    if inspect.iscoroutinefunction(target) or hasattr(target, "__wrapped__"):
+        return None
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        return "a generator function"
+    if inspect.isfunction(target):
+        return "a plain function"
+    if not inspect.isroutine(target):
+        call = inspect.getattr_static(type(target), "__call__", None)
+        if inspect.isfunction(call) and _sync_kind(call) is not None:
+            return f"a {type(target).__name__} object whose __call__ is not async"
+    return None
+
+
+def _check_hook(owner: str, field_name: str, hook: Any, methods: Sequence[str]) -> None:
+    """``TypeError`` naming the hook and the method unless ``hook`` has each of ``methods``
+    as an async callable."""
+    where = f"{owner}({field_name}={type(hook).__name__}())"
+    kind = type(hook).__name__
+    for method in methods:
+        try:
+            fn = getattr(hook, method)
+        except AttributeError:
+            raise TypeError(f"{where}: {kind} has no method {method}") from None
+        if not callable(fn):
+            raise TypeError(f"{where}: {kind}.{method} is not callable")
+        sync = _sync_kind(fn)
+        if sync is not None:
+            raise TypeError(
+                f"{where}: {kind}.{method} must be an async method (async def), got {sync}"
+            )
+
+
+def _check_audit(owner: str, hook: Any) -> None:
+    for method in ("log_events", "log_session"):
+        if callable(getattr(hook, method, None)):
+            _check_hook(owner, "audit", hook, (method,))
+            return
+    raise TypeError(
+        f"{owner}(audit={type(hook).__name__}()): {type(hook).__name__} has neither"
+        " log_events(session_id, events) nor log_session(session_id, event)"
+    )
+
+
 @dataclass(frozen=True)
 class SessionHooks:
-    """The inviter's hooks: token and database are required; identity and audit have defaults."""
+    """The inviter's hooks: token and database are required; identity and audit have defaults.
+
+    Each hook is checked when the bundle is built: a missing method, or one that is not async
+    (a plain ``def``), raises a :class:`TypeError` naming the hook and the method. Callable
+    objects with an async ``__call__`` and :func:`functools.partial` of async functions pass.
+    """
 
     token: TokenHook
     database: DatabaseHook
@@ -226,6 +296,14 @@ class SessionHooks:
     """Answers invitees resolving an unconfirmed outcome (protocol section 14) from the store's
     durable records; without it the manager answers from the sessions it remembers."""
 
+    def __post_init__(self) -> None:
+        _check_hook("SessionHooks", "token", self.token, _TOKEN_METHODS)
+        _check_hook("SessionHooks", "database", self.database, _DATABASE_METHODS)
+        _check_hook("SessionHooks", "identity", self.identity, ("validate",))
+        _check_audit("SessionHooks", self.audit)
+        if self.outcomes is not None:
+            _check_hook("SessionHooks", "outcomes", self.outcomes, ("recorded_outcome",))
+
 
 @dataclass(frozen=True)
 class InviteeHooks:
@@ -234,3 +312,7 @@ class InviteeHooks:
 
     database: DatabaseHook
     audit: AuditHook = field(default_factory=NoopAudit)
+
+    def __post_init__(self) -> None:
+        _check_hook("InviteeHooks", "database", self.database, _DATABASE_METHODS)
+        _check_audit("InviteeHooks", self.audit)

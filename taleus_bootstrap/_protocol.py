@@ -499,6 +499,16 @@ class SessionProtocol(Generic[S]):
         received = isinstance(error, PeerRejected)
         direction = "received" if received else "sent" if self.has_stream else "none"
         cause = getattr(error, "error", None)
+        if isinstance(error, HookFailure):
+            # The audit trail keeps the cause too, but the default audit hook discards it: the
+            # operator's log gets it once, scrubbed of the session's secrets.
+            logger.warning(
+                "session %s: %s; %s: %s",
+                self.session_id,
+                self.secrets.scrub(error.detail),
+                type(error.error).__name__,
+                self.secrets.scrub(str(error.error)) or "-",
+            )
         self._record(
             Rejection(
                 at=self._wall(),
