@@ -77,8 +77,8 @@ async def bootstrap_twice(store_a: SqliteBackend, store_b: SqliteBackend) -> Non
                 f"[{role}] B: database {result.database.endpoint} "
                 f"(credentials: {result.database.credentials_ref})"
             )
-            await trio.sleep(0.05)
-            record = manager.history()[-1]
+            # B has its result; A records the session's end a moment later: wait for it.
+            record = await manager.wait_for_session(result.session_id)
             print(
                 f"[{role}] A: session {record.session_id} {record.final_state} "
                 f"tally {record.tally_id} in {record.duration_s * 1000:.1f} ms"
@@ -95,7 +95,7 @@ async def bootstrap_twice(store_a: SqliteBackend, store_b: SqliteBackend) -> Non
             await initiate_bootstrap(links[0], host_b, hooks=invitee_hooks)
         except BootstrapRejected as exc:
             print(f"refused as expected: {exc.code}")
-        await trio.sleep(0.05)
+        await manager.wait_idle()  # A's side of the refused session is recorded
         stats = manager.statistics()
         print(
             f"\nA statistics: {dict(stats.by_state)}, rejections {dict(stats.by_rejection)}, "

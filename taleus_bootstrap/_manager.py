@@ -54,6 +54,16 @@ ADMISSION_AUDIT_ID: Final = "admission"
 """The session id the periodic refusal summaries are audited under."""
 
 
+class _Awaited:
+    """A running session someone waits for (:meth:`SessionManager.wait_for_session`)."""
+
+    __slots__ = ("done", "record")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.record: SessionRecord | None = None
+
+
 @dataclass(frozen=True)
 class ManagerStatistics:
     """A snapshot of a :class:`SessionManager` (in the manner of trio's ``statistics()``).
@@ -144,6 +154,7 @@ class SessionManager:
         self._stopped = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
+        self._awaited: dict[str, _Awaited] = {}  # running sessions someone waits for
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -333,9 +344,31 @@ class SessionManager:
             self._sessions.pop(session.session_id, None)
             record = session.record()
             self._record(record, span, session.audit_seconds)
+            awaited = self._awaited.pop(session.session_id, None)
+            if awaited is not None:
+                awaited.record = record
+                awaited.done.set()
             if not self._sessions:
                 self._idle.set()
         return record
+
+    async def wait_for_session(self, session_id: str) -> SessionRecord:
+        """The record of session ``session_id`` once it has finished (at once if it already
+        has): e.g. after ``initiate_bootstrap`` returned a result, whose ``session_id`` is the
+        inviter's, wait for the inviter's side to record the session's end.
+
+        ``KeyError`` if no session of that id is running on this manager or in its
+        :meth:`history` (an id it never served, or one dropped from the history since).
+        """
+        if session_id in self._sessions:
+            awaited = self._awaited.setdefault(session_id, _Awaited())
+            await awaited.done.wait()
+            assert awaited.record is not None
+            return awaited.record
+        for record in reversed(self._history):
+            if record.session_id == session_id:
+                return record
+        raise KeyError(f"no session {session_id!r} is running or in this manager's history")
 
     async def wait_idle(self) -> None:
         """Wait until no session is running (e.g. after a client saw its result, for the

@@ -26,6 +26,11 @@ def run_example(name: str) -> str:
     return completed.stdout
 
 
+def test_examples_wait_for_sessions_instead_of_sleeping() -> None:
+    for example in EXAMPLES.glob("*.py"):
+        assert "sleep(" not in example.read_text(), example.name
+
+
 def test_quickstart_runs_a_stock_and_a_foil_bootstrap() -> None:
     out = run_example("quickstart.py")
     assert "[stock] B: tally tly_" in out and "provisioned by inviter" in out
