@@ -3,6 +3,7 @@
 
 from ._app import cli, main
 from ._errors import EXIT_MEANINGS, CliError, ExitCode
+from ._hookspec import HooksContext
 from ._settings import BackendSettings, NodeSettings, Settings
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "BackendSettings",
     "CliError",
     "ExitCode",
+    "HooksContext",
     "NodeSettings",
     "Settings",
     "cli",

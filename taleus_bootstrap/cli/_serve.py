@@ -15,6 +15,7 @@ import click
 
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
+from ._hookspec import HOOKS_ENV, HooksContext, build_hooks, load_factory
 from ._nodedir import NodeDir, NodeState, write_json_atomically
 from ._options import backend_options, config_option, data_dir_option
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
@@ -81,6 +82,15 @@ logger = logging.getLogger("taleus_bootstrap.cli")
     metavar="URL",
     help="Export traces and metrics over OTLP/HTTP to this collector, e.g. http://localhost:4318.",
 )
+@click.option(
+    "--hooks",
+    "hooks_spec",
+    metavar="MODULE:FACTORY",
+    envvar=HOOKS_ENV,
+    show_envvar=True,
+    help="Serve the hooks FACTORY(context) makes (a SessionHooks, or an object with hooks() and "
+    "optional recover/run_maintenance/close) instead of the store's; [node] hooks in the config.",
+)
 def serve(
     data_dir: Path,
     listen: tuple[str, ...],
@@ -94,6 +104,7 @@ def serve(
     metrics_port: int | None,
     metrics_host: str,
     otlp_endpoint: str | None,
+    hooks_spec: str | None,
 ) -> None:
     """Run an inviter node: serve bootstraps until SIGINT or SIGTERM, then drain.
 
@@ -116,11 +127,25 @@ def serve(
     if updates:
         merged = {**settings.model_dump(exclude_unset=True), **updates}
         settings = parse_settings(merged, "command line")
+    hooks = None
+    if hooks_spec or settings.node.hooks:
+        source = "--hooks" if hooks_spec else "[node] hooks"
+        spec = hooks_spec or settings.node.hooks or ""
+        hooks = CustomHooks(spec, source, load_factory(spec, source))  # fails before serving
     node = NodeDir.create(data_dir)
     store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn, serving=True)
     observe = Observe(metrics_port, metrics_host, otlp_endpoint)
-    stats = run_trio(lambda: _serve(node, settings, store_settings, ready_file, observe))
+    stats = run_trio(lambda: _serve(node, settings, store_settings, ready_file, observe, hooks))
     click.echo(f"stopped: {stats}")
+
+
+@dataclass(frozen=True)
+class CustomHooks:
+    """``--hooks``: the spec, where it came from, and its factory."""
+
+    spec: str
+    source: str
+    factory: Any
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,7 @@ async def _serve(
     store_settings: BackendSettings,
     ready_file: Path | None,
     observe: Observe,
+    custom: CustomHooks | None = None,
 ) -> str:
     # libp2p, trio and OpenTelemetry: imported here, so that the other commands start quickly.
     import trio
@@ -158,6 +184,13 @@ async def _serve(
         ) as providers,
     ):
         async with AsyncExitStack() as stack:
+            backend, hooks = store, None
+            if custom is not None:
+                context = HooksContext(node.path, settings, store)
+                made = build_hooks(custom.factory, context, custom.spec, custom.source)
+                backend, hooks = made.backend, made.hooks
+                if made.close is not None:
+                    stack.callback(made.close)
             host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
             try:
                 await stack.enter_async_context(running_host(host, settings.node.listen))
@@ -166,9 +199,10 @@ async def _serve(
             served = await stack.enter_async_context(
                 serve_backend(
                     host,
-                    store,
+                    backend,
                     settings.manager,
                     maintenance_interval=settings.node.maintenance_interval,
+                    hooks=hooks,
                     meter_provider=providers.meter_provider,
                     tracer_provider=providers.tracer_provider,
                 )

@@ -39,6 +39,9 @@ class NodeSettings(_Section):
     at each start, so links minted earlier stop working after a restart: use a fixed port."""
     maintenance_interval: Seconds = 60.0
     """How often ``serve`` reclaims expired reservations and sweeps unacknowledged provisions."""
+    hooks: str | None = None
+    """``MODULE:FACTORY``: serve the hooks the factory makes instead of the store's (``--hooks``
+    and ``TALEUS_BOOTSTRAP_HOOKS`` override it; see the hooks guide)."""
 
 
 class BackendSettings(_Section):
