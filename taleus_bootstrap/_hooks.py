@@ -235,6 +235,9 @@ def _sync_kind(fn: Any) -> str | None:
     """What makes ``fn`` certainly not async (``"a plain function"``, ...), or ``None`` if it
     is async or cannot be told apart from an async callable (a decorated function: its wrapper
     may return an awaitable)."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is not None and code.co_flags & inspect.CO_COROUTINE:
+        return None  # the common case, an async def method: quick
     target = _unwrapped(fn)
     if inspect.iscoroutinefunction(target) or hasattr(target, "__wrapped__"):
         return None
