@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-import trio
+from taleus_bootstrap._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
+
 
 __all__ = ["Batcher"]
 
@@ -40,7 +46,7 @@ class Batcher(Generic[I]):
         self._max_batch = max_batch
         self._queue: list[_Slot[I]] = []
         self._writing = False
-        self._batch_done = trio.Event()
+        self._batch_done: trio.Event | None = None  # made by the first waiter of a batch
         self.items_written = 0
         self.batches = 0
         self.largest_batch = 0
@@ -62,6 +68,8 @@ class Batcher(Generic[I]):
         try:
             while slot.state != "done":
                 if self._writing:
+                    if self._batch_done is None:
+                        self._batch_done = trio.Event()
                     await self._batch_done.wait()
                 else:
                     await self._write_next_batch()
@@ -108,5 +116,6 @@ class Batcher(Generic[I]):
                     slot.state = "done"
                 self.write_seconds += time.perf_counter() - started
             self._writing = False
-            done, self._batch_done = self._batch_done, trio.Event()
-            done.set()
+            done, self._batch_done = self._batch_done, None
+            if done is not None:
+                done.set()

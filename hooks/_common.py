@@ -15,9 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import trio
 from pydantic import JsonValue
 
 from taleus_bootstrap import (
@@ -28,6 +27,12 @@ from taleus_bootstrap import (
     SessionHooks,
     outcome_from_audit,
 )
+from taleus_bootstrap._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = [
     "Clock",

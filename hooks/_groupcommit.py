@@ -29,13 +29,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from math import inf
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-import trio
+from taleus_bootstrap._lazy import LazyModule
 
 from ._batching import Batcher
 from ._common import Cursor
 from ._walsync import WalSync, begin_immediate
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = ["MAX_GROUP", "GroupCommit"]
 

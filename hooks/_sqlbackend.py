@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
-
-import trio
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from taleus_bootstrap import (
     AuditEvent,
@@ -20,11 +18,17 @@ from taleus_bootstrap import (
     SessionOutcome,
 )
 from taleus_bootstrap._events import Side
+from taleus_bootstrap._lazy import LazyModule
 
 from ._common import HookBundle, RequirementsIdentityValidator
 from ._sqlaudit import OpenSession, SqlAuditLog
 from ._sqlprovision import ProvisionRecord, SqlProvisioner
 from ._sqltokens import SqlTokenStore
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = ["ABORTED", "MaintenanceReport", "RecoveryReport", "SqlBackend"]
 
@@ -129,7 +133,7 @@ class SqlBackend(HookBundle):
         self,
         interval: float = 60.0,
         *,
-        task_status: Any = trio.TASK_STATUS_IGNORED,
+        task_status: Any = None,
     ) -> None:
         """Sweep now, then every ``interval`` seconds, until cancelled (``nursery.start`` it).
 
@@ -137,7 +141,8 @@ class SqlBackend(HookBundle):
         that fails (the store unreachable for a while) is logged, and the next one tries again:
         the node it serves must not stop for it."""
         await self.sweep()
-        task_status.started()
+        if task_status is not None:  # nursery.start() passes one
+            task_status.started()
         while True:
             await trio.sleep(interval)
             try:

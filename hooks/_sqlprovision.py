@@ -15,13 +15,17 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final, Literal, Protocol
-
-import trio
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from taleus_bootstrap import DatabaseInfo, Provision, ProvisionRequest, ProvisionResult, Tally
+from taleus_bootstrap._lazy import LazyModule
 
 from ._common import Clock, Cursor, SqlDatabase, in_worker_thread, utc_now
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = ["DEFAULT_PROVISION_TTL", "ProvisionRecord", "SqlProvisioner", "TallyFactory"]
 

@@ -24,9 +24,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import trio
+from taleus_bootstrap._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = [
     "HelperEnded",
@@ -111,13 +116,15 @@ class SyncHelper:
         self._reply = self._process.stdout.fileno()
         os.set_blocking(self._reply, False)
         self.pid = self._process.pid
-        self._busy = trio.Lock()
+        self._busy: trio.Lock | None = None  # made on first use (trio is imported then)
 
     async def run(self, steps: Sequence[SyncStep]) -> None:
         """Do ``steps`` in order in the helper; raise ``OSError`` (with the helper's errno) if
         one failed, :class:`HelperEnded` if the helper is gone. Not cancellable once the
         request is sent: its answer is read whoever waits, so that it can never be taken for
         the answer to the next request."""
+        if self._busy is None:
+            self._busy = trio.Lock()
         async with self._busy:
             with trio.CancelScope(shield=True):
                 answer = await self._exchange(steps)

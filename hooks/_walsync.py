@@ -32,11 +32,16 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import trio
+from taleus_bootstrap._lazy import LazyModule
 
 from ._synchelper import Syncer, SyncStep, helper_can_name
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = ["CHECKPOINT_EVERY", "LOCK_WAIT_LIMIT", "WalSync", "begin_immediate", "is_busy"]
 
@@ -104,7 +109,7 @@ class WalSync:
         self._committed = 0  # commits made on the loop connection
         self._synced = 0  # the last of them known to be on disk
         self._syncing = False
-        self._sync_done = trio.Event()
+        self._sync_done: trio.Event | None = None  # made by the first waiter of a sync
         self._since_checkpoint = 0
         self._checkpointing = False
         self.syncs = 0
@@ -127,6 +132,8 @@ class WalSync:
             return
         while self._synced < commit:
             if self._syncing:
+                if self._sync_done is None:
+                    self._sync_done = trio.Event()
                 await self._sync_done.wait()
                 continue
             self._syncing = True
@@ -136,8 +143,9 @@ class WalSync:
                 self._synced = max(self._synced, target)
             finally:
                 self._syncing = False
-                done, self._sync_done = self._sync_done, trio.Event()
-                done.set()
+                done, self._sync_done = self._sync_done, None
+                if done is not None:
+                    done.set()
 
     async def _sync_once(self) -> None:
         steps: list[SyncStep] = [("F", str(self._wal))]

@@ -29,11 +29,10 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, Literal, TypeVar
-
-import trio
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 from taleus_bootstrap import DatabaseInfo, ProvisionResult, Tally
+from taleus_bootstrap._lazy import LazyModule
 
 from ._batching import Batcher
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
@@ -53,6 +52,11 @@ from ._sqlschema import (
 from ._sqltokens import DEFAULT_RESERVATION_LEASE, SqlTokenStore
 from ._synchelper import HelperEnded, Syncer, SyncHelper, SyncStep, helper_can_name
 from ._walsync import WalSync
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = [
     "AuditWriteError",

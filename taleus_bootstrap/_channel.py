@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-import trio
 from pydantic import TypeAdapter
 
 from ._codec import AnyFrame, FrameDecoder, encode_frame
 from ._errors import RejectionCode, RemoteProtocolError
 from ._frames import FRAME_ADAPTER
+from ._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = ["REJECTION_LINGER", "ByteStream", "FrameChannel", "PeerGone", "StreamBroken"]
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import Annotated, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Final, Literal, Protocol
 
-import trio
 from pydantic import Field, TypeAdapter
 
 from ._channel import ByteStream, FrameChannel, StreamBroken
@@ -24,6 +23,12 @@ from ._codec import encode_varint
 from ._errors import RejectionCode, RemoteProtocolError
 from ._events import AuditEvent, SessionOutcome, SessionStarted
 from ._frames import Rejected, SessionIdStr, _Model
+from ._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: the store's synchronous uses never need it
+    trio = LazyModule("trio")
 
 __all__ = [
     "MAX_RESOLVE_FRAME_BYTES",

@@ -1,5 +1,5 @@
-"""Start-up: the commands that open no libp2p host do not import libp2p (nor OpenTelemetry's
-SDK), through the real entry point; and the node key file that ``serve`` keeps.
+"""Start-up: the commands that open no libp2p host do not import libp2p, trio or OpenTelemetry's
+SDK, through the real entry point; and the node key file that ``serve`` keeps.
 
 Deterministic checks of what is imported, not timings: ``python -m tests.bench_startup`` prints
 the start-up times.
@@ -31,7 +31,9 @@ try:
     main(sys.argv[1:])
 except SystemExit as exc:
     status = exc.code
-heavy = ("libp2p", "opentelemetry.sdk", "taleus_bootstrap._manager", "taleus_bootstrap._libp2p")
+heavy = (
+    "libp2p", "opentelemetry.sdk", "trio", "taleus_bootstrap._manager", "taleus_bootstrap._libp2p"
+)
 print(json.dumps({"status": status, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
@@ -73,13 +75,13 @@ LIGHT_COMMANDS = [
 
 
 @pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=" ".join)
-def test_commands_without_a_host_do_not_import_libp2p(args: list[str]) -> None:
+def test_commands_without_a_host_do_not_import_libp2p_nor_trio(args: list[str]) -> None:
     report = _probe(*args)
     assert report["status"] in (0, 2, None), report  # a bare group shows its usage: 2 in click 8.2
     assert report["imported"] == [], report
 
 
-def test_store_commands_do_not_import_libp2p(node_dir: Path) -> None:
+def test_store_commands_do_not_import_libp2p_nor_trio(node_dir: Path) -> None:
     d = str(node_dir)
     for args in (
         ["invite", "--data-dir", d, "--role", "stock", "--addr", "/ip4/127.0.0.1/tcp/4001"],
