@@ -317,3 +317,33 @@ def test_operations_page_lists_every_config_key_and_command(gen_docs: ModuleType
     for name in cli.commands:
         assert f"### `taleus-bootstrap {name}`" in page
     assert "### `taleus-bootstrap tokens revoke`" in page
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["audit"], ["audit", "head"], ["dial"], ["tokens", "revoke"]],
+    ids=lambda c: " ".join(c) or "top",
+)
+def test_command_reference_is_what_the_real_command_prints(command: list[str]) -> None:
+    """Each block of the generated command reference is the real ``--help`` output (through
+    the installed script, at the 100 columns the reference is rendered at)."""
+    from .clirun import SCRIPT, cli_env
+
+    path = " ".join(["taleus-bootstrap", *command])
+    page = (DOCS / "operations.md").read_text(encoding="utf-8")
+    found = re.search(rf"^### `{re.escape(path)}`\n\n```text\n(.*?)\n```$", page, re.M | re.S)
+    assert found, f"no reference block for {path}"
+    for flag in ("--help", "-h"):
+        proc = subprocess.run(
+            [SCRIPT, *command, flag],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env({"COLUMNS": "200"}),
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.rstrip("\n") == found.group(1), flag
+    assert "  -h, --help  " in found.group(1) or "-h, --help " in found.group(1)
+    if not command:
+        assert "--version" in found.group(1) and "--debug" in found.group(1)
