@@ -255,14 +255,25 @@ def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]
 
 
 def command_reference() -> str:
-    """``--help`` of every subcommand, as click renders it at 100 columns."""
-    lines = []
-    root = click.Context(cli, info_name="taleus-bootstrap", terminal_width=100)
+    """``--help`` of the command and of every subcommand, as the real command line prints it
+    on a terminal of 100 columns or more.
+
+    The contexts carry each command's ``context_settings`` (``-h, --help``, the content width)
+    the way ``cli.main`` builds them; click then wraps at the content width less 2 columns.
+    """
+    width = int(cli.context_settings["max_content_width"]) - 2
+    root = click.Context(
+        cli, info_name="taleus-bootstrap", terminal_width=width, **cli.context_settings
+    )
+    lines = ["### `taleus-bootstrap`", "", "```text", cli.get_help(root), "```", ""]
     for path, command in _commands(cli, "taleus-bootstrap"):
         parent = root
         for part in path.split()[1:-1]:
-            parent = click.Context(cli.commands[part], info_name=part, parent=parent)
-        ctx = click.Context(command, info_name=path.split()[-1], parent=parent)
+            group = cli.commands[part]
+            parent = click.Context(group, info_name=part, parent=parent, **group.context_settings)
+        ctx = click.Context(
+            command, info_name=path.split()[-1], parent=parent, **command.context_settings
+        )
         lines += [f"### `{path}`", "", "```text", command.get_help(ctx), "```", ""]
     return "\n".join(lines)
 
