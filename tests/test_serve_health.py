@@ -229,7 +229,7 @@ def test_metrics_has_every_rejection_code_at_zero_and_the_process_metrics(
 @pytest.mark.parametrize(
     "endpoint",
     ["notaurl", "localhost:4318", "ftp://collector:4318", "http://:4318", "http://collector:port",
-     "http://collector:99999", "http://collector:4318/?token=x"],
+     "http://collector:99999", "http://collector:4318/?token=x", "http://u:token=x@:4318"],
 )  # fmt: skip
 def test_a_bad_otlp_endpoint_is_refused_at_start(tmp_path: Path, endpoint: str) -> None:
     proc = run_cli("serve", "--data-dir", tmp_path / "alice", "--otlp-endpoint", endpoint)
@@ -237,6 +237,7 @@ def test_a_bad_otlp_endpoint_is_refused_at_start(tmp_path: Path, endpoint: str) 
     assert "--otlp-endpoint" in proc.stderr and "http://localhost:4318" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "alice").exists()  # refused before anything was done
+    assert "token=x" not in proc.stderr
 
 
 def test_a_missing_collector_is_reported_once_per_interval_and_does_not_delay_the_exit(

@@ -102,10 +102,12 @@ def shown_endpoint(value: str) -> str:
 
 
 def _shown(value: str) -> str:
+    """The value for an error message: without userinfo, query or fragment (secrets)."""
     try:
-        return repr(shown_endpoint(value))
+        parts = urlsplit(shown_endpoint(value))
+        return repr(SplitResult(parts.scheme, parts.netloc, parts.path, "", "").geturl())
     except ValueError:
-        return repr(value)
+        return repr(value.split("@")[-1].split("?")[0].split("#")[0])
 
 
 def report_interval() -> float:
