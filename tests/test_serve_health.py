@@ -317,3 +317,30 @@ def test_an_unreachable_notify_socket_does_not_stop_serve(tmp_path: Path) -> Non
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "NOTIFY_SOCKET" in line]
     assert len(warnings) == 1 and "cannot notify the service manager" in warnings[0]
+
+
+def test_ctrl_c_on_a_terminal_drains_and_exits_without_a_traceback(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole process group: serve's helper process
+    (the SQLite store's fsync helper) printed a KeyboardInterrupt traceback and died under
+    the draining sessions; it now leaves the signal to serve."""
+    alice, ready = tmp_path / "alice", tmp_path / "alice.ready.json"
+    process = subprocess.Popen(
+        [*MODULE, "serve", "--data-dir", str(alice), "--ready-file", str(ready)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,  # a process group of its own, as a terminal's job has
+    )
+    try:
+        wait_for("the ready file", lambda: ready.exists() or process.poll() is not None)
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "SIGINT: draining" in err and "stopped: 0 sessions finished" in out
