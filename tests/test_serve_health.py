@@ -270,6 +270,52 @@ def test_a_missing_collector_is_reported_once_per_interval_and_does_not_delay_th
     assert exit_s < 5.0  # was 7 to 10 s: the exporters retried for up to 10 s
 
 
+def test_otlp_export_that_works_again_is_reported_once(tmp_path: Path) -> None:
+    """The collector is down when serve starts (one failure line), then comes up on that
+    port: one INFO line says exports work again, and the collector receives the metrics."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    with served_node(tmp_path / "alice", "--otlp-endpoint", endpoint, env=env) as node:
+        stderr = node.process.stderr
+        assert stderr is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
+        reader.start()
+        wait_for("a failure line", lambda: any("failing" in line for line in lines))
+        collector = ThreadingHTTPServer(("127.0.0.1", port), Collector)
+        threading.Thread(target=collector.serve_forever, daemon=True).start()
+        try:
+            wait_for("exports working again", lambda: any("works again" in line for line in lines))
+            assert "/v1/metrics" in received
+            node.process.send_signal(signal.SIGTERM)
+            assert node.process.wait(timeout=30) == 0
+            reader.join(timeout=10)
+        finally:
+            collector.shutdown()
+    failing = [line for line in lines if "failing" in line]
+    again = [line for line in lines if "works again" in line]
+    assert len(again) == 1 and "INFO taleus_bootstrap.otlp" in again[0]
+    assert lines.index(failing[0]) < lines.index(again[0])
+    assert "Connection refused" in failing[0]
+
+
 def _notify_socket(tmp_path: Path, abstract: bool) -> tuple[socket.socket, str]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     if abstract:
