@@ -36,6 +36,7 @@ from taleus_bootstrap import (
 )
 from taleus_bootstrap._telemetry import METRICS
 from taleus_bootstrap.cli import EXIT_MEANINGS, Settings, cli
+from taleus_bootstrap.cli._process import PROCESS_METRICS
 
 DOCS_DIR: Final = Path(__file__).resolve().parent
 REGENERATE: Final = "python docs/gen_docs.py"
@@ -280,7 +281,7 @@ def command_reference() -> str:
 
 def prometheus_names(name: str, kind: str, unit: str) -> list[str]:
     """The series the OpenTelemetry Prometheus exporter makes of one instrument."""
-    base = name.replace(".", "_") + ("_seconds" if unit == "s" else "")
+    base = name.replace(".", "_") + {"s": "_seconds", "By": "_bytes"}.get(unit, "")
     if kind == "counter":
         return [f"{base}_total"]
     if kind == "histogram":
@@ -298,6 +299,18 @@ def metrics_reference() -> str:
         series = "<br>".join(f"`{n}`" for n in prometheus_names(name, kind, unit))
         labels = ", ".join(f"`taleus.{a.strip()}`" for a in attributes.split(",") if a.strip())
         lines.append(f"| `{name}` | {series} | {kind} | `{unit}` | {labels or '-'} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def process_metrics_reference() -> str:
+    """``serve``'s process metrics, from :data:`taleus_bootstrap.cli._process.PROCESS_METRICS`."""
+    lines = [
+        "| OpenTelemetry name | Prometheus series | instrument | unit | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (kind, unit, meaning) in PROCESS_METRICS.items():
+        series = "<br>".join(f"`{n}`" for n in prometheus_names(name, kind, unit))
+        lines.append(f"| `{name}` | {series} | {kind} | `{unit}` | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +333,7 @@ TARGETS: Final[Sequence[Target]] = (
     Target("operations.md", command_reference, marker="command-reference"),
     Target("operations.md", exit_statuses, marker="exit-statuses"),
     Target("operations.md", metrics_reference, marker="metrics"),
+    Target("operations.md", process_metrics_reference, marker="process-metrics"),
 )
 
 

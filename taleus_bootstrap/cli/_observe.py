@@ -13,10 +13,9 @@ from typing import Any, Final
 import trio
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -24,8 +23,17 @@ from .. import __version__
 from .._manager import SessionManager
 from .._redact import format_exception, scrub_patterns
 from .._telemetry import peer_digest
+from ._health import ServeState, liveness, readiness
+from ._process import observe_process
 
-__all__ = ["Providers", "serve_http", "setup_logging", "status_document", "telemetry_providers"]
+__all__ = [
+    "Providers",
+    "routes",
+    "serve_http",
+    "setup_logging",
+    "status_document",
+    "telemetry_providers",
+]
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STATUS_SESSIONS: Final = 50
@@ -100,36 +108,42 @@ def telemetry_providers(
     if prometheus:
         registry = CollectorRegistry()
         readers.append(PrometheusMetricReader(registry=registry))
-    tracer_provider = None
+    tracer_provider = pipeline = None
     if otlp_endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from ._otlp import OtlpPipeline
 
-        base = otlp_endpoint.rstrip("/")
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(f"{base}/v1/metrics")))
-        tracer_provider = TracerProvider(resource=resource)
-        tracer_provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(f"{base}/v1/traces"))
-        )
+        pipeline = OtlpPipeline(otlp_endpoint)
+        readers.append(pipeline.reader)
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(pipeline.processor)
     # No exemplars: Prometheus text does not carry them, and sampling them costs on every record.
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=readers, exemplar_filter=AlwaysOffExemplarFilter()
+        resource=resource,
+        metric_readers=readers,
+        exemplar_filter=AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
     )
+    observe_process(meter_provider)
     try:
         yield Providers(meter_provider, tracer_provider, registry)
     finally:
-        meter_provider.shutdown()
-        if tracer_provider is not None:
-            tracer_provider.shutdown()
+        if pipeline is not None and tracer_provider is not None:
+            pipeline.shutdown(meter_provider, tracer_provider)  # flushes, within about 1 s
+        else:
+            meter_provider.shutdown()
 
 
-def status_document(manager: SessionManager, addrs: list[str]) -> dict[str, Any]:
-    """``/status``: the manager's statistics and its last finished sessions, with transitions."""
+def status_document(
+    manager: SessionManager, addrs: list[str], state: ServeState | None = None
+) -> dict[str, Any]:
+    """``/status``: the process (version, phase, uptime, backend, data directory), the
+    manager's statistics and its last finished sessions, with transitions."""
     stats = manager.statistics()
     recent = manager.history()[-STATUS_SESSIONS:]
     return {
         "peer_id": manager.local_peer_id,
         "addrs": addrs,
+        **(state.document(manager) if state is not None else {}),
         "statistics": {
             f.name: (dict(v) if isinstance(v, Mapping) else v)
             for f in fields(stats)
@@ -168,32 +182,23 @@ Route = Callable[[], tuple[str, bytes] | tuple[str, bytes, int]]
 
 
 def routes(
-    manager: SessionManager, addrs: list[str], registry: CollectorRegistry | None
+    manager: SessionManager,
+    addrs: list[str],
+    registry: CollectorRegistry | None,
+    state: ServeState,
 ) -> dict[str, Route]:
-    """``/status`` and ``/readyz`` always; ``/metrics`` when Prometheus is on."""
+    """``/status``, ``/healthz`` and ``/readyz`` always; ``/metrics`` when Prometheus is on."""
     table: dict[str, Route] = {
         "/status": lambda: (
             "application/json",
-            json.dumps(status_document(manager, addrs), indent=2).encode(),
+            json.dumps(status_document(manager, addrs, state), indent=2).encode(),
         ),
-        "/readyz": lambda: readiness(manager),
+        "/healthz": lambda: liveness(state, manager),
+        "/readyz": lambda: readiness(state, manager),
     }
     if registry is not None:
         table["/metrics"] = lambda: (CONTENT_TYPE_LATEST, generate_latest(registry))
     return table
-
-
-def readiness(manager: SessionManager) -> tuple[str, bytes, int]:
-    """``/readyz``: 200 while the node accepts streams and its store breaker is closed (or
-    off), else 503, with the reason, for orchestrators and load balancers."""
-    stats = manager.statistics()
-    reasons = []
-    if not stats.accepting:
-        reasons.append("not accepting streams (starting or draining)")
-    if stats.store_breaker not in ("closed", "off"):
-        reasons.append(f"store breaker {stats.store_breaker}")
-    body = {"ready": not reasons, "reasons": reasons, "store_breaker": stats.store_breaker}
-    return "application/json", json.dumps(body).encode() + b"\n", 503 if reasons else 200
 
 
 async def serve_http(
