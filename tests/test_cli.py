@@ -165,7 +165,7 @@ def test_dial_refuses_a_link_of_its_own_data_dir(tmp_path: Path) -> None:
         assert result["stock_party_id"] != result["foil_party_id"] == node.peer_id
         status, out, err = node.stop()
     assert status == 0, err
-    assert "stopped: 1 sessions finished (COMPLETED 1)" in out
+    assert "stopped: 1 session finished (COMPLETED 1)" in out
 
 
 def test_peer_id_is_stable_across_restarts_and_invite_warns_when_stopped(tmp_path: Path) -> None:
