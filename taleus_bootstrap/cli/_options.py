@@ -98,11 +98,17 @@ class _Console(Console):
         for table in tables:
             for column in table.columns:
                 column.overflow = "fold"
-        if tables and not self.is_terminal and "width" not in kwargs:
-            wide = self.options.update(max_width=UNBOUNDED_WIDTH)
-            needed = max(Measurement.get(self, wide, table).maximum for table in tables)
-            kwargs["width"] = max(self.width, needed)
-        super().print(*objects, **kwargs)
+        if not tables or self.is_terminal:
+            super().print(*objects, **kwargs)
+            return
+        wide = self.options.update(max_width=UNBOUNDED_WIDTH)
+        needed = max(Measurement.get(self, wide, table).maximum for table in tables)
+        width = self.width  # print(width=...) could only narrow it
+        self.width = max(width, needed)
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self.width = width
 
 
 UNBOUNDED_WIDTH = 100_000
