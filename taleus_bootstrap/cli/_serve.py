@@ -16,12 +16,12 @@ import trio
 from libp2p.exceptions import BaseLibp2pError
 
 from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
+from .._logsetup import setup_logging
 from .._manager import SessionManager
 from .._service import serve_backend, tune_garbage_collector
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir, NodeState, write_json_atomically
-from .._logsetup import setup_logging
 from ._observe import routes, serve_http, telemetry_providers
 from ._options import backend_options, config_option, data_dir_option, plural
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
