@@ -81,6 +81,9 @@ SECONDS = "expected a number of seconds > 0 and <= 86400, e.g. 5 or 0.5"
         ("[node]\nlisten = ['not a multiaddr']\n", "node.listen[0]: 'not a multiaddr': not a valid"
          f" multiaddr; {MULTIADDR}"),
         ("[node]\nlisten = []\n", f"node.listen: needs at least 1; {MULTIADDR}"),
+        ("[node]\nlisten = '/ip4/0.0.0.0/tcp/1'\n", "node.listen: '/ip4/0.0.0.0/tcp/1' is not a"
+         ' list; expected a list of multiaddrs such as ["/ip4/0.0.0.0/tcp/4001"]'),
+        ("[backend]\ndsn = 5\n", "backend.dsn: not text"),  # a DSN's value is never shown
         ("[backend]\nkind = 'oracle'\n", "backend.kind: 'oracle' is not a known value; expected one"
          " of 'sqlite' or 'postgres'"),
         ("[host\n", "not valid TOML"),

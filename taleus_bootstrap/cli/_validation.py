@@ -25,7 +25,8 @@ _DURATION_WORDS: Final = ("timeout", "interval", "lease", "ttl", "grace", "perio
 _MULTIADDR_FIELDS: Final = ("listen", "cadre_addrs", "responder_addrs")
 _MAX_KEYS_LISTED: Final = 8
 _NOUNS: Final = {"float_": "a number", "int_": "a whole number", "bool_": "true or false",
-                 "string_type": "text"}  # fmt: skip
+                 "string_type": "text", "list_type": "a list", "tuple_type": "a list",
+                 "model_": "a table", "dict_type": "a table"}  # fmt: skip
 
 
 def _field(model: type[BaseModel] | None, loc: Loc) -> tuple[str | None, FieldInfo | None]:
@@ -87,7 +88,11 @@ def _expected(name: str | None, info: FieldInfo | None, error: Mapping[str, Any]
     if kind == "too_long":
         return None  # the problem says how many are allowed
     if name in _MULTIADDR_FIELDS:
+        if kind in ("list_type", "tuple_type"):
+            return f'a list of multiaddrs such as ["{MULTIADDR_EXAMPLE}"]'
         return f"a multiaddr such as {MULTIADDR_EXAMPLE}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "a table of keys (a [section] in the file)"
     if kind == "literal_error" and "expected" in ctx:
         return f"one of {ctx['expected']}"
     annotation = info.annotation if info is not None else None
@@ -124,11 +129,11 @@ def _problem(error: Mapping[str, Any]) -> str:
         return f"{ctx.get('actual_length', 'too many')} given, at most {ctx['max_length']} allowed"
     if kind == "value_error" and shown is not None:
         return f"{shown}: {message}"
-    if shown is None:
-        return message[:1].lower() + message[1:]
     for prefix, noun in _NOUNS.items():
         if kind.startswith(prefix):
-            return f"{shown} is not {noun}"
+            return f"{shown} is not {noun}" if shown is not None else f"not {noun}"
+    if shown is None:
+        return message[:1].lower() + message[1:]
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{shown} is out of range"
     if kind == "literal_error":
