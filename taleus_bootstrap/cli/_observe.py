@@ -1,5 +1,6 @@
-"""``serve``'s observability: log formats, the OpenTelemetry SDK, and the HTTP endpoint that
-serves Prometheus ``/metrics`` and the ``/status`` JSON of the session manager."""
+"""``serve``'s observability: the OpenTelemetry SDK, and the HTTP endpoint that serves
+Prometheus ``/metrics`` and the ``/status`` JSON of the session manager. (The log formats are
+:mod:`taleus_bootstrap._logsetup`'s; ``setup_logging`` is re-exported here.)"""
 
 from __future__ import annotations
 
