@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -158,3 +159,19 @@ def test_a_target_run_stopped_with_ctrl_c_revokes_its_token(tmp_path: Path) -> N
         assert loadtest.returncode != 0  # interrupted, not finished
         [token] = _loadtest_tokens(tmp_path / "a")
         assert token["status"] == "revoked", err
+
+
+def test_loadtest_logs_in_the_format_of_serve(tmp_path: Path) -> None:
+    """The spawned node's log lines reach loadtest's stderr in serve's text format (RFC 3339
+    time, level, logger), here its session lines, asked for by TALEUS_BOOTSTRAP_LOG_LEVELS."""
+    proc = run_cli(
+        "loadtest", "--spawn", "--sessions", "2", "--concurrency", "1",
+        env={"TALEUS_BOOTSTRAP_LOG_LEVELS": "taleus_bootstrap=info"}, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    line_format = re.compile(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) [\w.]+: "
+    )
+    assert lines and all(line_format.match(line) for line in lines), proc.stderr
+    assert any(" INFO taleus_bootstrap.manager: " in line for line in lines), proc.stderr

@@ -1,10 +1,10 @@
-"""``serve``'s observability: log formats, the OpenTelemetry SDK, and the HTTP endpoint that
-serves Prometheus ``/metrics`` and the ``/status`` JSON of the session manager."""
+"""``serve``'s observability: the OpenTelemetry SDK, and the HTTP endpoint that serves
+Prometheus ``/metrics`` and the ``/status`` JSON of the session manager. (The log formats are
+:mod:`taleus_bootstrap._logsetup`'s; ``setup_logging`` is re-exported here.)"""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from .._logsetup import setup_logging
 from .._manager import SessionManager
-from .._redact import format_exception, scrub_patterns
 from .._telemetry import peer_digest
 from ._health import ServeState, liveness, readiness
 from ._process import observe_process
@@ -35,50 +35,9 @@ __all__ = [
     "telemetry_providers",
 ]
 
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STATUS_SESSIONS: Final = 50
 MAX_REQUEST_BYTES: Final = 8192
 REQUEST_TIMEOUT_S: Final = 5.0
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
-        return json.dumps(entry)
-
-
-class ScrubSecrets(logging.Filter):
-    """Scrubs password-shaped values (URL userinfo, ``password=`` settings) from every record's
-    message and traceback, whichever library logged it (the sessions scrub what they know,
-    tokens included, before logging)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = scrub_patterns(record.getMessage()), None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = scrub_patterns(format_exception(record.exc_info[1]))
-            record.exc_info = None
-        return True
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    """Log to stderr at ``level``, as ``text`` or ``json`` lines."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
-    handler.addFilter(ScrubSecrets())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 @dataclass

@@ -17,14 +17,15 @@ import trio
 from libp2p.exceptions import BaseLibp2pError
 
 from .._libp2p import host_multiaddrs, new_bootstrap_host, running_host
+from .._logsetup import setup_logging
 from .._manager import SessionManager
 from .._service import serve_backend, tune_garbage_collector
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
 from ._health import ServeState
 from ._nodedir import NodeDir, NodeState, write_json_atomically
-from ._observe import routes, serve_http, setup_logging, telemetry_providers
-from ._options import backend_options, config_option, data_dir_option
+from ._observe import routes, serve_http, telemetry_providers
+from ._options import backend_options, config_option, data_dir_option, plural
 from ._otlp import check_endpoint
 from ._sdnotify import Notifier
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
@@ -32,6 +33,12 @@ from ._settings import BackendSettings, Settings, load_settings, parse_settings
 __all__ = ["serve"]
 
 logger = logging.getLogger("taleus_bootstrap.cli")
+
+OPTION_KEYS: dict[tuple[str, ...], str] = {
+    ("node", "listen"): "--listen",
+    ("manager", "cadre_addrs"): "--cadre-addr",
+}
+"""The configuration keys serve's options set, for the errors of their values."""
 
 
 @click.command()
@@ -123,7 +130,7 @@ def serve(
         updates["manager"] = {**manager, "cadre_addrs": cadre_addr}
     if updates:
         merged = {**settings.model_dump(exclude_unset=True), **updates}
-        settings = parse_settings(merged, "command line")
+        settings = parse_settings(merged, "command line", OPTION_KEYS)
     node = NodeDir.create(data_dir)
     store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn, serving=True)
     observe = Observe(metrics_port, metrics_host, otlp_endpoint)
@@ -214,7 +221,7 @@ async def _serve(
                 nursery.cancel_scope.cancel()
     s = manager.statistics()
     states = ", ".join(f"{k} {v}" for k, v in sorted(s.by_state.items())) or "none"
-    return f"{s.sessions_finished} sessions finished ({states})"
+    return f"{plural(s.sessions_finished, 'session')} finished ({states})"
 
 
 def _record_start(node: NodeDir, addrs: list[str], store: BackendSettings) -> None:
