@@ -154,7 +154,7 @@ def test_healthz_readyz_and_status_while_serving_and_draining(tmp_path: Path) ->
         assert json.loads(out)["ok"] is True
         code, out, err = node.stop(timeout=60)
     assert code == 0, err
-    assert "stopped: 1 sessions finished (COMPLETED 1)" in out
+    assert "stopped: 1 session finished (COMPLETED 1)" in out
 
 
 def test_readyz_is_503_while_the_store_is_unhealthy(tmp_path: Path) -> None:
