@@ -36,6 +36,7 @@ from taleus_bootstrap import (
 )
 from taleus_bootstrap._telemetry import METRICS
 from taleus_bootstrap.cli import EXIT_MEANINGS, Settings, cli
+from taleus_bootstrap.cli._process import PROCESS_METRICS
 
 DOCS_DIR: Final = Path(__file__).resolve().parent
 REGENERATE: Final = "python docs/gen_docs.py"
@@ -255,21 +256,32 @@ def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]
 
 
 def command_reference() -> str:
-    """``--help`` of every subcommand, as click renders it at 100 columns."""
-    lines = []
-    root = click.Context(cli, info_name="taleus-bootstrap", terminal_width=100)
+    """``--help`` of the command and of every subcommand, as the real command line prints it
+    on a terminal of 100 columns or more.
+
+    The contexts carry each command's ``context_settings`` (``-h, --help``, the content width)
+    the way ``cli.main`` builds them; click then wraps at the content width less 2 columns.
+    """
+    width = int(cli.context_settings["max_content_width"]) - 2
+    root = click.Context(
+        cli, info_name="taleus-bootstrap", terminal_width=width, **cli.context_settings
+    )
+    lines = ["### `taleus-bootstrap`", "", "```text", cli.get_help(root), "```", ""]
     for path, command in _commands(cli, "taleus-bootstrap"):
         parent = root
         for part in path.split()[1:-1]:
-            parent = click.Context(cli.commands[part], info_name=part, parent=parent)
-        ctx = click.Context(command, info_name=path.split()[-1], parent=parent)
+            group = cli.commands[part]
+            parent = click.Context(group, info_name=part, parent=parent, **group.context_settings)
+        ctx = click.Context(
+            command, info_name=path.split()[-1], parent=parent, **command.context_settings
+        )
         lines += [f"### `{path}`", "", "```text", command.get_help(ctx), "```", ""]
     return "\n".join(lines)
 
 
 def prometheus_names(name: str, kind: str, unit: str) -> list[str]:
     """The series the OpenTelemetry Prometheus exporter makes of one instrument."""
-    base = name.replace(".", "_") + ("_seconds" if unit == "s" else "")
+    base = name.replace(".", "_") + {"s": "_seconds", "By": "_bytes"}.get(unit, "")
     if kind == "counter":
         return [f"{base}_total"]
     if kind == "histogram":
@@ -287,6 +299,18 @@ def metrics_reference() -> str:
         series = "<br>".join(f"`{n}`" for n in prometheus_names(name, kind, unit))
         labels = ", ".join(f"`taleus.{a.strip()}`" for a in attributes.split(",") if a.strip())
         lines.append(f"| `{name}` | {series} | {kind} | `{unit}` | {labels or '-'} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def process_metrics_reference() -> str:
+    """``serve``'s process metrics, from :data:`taleus_bootstrap.cli._process.PROCESS_METRICS`."""
+    lines = [
+        "| OpenTelemetry name | Prometheus series | instrument | unit | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (kind, unit, meaning) in PROCESS_METRICS.items():
+        series = "<br>".join(f"`{n}`" for n in prometheus_names(name, kind, unit))
+        lines.append(f"| `{name}` | {series} | {kind} | `{unit}` | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -309,6 +333,7 @@ TARGETS: Final[Sequence[Target]] = (
     Target("operations.md", command_reference, marker="command-reference"),
     Target("operations.md", exit_statuses, marker="exit-statuses"),
     Target("operations.md", metrics_reference, marker="metrics"),
+    Target("operations.md", process_metrics_reference, marker="process-metrics"),
 )
 
 

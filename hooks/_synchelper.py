@@ -12,7 +12,8 @@ Protocol, one request at a time: lines ``F <path>`` (fsync the file), ``R <src>\
 (rename), ``D <dir>`` (fsync the directory), ``P <path>\\t<ddl>`` (create a new SQLite file
 holding that one table, unsynced), then an empty line; the answer is ``k`` or
 ``e<errno>`` (the request stopped at the failing step). The helper exits at the end of its
-input, which is also what it sees when its parent dies.
+input, which is also what it sees when its parent dies; it ignores SIGINT (a terminal's
+Ctrl-C, which its parent answers by draining).
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ SyncStep = tuple[str, str]
 """``("F", path)``, ``("D", directory)``, ``("R", "src\\tdst")`` or ``("P", "path\\tddl")``."""
 
 _PROGRAM: Final = r"""
-import os, sys
+import os, signal, sys
+# A terminal's Ctrl-C reaches the whole process group: the parent drains (its sessions still
+# sync through us), then closes our input; a KeyboardInterrupt here would break that drain.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 def fsync(path, flags=os.O_RDONLY):
     fd = os.open(path, flags)
     try:

@@ -151,7 +151,9 @@ class BootstrapTimeout(BootstrapError):
 
 
 class BootstrapUnreachable(BootstrapError):
-    """No address of the link could be dialed; ``attempts`` lists ``(address, error)`` pairs."""
+    """No address of the link could be dialed; ``attempts`` lists ``(address, cause)`` pairs,
+    one per attempt, the cause in words (``connection refused ...``, ``wrong peer id ...``,
+    ``timed out after 5 s``...)."""
 
     def __init__(self, message: str, attempts: tuple[tuple[str, str], ...]) -> None:
         super().__init__(message, code=None)

@@ -20,8 +20,10 @@ stream exceptions, which are mapped to the package's own here and nowhere else
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -46,12 +48,15 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStore
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.rcmgr import ResourceLimits, ResourceManager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.exceptions import SecurityUpgradeFailure
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
@@ -130,17 +135,25 @@ class _BootstrapSwarm(Swarm):
         return muxed_conn
 
 
+_LIBP2P_ROUTED = False
+
+
 def route_libp2p_logging(level: int = logging.WARNING) -> None:
-    """Defect 7: make libp2p's records flow into standard logging at ``level``. Idempotent.
+    """Defect 7: make libp2p's records flow into standard logging at ``level``. Idempotent:
+    the level is set by the first call only (each host built calls this; an application that
+    called it first with another level keeps it).
 
     ``import libp2p`` sets ``propagate=False`` and no handler on ``libp2p`` (records reach only
     ``logging.lastResort``) and the auto-connector forces INFO on itself. Does nothing when
     ``LIBP2P_DEBUG`` is set: that is a developer's request for libp2p's own log handlers.
     """
+    global _LIBP2P_ROUTED
     if os.environ.get("LIBP2P_DEBUG"):
         return
     root = logging.getLogger("libp2p")
-    root.setLevel(level)
+    if not _LIBP2P_ROUTED:
+        root.setLevel(level)
+        _LIBP2P_ROUTED = True
     root.propagate = True
     logging.getLogger("libp2p.network.auto_connector").setLevel(logging.NOTSET)
 
@@ -489,7 +502,7 @@ async def open_bootstrap_stream(
     with trio.move_on_after(timeout) as scope:
         await host.connect(info)
     if scope.cancelled_caught:
-        raise SwarmException(f"dialing {info.peer_id} took more than {timeout} s")
+        raise DialTimeout(f"dialing {info.peer_id} took more than {timeout:g} s")
     return await host.new_stream(info.peer_id, [protocol_id])
 
 
@@ -517,11 +530,79 @@ async def dial_bootstrap_stream(
                 try:
                     stream = await open_bootstrap_stream(host, addr, protocol_id=protocol_id)
                 except Exception as exc:  # libp2p raises many unrelated types here
-                    attempts.append((addr, f"{type(exc).__name__}: {exc}"[:300]))
+                    cause = dial_failure_cause(exc, protocol_id)
+                    logger.debug("dialing %s failed: %s", addr, cause, exc_info=exc)
+                    attempts.append((addr, cause))
                     continue
                 return Libp2pByteStream(stream), remote_peer_id(stream), addr
             if scope.cancelled_caught:
+                logger.debug("dialing %s timed out after %g s", addr, config.dial_timeout)
                 attempts.append((addr, f"timed out after {config.dial_timeout:g} s"))
-    raise BootstrapUnreachable(
-        f"could not reach the inviter at any of {len(addrs)} addresses", tuple(attempts)
-    )
+    count = f"{len(addrs)} address" if len(addrs) == 1 else f"any of {len(addrs)} addresses"
+    raise BootstrapUnreachable(f"could not reach the inviter at {count}", tuple(attempts))
+
+
+class DialTimeout(SwarmException):
+    """The connection was not up within the host's ``dial_timeout``."""
+
+
+_MISMATCH: Final = re.compile(r"remote_peer_id_from_pubkey=(\w+)")
+_ERRNO_CAUSES: Final = {
+    errno.ECONNREFUSED: "connection refused (nothing listens there: is the node running?)",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset by the peer",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and every exception beneath it: causes, contexts, and the members of
+    exception groups and of libp2p's ``MultiError``, outermost first."""
+    found: list[BaseException] = []
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        members = getattr(current, "exceptions", None) or getattr(current, "errors", None)
+        if isinstance(members, (list, tuple)):
+            pending.extend(m for m in members if isinstance(m, BaseException))
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+        elif current.__context__ is not None and not current.__suppress_context__:
+            pending.append(current.__context__)
+    return found
+
+
+def dial_failure_cause(error: BaseException, protocol_id: str = PROTOCOL_ID) -> str:
+    """A short cause of a failed dial, in words (``connection refused ...``, ``wrong peer id
+    ...``, ``timed out ...``), found in the causes py-libp2p chains beneath its
+    ``SwarmDialAllFailedError``; the innermost message when none is recognised."""
+    chain = _chain(error)
+    for exc in chain:
+        text = str(exc)
+        if isinstance(exc, PeerIDMismatchesPubkey) or "peer id does not correspond" in text:
+            found = _MISMATCH.search(text)
+            actual = f": the node there is {found.group(1)}" if found else ""
+            return f"wrong peer id (the link's peer id does not match the node there{actual})"
+    for exc in chain:
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve the host name ({exc.strerror or exc})"
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return _ERRNO_CAUSES.get(exc.errno) or str(exc.strerror or exc)
+    for exc in chain:
+        if isinstance(exc, DialTimeout):
+            return f"timed out ({exc})"
+        if isinstance(exc, (TimeoutError, trio.TooSlowError)):
+            return "timed out"
+        if ("resolve" in str(exc) and "DNS" in str(exc)) or "resolved address" in str(exc):
+            return "cannot resolve the host name"
+        if isinstance(exc, MultiselectClientError) and "not supported" in str(exc):
+            return f"the node does not serve {protocol_id} (not a taleus-bootstrap node?)"
+        if isinstance(exc, SecurityUpgradeFailure):
+            return "security handshake failed (not a libp2p node, or one without Noise?)"
+    leaf = chain[-1]
+    return f"{type(leaf).__name__}: {leaf}"[:300]

@@ -132,6 +132,7 @@ class SessionManager:
         self._telemetry.observe("ratelimit.tracked_peers", self, SessionManager._tracked_peers)
         self._telemetry.observe("store.breaker.open", self, SessionManager._breaker_open)
         self._telemetry.observe_audit(hooks.audit)
+        self._telemetry.zero_rejections("inviter")
         self._explainer = RejectionExplainer(logger, clock=trio.current_time)
         if host is not None:
             local_peer_id = host.get_id().to_base58()

@@ -41,6 +41,7 @@ try:  # what the global meter provider is until an application installs one
 except ImportError:  # pragma: no cover - another API version: always treat metrics as live
     _UnsetMeterProvider = NoOpMeterProvider  # type: ignore[assignment,misc]
 
+from ._errors import RejectionCode
 from ._hooks import InviteeHooks, SessionHooks
 from ._states import TransitionRecord
 from ._version import __version__
@@ -69,7 +70,8 @@ METRICS: Final[Mapping[str, tuple[str, str, str, str]]] = {
         "Sessions ended, by terminal state (`completed`, `failed`, `timeout`)."),
     f"{PREFIX}.session.rejections": (
         "counter", "{rejection}", "side, rejection.code",
-        "Failed sessions by rejection code, streams refused at admission included."),
+        "Failed sessions by rejection code, streams refused at admission included; a session "
+        "manager starts every code of its side at 0."),
     f"{PREFIX}.session.active": (
         "updowncounter", "{session}", "side", "Sessions running now."),
     f"{PREFIX}.session.duration": (
@@ -199,6 +201,7 @@ class Telemetry:
         self._gauges: dict[str, list[tuple[weakref.ref[Any], Callable[[Any], float | None]]]] = {}
         self._hook_attributes: dict[tuple[str, str, str], Mapping[str, str]] = {}
         self._step_attributes: dict[tuple[str, str, str], Mapping[str, str]] = {}
+        self._zeroed: set[str] = set()
 
     @staticmethod
     def _spec(short: str) -> tuple[str, str, str]:
@@ -324,6 +327,17 @@ class Telemetry:
         return attributes
 
     # -- sessions -------------------------------------------------------------------------
+
+    @_never_raises("registering the rejection codes", lambda: None)
+    def zero_rejections(self, side: str) -> None:
+        """Start the rejection counter of every :class:`RejectionCode` of ``side`` at 0 (once
+        per side), so that its series exist, and alert rules on them work, before the first
+        rejection."""
+        if side in self._zeroed or not self.live():
+            return
+        self._zeroed.add(side)
+        for code in RejectionCode:
+            self._rejections.add(0, {"taleus.side": side, "taleus.rejection.code": code.value})
 
     @_never_raises("a refusal", lambda: None)
     def refused(self, code: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import stat
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from taleus_bootstrap import BootstrapLink, token_digest
+from taleus_bootstrap._logsetup import LEVELS_ENV
 
 from .clirun import SCRIPT, assert_one_line_error, json_of, run_cli, served_node
 
@@ -165,7 +167,7 @@ def test_dial_refuses_a_link_of_its_own_data_dir(tmp_path: Path) -> None:
         assert result["stock_party_id"] != result["foil_party_id"] == node.peer_id
         status, out, err = node.stop()
     assert status == 0, err
-    assert "stopped: 1 sessions finished (COMPLETED 1)" in out
+    assert "stopped: 1 session finished (COMPLETED 1)" in out
 
 
 def test_peer_id_is_stable_across_restarts_and_invite_warns_when_stopped(tmp_path: Path) -> None:
@@ -412,3 +414,52 @@ def test_serve_exports_traces_and_metrics_over_otlp(tmp_path: Path) -> None:
     exported_metrics = b"".join(body for path, body in received if path == "/v1/metrics")
     assert b"taleus.bootstrap.session" in traces and b"hook database.accept" in traces
     assert b"taleus.bootstrap.session.finished" in exported_metrics
+
+
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_log_lines_have_rfc3339_times_and_quiet_libraries(tmp_path: Path) -> None:
+    """JSON and text log lines: RFC 3339 UTC times with milliseconds; at --log-level debug no
+    line of multiaddr (which logs every parse) or libp2p, unless TALEUS_BOOTSTRAP_LOG_LEVELS
+    asks for them."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    loggers: dict[str, set[str]] = {}
+    for name, env in (("default", None), ("asked", {LEVELS_ENV: "multiaddr=debug"})):
+        args = ("--log-format", "json", "--log-level", "debug")
+        with served_node(alice, *args, env=env) as node:
+            link = run_cli("invite", "--data-dir", alice, "--role", "stock").stdout.strip()
+            assert run_cli("dial", link, "--data-dir", bob).returncode == 0
+            _, _, err = node.stop()
+        lines = [json.loads(line) for line in err.splitlines()]
+        assert lines and all(RFC3339_MS.match(line["time"]) for line in lines), err
+        loggers[name] = {line["logger"].split(".")[0] for line in lines}
+    assert loggers["default"] == {"taleus_bootstrap"}
+    assert "multiaddr" in loggers["asked"]
+    with served_node(alice) as node:
+        _, _, err = node.stop()
+    first = err.splitlines()[0]
+    assert RFC3339_MS.match(first.split(" ", 1)[0]), first
+    assert first.split(" ")[1:3] == ["INFO", "taleus_bootstrap.cli:"], first
+
+
+def test_piped_output_is_neither_wrapped_nor_truncated(tmp_path: Path) -> None:
+    """Piped (not a terminal): a warning on one line however long, a table as wide as its
+    content, and counts in the right number."""
+    alice = tmp_path / "alice-with-a-rather-long-data-directory-name-for-the-warning"
+    with served_node(alice):
+        pass
+    label = "shop-" * 40
+    minted = run_cli("invite", "--data-dir", alice, "--role", "stock", "--label", label)
+    assert minted.returncode == 0, minted.stderr
+    warning = f"warning: serve is not running on {alice}; the link uses the addresses of its last"
+    assert f"{warning} start\n" in minted.stderr
+    listed = run_cli("tokens", "list", "--data-dir", alice)
+    assert listed.returncode == 0, listed.stderr
+    assert f"1 token in {alice}" in listed.stdout
+    header = next(line for line in listed.stdout.splitlines() if "digest" in line)
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "digest", "role", "status", "used", "in flight", "expires", "label",
+    ]  # fmt: skip
+    assert any(label in line for line in listed.stdout.splitlines()), listed.stdout
+    assert "…" not in listed.stdout

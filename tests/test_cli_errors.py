@@ -58,32 +58,67 @@ def test_second_serve_on_one_data_dir_is_refused(tmp_path: Path) -> None:
         assert f"pid {node.process.pid}" in proc.stderr
 
 
+PYDANTIC_WORDS = ("Input should", "Tuple should", "List should", "Value error", "Extra inputs")
+
+
+MULTIADDR = "expected a multiaddr such as /ip4/0.0.0.0/tcp/4001"
+SECONDS = "expected a number of seconds > 0 and <= 86400, e.g. 5 or 0.5"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ("[manager]\nbogus = 1\n", "unknown key 'manager.bogus'"),
-        ("[nope]\n", "unknown key 'nope'"),
-        ("[manager]\npeer_rate = 0\n", "manager.peer_rate: Input should be greater than"),
-        ("[manager]\nstep_timeout = 60\nsession_timeout = 30\n", "must not exceed"),
-        ("[node]\nlisten = ['not a multiaddr']\n", "node.listen.0"),
-        ("[backend]\nkind = 'oracle'\n", "backend.kind"),
+        ("[manager]\nbogus = 1\n", "manager.bogus: unknown key"),
+        ("[manager]\nstep_tmeout = 5\n", "unknown key; did you mean 'step_timeout'?"),
+        ("[nope]\n", "nope: unknown key; did you mean 'node'?"),
+        ("[manager]\npeer_rate = 0\n", "peer_rate: 0 is out of range; expected a whole number"),
+        ("[backend]\npool_size = 300\n", "pool_size: 300 is out of range; expected a whole number"
+         " >= 1 and <= 256"),
+        ("[manager]\nstep_timeout = '5s'\n", f"step_timeout: '5s' is not a number; {SECONDS}"),
+        ("[manager]\nstep_timeout = -1\n", f"manager.step_timeout: -1 is out of range; {SECONDS}"),
+        ("[manager]\nstep_timeout = 60\nsession_timeout = 30\n", "manager: step_timeout must not"
+         " exceed session_timeout"),
+        ("[node]\nlisten = ['not a multiaddr']\n", "node.listen[0]: 'not a multiaddr': not a valid"
+         f" multiaddr; {MULTIADDR}"),
+        ("[node]\nlisten = []\n", f"node.listen: needs at least 1; {MULTIADDR}"),
+        ("[node]\nlisten = '/ip4/0.0.0.0/tcp/1'\n", "node.listen: '/ip4/0.0.0.0/tcp/1' is not a"
+         ' list; expected a list of multiaddrs such as ["/ip4/0.0.0.0/tcp/4001"]'),
+        ("[backend]\ndsn = 5\n", "backend.dsn: not text"),  # a DSN's value is never shown
+        ("[backend]\nkind = 'oracle'\n", "backend.kind: 'oracle' is not a known value; expected one"
+         " of 'sqlite' or 'postgres'"),
         ("[host\n", "not valid TOML"),
-        ("[backend]\nreservation_lease = 10\n", "reservation_lease must exceed"),
+        ("[backend]\nreservation_lease = 10\n", "backend.reservation_lease must exceed"),
     ],
-)
+)  # fmt: skip
 def test_serve_refuses_a_bad_config_file(tmp_path: Path, config: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(config)
     proc = run_cli("serve", "--data-dir", tmp_path / "a", "--config", path)
     assert_one_line_error(proc, 2, message)
-    assert str(path) in proc.stderr
+    assert f"Error: {path}: " in proc.stderr
+    assert not any(words in proc.stderr for words in PYDANTIC_WORDS), proc.stderr
+
+
+def test_serve_names_the_option_whose_value_is_wrong(tmp_path: Path) -> None:
+    one = run_cli("serve", "--data-dir", tmp_path / "a", "--listen", "not-a-multiaddr")
+    assert_one_line_error(one, 2, "--listen: 'not-a-multiaddr': not a valid multiaddr")
+    assert one.stderr == f"Error: --listen: 'not-a-multiaddr': not a valid multiaddr; {MULTIADDR}\n"
+    # Every problem is said, the first on the Error line, no pydantic wording.
+    both = run_cli(
+        "serve", "--data-dir", tmp_path / "a", "--listen", "/ip4/127.0.0.1/tcp/0",
+        "--listen", "nowhere", "--cadre-addr", "somewhere",
+    )  # fmt: skip
+    assert_one_line_error(both, 2, "--listen: 'nowhere': not a valid multiaddr")
+    assert f"\n  --cadre-addr: 'somewhere': not a valid multiaddr; {MULTIADDR}" in both.stderr
+    for proc in (one, both):
+        assert not any(words in proc.stderr for words in PYDANTIC_WORDS), proc.stderr
 
 
 def test_serve_config_errors_of_files_and_options(tmp_path: Path) -> None:
     missing = run_cli("serve", "--data-dir", tmp_path / "a", "--config", tmp_path / "none.toml")
     assert_one_line_error(missing, 2, "does not exist")
     bad_listen = run_cli("serve", "--data-dir", tmp_path / "a", "--listen", "127.0.0.1:4001")
-    assert_one_line_error(bad_listen, 2, "command line: node.listen.0")
+    assert_one_line_error(bad_listen, 2, "--listen: '127.0.0.1:4001': not a valid multiaddr")
     no_dsn = run_cli("serve", "--data-dir", tmp_path / "a", "--backend", "postgres")
     assert_one_line_error(no_dsn, 2, "needs a DSN")
     (tmp_path / "file").write_text("")
@@ -163,6 +198,9 @@ def test_invite_errors(tmp_path: Path) -> None:
     assert_one_line_error(bad_role, 2, "'banker' is not one of")
     bad_addr = run_cli("invite", "--data-dir", bob, "--role", "stock", "--addr", "nowhere")
     assert_one_line_error(bad_addr, 2, "not a multiaddr")
+    addrs = [part for i in range(1, 10) for part in ("--addr", f"/ip4/127.0.0.1/tcp/{i}")]
+    too_many = run_cli("invite", "--data-dir", bob, "--role", "stock", *addrs)
+    assert_one_line_error(too_many, 2, "--addr: 9 given, at most 8 allowed")
     listed = run_cli("tokens", "list", "--data-dir", bob, "--json")
     assert json_of(listed) == []  # nothing was minted by any refused invite
 
@@ -185,10 +223,90 @@ def test_dial_refuses_bad_and_expired_links(tmp_path: Path) -> None:
 
 
 def test_dial_unreachable_inviter(tmp_path: Path) -> None:
-    link = link_to(f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{PEER}")
-    proc = run_cli("dial", link, "--data-dir", tmp_path / "b", "--json")
-    assert_one_line_error(proc, 5, "could not reach the inviter")
-    assert json_of(proc)["error"] == "unreachable"
+    addr = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{PEER}"
+    proc = run_cli("dial", link_to(addr), "--data-dir", tmp_path / "b", "--json")
+    assert_one_line_error(proc, 5, "could not reach the inviter at 1 address")
+    report = json_of(proc)
+    assert report["error"] == "unreachable"
+    # The default two attempts at the address are one entry, the address named once.
+    assert report["attempts"] == [
+        {
+            "addr": addr,
+            "cause": "connection refused (nothing listens there: is the node running?)",
+            "tries": 2,
+        }
+    ]
+    assert proc.stdout.count(addr) == 1
+    text = run_cli("dial", link_to(addr), "--data-dir", tmp_path / "b")
+    assert text.stderr == (
+        "Error: could not reach the inviter at 1 address:\n"
+        f"  {addr}: connection refused (nothing listens there: is the node running?)"
+        " (2 attempts)\n"
+    )
+
+
+def test_dial_names_the_cause_at_each_address(tmp_path: Path) -> None:
+    """A closed port (refused), a node whose peer id is not the link's (wrong peer id) and a
+    socket that accepts but never speaks (timed out): one line each, no library log line."""
+    config = tmp_path / "dial.toml"
+    config.write_text("[invitee]\ndial_timeout = 3\ndial_attempts = 1\n")
+    closed = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{PEER}"
+    with socket.socket() as silent, served_node(tmp_path / "a") as node:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the connection; nobody answers on it
+        mute = f"/ip4/127.0.0.1/tcp/{silent.getsockname()[1]}/p2p/{PEER}"
+        other = node.addrs[0].rsplit("/p2p/", 1)[0] + f"/p2p/{PEER}"
+        link = BootstrapLink(
+            responder_addrs=[closed, other, mute],
+            token="t" * 32,
+            expires_at=datetime.now(UTC) + timedelta(minutes=5),
+            inviter_role="stock",
+        ).encode()
+        text = run_cli("dial", link, "--data-dir", tmp_path / "b", "--config", config)
+        as_json = run_cli("dial", link, "--data-dir", tmp_path / "b", "--config", config, "--json")
+    causes = {
+        closed: "connection refused (nothing listens there: is the node running?)",
+        other: "wrong peer id (the link's peer id does not match the node there: the node"
+        f" there is {node.peer_id})",
+        mute: "timed out after 3 s",
+    }
+    assert_one_line_error(text, 5, "could not reach the inviter at any of 3 addresses:")
+    assert text.stderr.splitlines()[1:] == [f"  {addr}: {cause}" for addr, cause in causes.items()]
+    assert "libp2p" not in text.stderr and "Traceback" not in text.stderr
+    assert_one_line_error(as_json, 5, "could not reach the inviter at any of 3 addresses:")
+    report = json_of(as_json)
+    assert report["detail"] == "could not reach the inviter at any of 3 addresses"
+    assert report["attempts"] == [
+        {"addr": addr, "cause": cause, "tries": 1} for addr, cause in causes.items()
+    ]
+    assert "libp2p" not in as_json.stderr
+
+
+def test_dial_says_which_identity_claims_the_link_requires(tmp_path: Path) -> None:
+    with served_node(tmp_path / "a"):
+        minted = run_cli(
+            "invite", "--data-dir", tmp_path / "a", "--role", "stock", "--uses", "3",
+            "--identity-requirements", '{"email": true, "name": true}',
+        )  # fmt: skip
+        assert minted.returncode == 0, minted.stderr
+        link = minted.stdout.strip()
+        bare = run_cli("dial", link, "--data-dir", tmp_path / "b")
+        as_json = run_cli("dial", link, "--data-dir", tmp_path / "b", "--json")
+        partial = run_cli("dial", link, "--data-dir", tmp_path / "b", "--identity", '{"name": "B"}')
+    assert_one_line_error(
+        bare,
+        3,
+        "identity_rejected; the link requires identity claims email, name"
+        ' ({"email": true, "name": true}) and none were given: pass them with'
+        """ --identity '{"email": "...", "name": "..."}'""",
+    )
+    assert_one_line_error(as_json, 3, "the link requires identity claims email, name")
+    report = json_of(as_json)
+    assert (report["code"], report["identity_requirements"]) == (
+        "identity_rejected",
+        {"email": True, "name": True},
+    )
+    assert_one_line_error(partial, 3, "--identity lacks email")
 
 
 async def dial_against(

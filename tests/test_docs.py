@@ -1,15 +1,22 @@
 """The documentation site: generated pages are current, and ``mkdocs build --strict`` passes.
 
 ``docs/gen_docs.py`` writes ``docs/state-machine.md`` from the transition tables; a table change
-without a regenerated page fails :func:`test_generated_docs_are_current`.
+without a regenerated page fails :func:`test_generated_docs_are_current`. The built site draws
+the state diagrams with the mermaid release ``docs/package-lock.json`` pins, served from the
+site itself (``docs/mermaid_hook.py``): it loads no remote script or stylesheet.
 """
 
 from __future__ import annotations
 
+import html
 import importlib.util
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from types import ModuleType
 
@@ -23,9 +30,17 @@ GEN_DOCS = DOCS / "gen_docs.py"
 PAGES = ("index", "protocol", "state-machine", "hooks", "operations", "performance", "security")
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # the first build runs `npm ci` for the diagram renderer
+        check=False,
     )
 
 
@@ -49,11 +64,17 @@ def test_generated_docs_are_current() -> None:
     assert completed.returncode == 0, completed.stderr[-5000:]
 
 
-def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site as ``mkdocs build --strict`` builds it (once for the module)."""
+    site = tmp_path_factory.mktemp("site")
     completed = run("-m", "mkdocs", "build", "--strict", "-d", str(site))
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     assert "WARNING" not in completed.stderr, completed.stderr[-5000:]
+    return site
+
+
+def test_mkdocs_build_is_strict_clean(site: Path) -> None:
     assert (site / "index.html").is_file()
     for page in PAGES[1:]:
         assert (site / page / "index.html").is_file(), f"{page} was not built"
@@ -61,9 +82,111 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
     assert not list(site.rglob("*.py")), "the generator script was published"
 
 
+class PageParser(HTMLParser):
+    """The scripts, stylesheets and ``<div class="mermaid">`` texts of one HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.scripts: list[str | None] = []  # src, or None for an inline script
+        self.stylesheets: list[str] = []
+        self.diagrams: list[str] = []
+        self._in_diagram = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "script":
+            self.scripts.append(attributes.get("src"))
+        elif tag == "link" and "stylesheet" in (attributes.get("rel") or ""):
+            self.stylesheets.append(attributes.get("href") or "")
+        elif tag == "div" and "mermaid" in (attributes.get("class") or "").split():
+            self._in_diagram = True
+            self.diagrams.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div":
+            self._in_diagram = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_diagram:
+            self.diagrams[-1] += data
+
+
+def parse_page(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def is_remote(url: str) -> bool:
+    return bool(re.match(r"^([a-z][a-z0-9+.-]*:|//)", url, re.IGNORECASE))
+
+
+def test_state_diagrams_are_drawn_by_a_local_mermaid(gen_docs: ModuleType, site: Path) -> None:
+    page_dir = site / "state-machine"
+    page = parse_page(page_dir / "index.html")
+    fences = re.findall(r"```mermaid\n(.*?)```", gen_docs.state_machine_page(), re.DOTALL)
+    assert len(fences) == 2
+    # Each diagram is a <div class="mermaid"> holding the diagram's text, which mermaid draws.
+    assert [html.unescape(d).strip() for d in page.diagrams] == [f.strip() for f in fences]
+
+    sources = [src for src in page.scripts if src is not None]
+    mermaid = [src for src in sources if src.endswith("mermaid.min.js")]
+    assert mermaid == ["../js/mermaid.min.js"], sources
+    bundle = (page_dir / mermaid[0]).resolve()
+    lock = json.loads((DOCS / "package-lock.json").read_text(encoding="utf-8"))
+    pinned = lock["packages"]["node_modules/mermaid"]["version"]
+    text = bundle.read_text(encoding="utf-8")
+    assert bundle.stat().st_size > 1_000_000 and f'"{pinned}"' in text, "not the pinned bundle"
+    # The init script comes after the bundle and starts it.
+    init = sources[sources.index(mermaid[0]) + 1]
+    assert "mermaid.initialize(" in (page_dir / init).read_text(encoding="utf-8")
+    assert "startOnLoad: true" in (page_dir / init).read_text(encoding="utf-8")
+
+    # Only the pages with a diagram load the 3 MB renderer.
+    assert not any(
+        src and src.endswith("mermaid.min.js") for src in parse_page(site / "index.html").scripts
+    )
+
+
+def test_site_loads_nothing_remote_and_publishes_no_node_modules(site: Path) -> None:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > len(PAGES)
+    for path in pages:
+        page = parse_page(path)
+        for url in [src for src in page.scripts if src] + page.stylesheets:
+            assert not is_remote(url), f"{path.relative_to(site)} loads {url}"
+    for path in site.rglob("*"):
+        if path.suffix in (".html", ".js", ".css", ".json"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for cdn in ("cdnjs", "jsdelivr", "unpkg.com", "googleapis"):
+                assert cdn not in text, f"{path.relative_to(site)} names {cdn}"
+    names = {path.name for path in site.rglob("*")}
+    assert "node_modules" not in names and "package-lock.json" not in names
+    assert "package.json" not in names
+    published = sorted(str(p.relative_to(site)) for p in site.rglob("*mermaid*"))
+    assert published == ["js/mermaid-init.js", "js/mermaid.min.js"]
+
+
+def test_build_without_npm_says_what_is_missing(tmp_path: Path) -> None:
+    """Without ``docs/node_modules`` and with no npm on PATH, the build names what to install."""
+    shutil.copytree(
+        DOCS, tmp_path / "docs", ignore=shutil.ignore_patterns("__pycache__", "node_modules")
+    )
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path)
+    env = {**os.environ, "PATH": str(tmp_path / "no-such-bin")}
+    completed = run(
+        "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site"), cwd=tmp_path, env=env
+    )
+    assert completed.returncode != 0
+    output = completed.stdout + completed.stderr
+    assert "npm is not on PATH" in output, output[-3000:]
+    assert "Node.js" in output and "docs/package-lock.json" in output
+    assert not (tmp_path / "docs" / "node_modules").exists()
+
+
 def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
-    shutil.copytree(DOCS, docs, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(DOCS, docs, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
     page = docs / "state-machine.md"
     original = page.read_text(encoding="utf-8")
     line = "    CREATED --> TIMEOUT : timed_out\n"
@@ -194,3 +317,33 @@ def test_operations_page_lists_every_config_key_and_command(gen_docs: ModuleType
     for name in cli.commands:
         assert f"### `taleus-bootstrap {name}`" in page
     assert "### `taleus-bootstrap tokens revoke`" in page
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["audit"], ["audit", "head"], ["dial"], ["tokens", "revoke"]],
+    ids=lambda c: " ".join(c) or "top",
+)
+def test_command_reference_is_what_the_real_command_prints(command: list[str]) -> None:
+    """Each block of the generated command reference is the real ``--help`` output (through
+    the installed script, at the 100 columns the reference is rendered at)."""
+    from .clirun import SCRIPT, cli_env
+
+    path = " ".join(["taleus-bootstrap", *command])
+    page = (DOCS / "operations.md").read_text(encoding="utf-8")
+    found = re.search(rf"^### `{re.escape(path)}`\n\n```text\n(.*?)\n```$", page, re.M | re.S)
+    assert found, f"no reference block for {path}"
+    for flag in ("--help", "-h"):
+        proc = subprocess.run(
+            [SCRIPT, *command, flag],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env({"COLUMNS": "200"}),
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.rstrip("\n") == found.group(1), flag
+    assert "  -h, --help  " in found.group(1) or "-h, --help " in found.group(1)
+    if not command:
+        assert "--version" in found.group(1) and "--debug" in found.group(1)

@@ -199,6 +199,9 @@ async def test_unreachable_inviter_after_bounded_attempts(
     with pytest.raises(BootstrapUnreachable) as caught:
         await initiate_bootstrap(link, b, hooks=invitee_backend.invitee_hooks(), config=config)
     assert [addr for addr, _ in caught.value.attempts] == [dead[0], dead[0], dead[1], dead[1]]
+    assert {cause for _, cause in caught.value.attempts} == {
+        "connection refused (nothing listens there: is the node running?)"
+    }  # the cause libp2p chains beneath its SwarmDialAllFailedError, in words
     assert caught.value.code is None
 
 

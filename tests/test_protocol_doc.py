@@ -251,3 +251,58 @@ def test_documented_defaults_match_the_configs() -> None:
                 assert float(getattr(config, name)) == value, f"{name} of {type(config).__name__}"
                 checked += 1
     assert checked >= 15
+
+
+def section(heading: str) -> str:
+    """The text of the section whose heading line starts with ``heading``, up to the next
+    heading of any level."""
+    found = re.search(rf"^{re.escape(heading)}.*?\n(.*?)(?=^#)", doc(), re.M | re.S)
+    assert found, heading
+    return found.group(1)
+
+
+def test_every_peer_wait_in_the_doc_is_the_codes() -> None:
+    """Sections 6.6, 7.3, 7.4 and 9 state one wait for a frame the peer sends after its own
+    hook calls: ``provision_timeout`` + 2 x ``step_timeout``, 20 s by default."""
+    times = "\N{MULTIPLICATION SIGN}"
+    config = ManagerConfig()
+    wait = config.provision_timeout + 2 * config.step_timeout
+    assert wait == InviteeConfig().provision_timeout + 2 * InviteeConfig().step_timeout
+    timeout_flow = section("### 6.6")
+    assert "provision_timeout + 2 x step_timeout" in timeout_flow
+    assert f"({wait:g} s) waiting for the ack" in timeout_flow
+    assert f"`provision_timeout` + 2 {times} `step_timeout`" in section("### 7.3")
+    assert section("### 7.4").count(f"(2 {times} `step_timeout` + `provision_timeout`:") == 2
+    assert f"`provision_timeout` + 2 {times} `step_timeout` ({wait:g} s by default)" in section(
+        "## 9."
+    )
+
+
+async def test_the_stock_inviter_waits_for_the_ack_as_section_6_6_says(
+    autojump_clock: Any, nursery: Any, memory_manager: Any, inviter_backend: Any
+) -> None:
+    """Section 6.6's flow with the default configuration: an invitee that never acknowledges
+    gets ``rejected{timeout}`` the documented number of seconds after ``accepted``, and the
+    inviter ends in TIMEOUT."""
+    import trio
+
+    from taleus_bootstrap import Accepted
+    from taleus_bootstrap.testing import read_frame, write_frame
+
+    from .test_session_memory import contact, finish, start
+
+    stated = float(re.findall(r"\((\d+) s\) waiting for the ack", section("### 6.6"))[0])
+    manager = await memory_manager(ManagerConfig())
+    running = await start(nursery, manager)
+    await write_frame(running.client, contact(inviter_backend.tokens.mint("stock")))
+    accepted = await read_frame(running.client)
+    assert isinstance(accepted, Accepted) and accepted.provision is not None
+    sent = trio.current_time()
+    assert await read_frame(running.client) == Rejected(
+        code=RejectionCode.TIMEOUT, retry_after_s=None
+    )
+    assert trio.current_time() - sent == pytest.approx(stated, abs=0.1)
+    record = await finish(running)
+    assert record.final_state == "TIMEOUT"
+    assert inviter_backend.tokens.reservations_held == 0
+    assert inviter_backend.provisioner.released == [accepted.provision.tally.tally_id]

@@ -49,9 +49,12 @@ def test_serve_runs_a_factorys_served_backend_with_everything_serve_does(tmp_pat
         with urllib.request.urlopen(f"{ready['http']}/status", timeout=10) as response:
             status = json.loads(response.read())
         assert "COMPLETED" in json.dumps(status)
+        for probe in ("healthz", "readyz"):
+            with urllib.request.urlopen(f"{ready['http']}/{probe}", timeout=10) as response:
+                assert response.status == 200, probe
         code, out, err = node.stop()
     assert code == 0, err
-    assert "stopped: 1 sessions finished (COMPLETED 1)" in out
+    assert "stopped: 1 session finished (COMPLETED 1)" in out
     assert "SIGTERM: draining" in err
     assert _trace(alice)[-1] == "close"
     assert not (tmp_path / "alice.ready.json").exists()

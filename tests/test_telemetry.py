@@ -176,11 +176,15 @@ async def test_a_rejection_increments_exactly_its_code(
             await manager.wait_idle()
     rejections = otel.points("taleus.bootstrap.session.rejections")
     assert sorted(
-        (a["taleus.side"], a["taleus.rejection.code"], p.value) for a, p in rejections
+        (a["taleus.side"], a["taleus.rejection.code"], p.value) for a, p in rejections if p.value
     ) == [
         ("invitee", "invalid_token", 1),
         ("inviter", "invalid_token", 1),
     ]
+    # The manager started every code of its side at 0: each series exists from the start.
+    inviter_codes = {a["taleus.rejection.code"] for a, _ in rejections
+                     if a["taleus.side"] == "inviter"}  # fmt: skip
+    assert inviter_codes == {code.value for code in RejectionCode}
     assert otel.value("taleus.bootstrap.session.finished", side="inviter", outcome="failed") == 1
     failed = [s for s in otel.spans("taleus.bootstrap.session")
               if s.attributes["taleus.outcome"] == "failed"]  # fmt: skip
@@ -230,6 +234,20 @@ async def test_busy_is_explained_and_explanations_are_rate_limited(
     assert len(busy) == 11
     assert busy[-1].endswith("(5 earlier busy rejections not logged)")
     assert otel.value("taleus.bootstrap.ratelimit.tracked_peers") == 1
+
+
+async def test_a_manager_starts_every_rejection_code_at_zero(
+    otel: Otel, managers: list[SessionManager]
+) -> None:
+    """Before any stream: one series per rejection code of the inviter's side, at 0 (so that
+    alert rules on the counter work from the start); a second manager adds nothing."""
+    for _ in range(2):
+        managers.append(SessionManager(None, Backend().hooks(), local_peer_id=INVITER_PEER,
+                                       meter_provider=otel.meters))  # fmt: skip
+    points = otel.points("taleus.bootstrap.session.rejections")
+    assert sorted((a["taleus.side"], a["taleus.rejection.code"], p.value) for a, p in points) == (
+        sorted(("inviter", code.value, 0) for code in RejectionCode)
+    )
 
 
 class BrokenTracerProvider(TracerProvider):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from .. import __version__
+from .._logsetup import setup_logging
 from ._audit import audit
 from ._demo import demo
 from ._dial import dial
@@ -62,10 +62,7 @@ def cli(debug: bool) -> None:
     a link. `demo` shows the whole exchange on this machine.
     """
     # Warnings on stderr for every command (serve replaces this with its own set-up).
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging("debug" if debug else "warning")
 
 
 for command in (serve, invite, dial, resolve, demo, audit, tokens, loadtest):

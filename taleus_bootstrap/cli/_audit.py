@@ -16,7 +16,7 @@ from rich.table import Table
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
 from ._nodedir import NodeDir
-from ._options import backend_options, config_option, data_dir_option, stdout_console
+from ._options import backend_options, config_option, data_dir_option, plural, stdout_console
 from ._settings import load_settings
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def describe_event(event: AuditEvent) -> str:
         return f"{event.hook}: {event.detail}"
     if event.kind == "admission_summary":
         counts = ", ".join(f"{code.value} {n}" for code, n in sorted(event.refused.items()))
-        return f"refused at admission in {event.window_s:.0f} s: {counts}; {event.peers} peers"
+        peers = plural(event.peers, "peer")
+        return f"refused at admission in {event.window_s:.0f} s: {counts}; {peers}"
     if event.kind == "awaiting_decision":
         sid, tally = event.inviter_session_id, event.tally_id
         return f"the inviter's record decides: session {sid}, tally {tally}"
@@ -179,12 +180,13 @@ def verify(
     if not report.ok:
         raise CliError(
             f"audit chain broken at seq {report.first_bad_seq}: {report.reason} "
-            f"({report.rows} events verified before it)"
+            f"({plural(report.rows, 'event')} verified before it)"
         )
     if not as_json:
         through = "" if checked is None else f", through the anchor at seq {checked[0]}"
         click.echo(
-            f"audit chain intact: {report.rows} events verified, head {report.head_hash}{through}"
+            f"audit chain intact: {plural(report.rows, 'event')} verified, head {report.head_hash}"
+            f"{through}"
         )
 
 

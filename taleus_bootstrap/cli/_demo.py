@@ -21,7 +21,7 @@ from ._backend import sqlite_backend
 from ._dial import result_table
 from ._errors import CliError, run_trio
 from ._nodedir import NodeDir
-from ._options import stdout_console
+from ._options import plural, stdout_console
 
 if TYPE_CHECKING:
     from .._manager import SessionManager
@@ -158,9 +158,9 @@ def _summary(console: Console, manager: SessionManager, store_a: Any, store_b: A
         )
     console.print(table)
     rows = store_a.audit.tail(1000)
-    console.print(audit_table(rows, title=f"A's audit trail ({len(rows)} events)"))
+    console.print(audit_table(rows, title=f"A's audit trail ({plural(len(rows), 'event')})"))
     for name, store in (("A", store_a), ("B", store_b)):
         report = store.audit.verify()
         if not report.ok:
             raise CliError(f"{name}'s audit chain is broken at seq {report.first_bad_seq}")
-        console.print(f"{name}'s audit chain verified: {report.rows} events, intact")
+        console.print(f"{name}'s audit chain verified: {plural(report.rows, 'event')}, intact")

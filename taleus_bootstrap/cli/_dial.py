@@ -39,7 +39,7 @@ from ._settings import Settings, load_settings
 if TYPE_CHECKING:
     from .._invitee import BootstrapResult
 
-__all__ = ["default_dial_dir", "dial", "result_summary"]
+__all__ = ["attempts_by_address", "default_dial_dir", "dial", "identity_hint", "result_summary"]
 
 
 def default_dial_dir() -> Path:
@@ -106,9 +106,8 @@ def _classify(error: Exception) -> tuple[ExitCode, str, dict[str, Any]]:
     if isinstance(error, BootstrapTimeout):
         return ExitCode.TIMEOUT, f"timed out: {error}", {**info, "error": "timeout"}
     if isinstance(error, BootstrapUnreachable):
-        tried = "; ".join(f"{addr}: {why}" for addr, why in error.attempts[-2:])
-        info.update(error="unreachable", attempts=[list(a) for a in error.attempts])
-        return ExitCode.UNREACHABLE, f"{error} ({tried})", info
+        info.update(error="unreachable", attempts=attempts_by_address(error.attempts))
+        return ExitCode.UNREACHABLE, str(error), info
     if isinstance(error, BootstrapProvisionError):
         return ExitCode.PROTOCOL, f"provisioning failed: {error}", {**info, "error": "provision"}
     if isinstance(error, BootstrapProtocolError):
@@ -175,7 +174,7 @@ def dial(
         try:
             result = run_trio(lambda: _dial(node, settings, store, link, claims, cadre_addr))
         except (BootstrapError, LinkError) as exc:
-            _report_failure(exc, as_json)
+            _report_failure(exc, as_json, link, claims)
             return
     if as_json:
         click.echo(json.dumps(result_summary(result), indent=2))
@@ -231,9 +230,69 @@ async def _dial(
         )
 
 
-def _report_failure(error: Exception, as_json: bool) -> None:
+def identity_hint(
+    error: Exception, link: BootstrapLink, claims: dict[str, Any] | None
+) -> str | None:
+    """For an inviter's ``identity_rejected``: the identity claims the link asks for (the
+    inviter's identity hook judges them; the link only says which it wants) and how to
+    present them."""
+    if not isinstance(error, BootstrapRejected) or error.code != RejectionCode.IDENTITY_REJECTED:
+        return None
+    wanted = link.identity_requirements
+    if not wanted:
+        if claims:
+            return "the inviter refused the identity claims given with --identity"
+        return (
+            "the link names no identity claims, but the inviter may require some: ask the "
+            'inviter which, and pass them with --identity \'{"name": "..."}\''
+        )
+    asked = json.dumps(wanted, separators=(", ", ": "))
+    names = ", ".join(sorted(wanted))
+    if not claims:
+        example = json.dumps({name: "..." for name in sorted(wanted)})
+        return (
+            f"the link requires identity claims {names} ({asked}) and none were given: "
+            f"pass them with --identity '{example}'"
+        )
+    missing = sorted(set(wanted) - set(claims))
+    if missing:
+        return f"the link requires identity claims {asked}; --identity lacks {', '.join(missing)}"
+    return f"the inviter refused the identity claims given for its requirements {asked}"
+
+
+def attempts_by_address(attempts: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """The dial attempts of a :class:`BootstrapUnreachable`, one entry per address: its cause
+    (the distinct causes, in order, when they differ) and how many attempts were made."""
+    by_addr: dict[str, list[str]] = {}
+    for addr, cause in attempts:
+        by_addr.setdefault(addr, []).append(cause)
+    return [
+        {"addr": addr, "cause": "; then ".join(dict.fromkeys(causes)), "tries": len(causes)}
+        for addr, causes in by_addr.items()
+    ]
+
+
+def _attempt_lines(attempts: list[dict[str, Any]]) -> str:
+    return "".join(
+        f"\n  {a['addr']}: {a['cause']}" + (f" ({a['tries']} attempts)" if a["tries"] > 1 else "")
+        for a in attempts
+    )
+
+
+def _report_failure(
+    error: Exception,
+    as_json: bool,
+    link: BootstrapLink | None = None,
+    claims: dict[str, Any] | None = None,
+) -> None:
     status, message, info = _failure(error)
+    hint = identity_hint(error, link, claims) if link is not None else None
+    if hint:
+        message += f"; {hint}"
+        info["identity_requirements"] = link.identity_requirements if link else None
     if as_json:
         click.echo(json.dumps({**info, "detail": message}, indent=2))
-    click.echo(f"Error: {message}", err=True)
+    # One address per line, each with its cause (the JSON has them as "attempts").
+    lines = _attempt_lines(info.get("attempts", []))
+    click.echo(f"Error: {message}{':' if lines else ''}{lines}", err=True)
     click.get_current_context().exit(int(status))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
 from ._nodedir import NodeDir
 from ._options import DSN_ENV, stdout_console
-from ._settings import load_settings
+from ._settings import BackendSettings, load_settings
 from ._tokens import responder_addrs
 
 __all__ = ["loadtest"]
@@ -62,10 +64,9 @@ __all__ = ["loadtest"]
 @click.option(
     "--backend",
     type=click.Choice(["memory", "ephemeral", "sqlite", "postgres"]),
-    default="memory",
-    show_default=True,
-    help="The spawned node's hooks (ephemeral: memory hooks that keep nothing after a session, "
-    "to measure the node's own memory).",
+    help="The spawned node's hooks [default: sqlite, what serve runs] (memory: the session "
+    "engine alone; ephemeral: memory hooks that keep nothing after a session, to measure the "
+    "node's own memory).",
 )
 @click.option("--dsn", envvar=DSN_ENV, help="PostgreSQL DSN for --backend postgres.")
 @click.option(
@@ -134,7 +135,7 @@ def loadtest(
     peers: int,
     processes: int,
     role: str,
-    backend: str,
+    backend: str | None,
     dsn: str | None,
     prepared: int | None,
     deadline: float,
@@ -146,7 +147,10 @@ def loadtest(
     json_path: Path | None,
 ) -> None:
     """Run N bootstraps, C in flight, and report throughput, latency percentiles, outcomes by
-    terminal state and rejection code, and (with --spawn) the server's CPU and memory."""
+    terminal state and rejection code, and (with --spawn) the server's CPU and memory.
+
+    With --target DATADIR the unlimited token minted in the node's store for the run is
+    revoked when the run ends, Ctrl-C included."""
     if spawn == (target is not None):
         raise CliError("give exactly one of --spawn and --target", ExitCode.USAGE)
     if baseline and not spawn:
@@ -155,6 +159,9 @@ def loadtest(
         raise CliError("--repeat needs --baseline", ExitCode.USAGE)
     if refusals and not spawn:
         raise CliError("--refusals needs --spawn", ExitCode.USAGE)
+    if backend is not None and not spawn:
+        raise CliError("--backend needs --spawn (a --target node runs its own)", ExitCode.USAGE)
+    backend = backend or BackendSettings().kind
     if backend == "postgres" and spawn and not dsn:
         raise CliError("--backend postgres needs --dsn or TALEUS_BOOTSTRAP_DSN", ExitCode.USAGE)
     if prepared is not None and not (spawn and backend == "postgres"):
@@ -169,6 +176,7 @@ def loadtest(
     except LoadTestError as exc:
         raise CliError(str(exc)) from None
     _print(report)
+    _explain_rate_limits(report)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
     runs = report["runs"]
@@ -192,6 +200,7 @@ def _run(
     runs: dict[str, dict[str, Any]] = {}
     ratios: list[float] = []
     cpu_over: list[float] = []
+    limits: dict[str, Any] | None = None
     if spawn:
         flags = ["--backend", backend, "--role", role] + (["--dsn", dsn] if dsn else [])
         flags += ["--prepared", str(prepared)] if prepared is not None else []
@@ -212,16 +221,18 @@ def _run(
             runs["baseline"] = pairs[median][1]
     else:
         assert target is not None
-        link = target_link(target)
-        if shape["warmup"]:
-            warm = {**shape, "sessions": shape["warmup"], "idle_streams": 0}
-            drive("warm-up", link, warm, None)
-        runs["target"] = drive("target", link, shape, None)
+        with target_link(target) as (link, backend, limits):
+            if shape["warmup"]:
+                warm = {**shape, "sessions": shape["warmup"], "idle_streams": 0}
+                drive("warm-up", link, warm, None)
+            runs["target"] = drive("target", link, shape, None)
     report: dict[str, Any] = {
         "shape": {**shape, "role": role, "backend": backend, "refusals": refusals}
         | ({"prepared": prepared} if prepared is not None else {}),
         "runs": runs,
     }
+    if not spawn:
+        report["node_rate_limits"] = limits
     if baseline:
         # Of the median pair, and of every pair in run order ("runs" holds the median pair).
         key = "refusal_cost" if refusals else "ratio"
@@ -235,17 +246,60 @@ def _run(
     return report
 
 
-def target_link(target: str) -> str:
+@contextmanager
+def target_link(target: str) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+    """The link to load, the target's backend kind and its rate limits (None where unknown).
+
+    For a data dir, an unlimited token labelled ``loadtest`` is minted in the node's store and
+    revoked when the block exits, however it exits (Ctrl-C included)."""
     if target.startswith("taleus:bootstrap:"):
-        return target
+        yield target, "unknown (a link)", None
+        return
     node = NodeDir.open(Path(target))
     addrs = responder_addrs(node)
-    store_settings = resolve_backend(load_settings(None, node.path), node, kind=None, dsn=None)
+    settings = load_settings(None, node.path)
+    store_settings = resolve_backend(settings, node, kind=None, dsn=None)
     with open_backend(node, store_settings) as store:
         link = mint_link(
             store.tokens, addrs, "stock", ttl=timedelta(hours=6), uses=None, label="loadtest"
         )
-    return link.encode()
+    limits = settings.manager.model_dump(include=set(_RATE_SETTINGS))
+    try:
+        yield link.encode(), store_settings.kind, limits
+    finally:
+        with open_backend(node, store_settings) as store:
+            store.tokens.revoke(link.token)
+        click.echo(f"revoked the load test's token in {node.path}", err=True)
+
+
+_RATE_SETTINGS = ("peer_rate", "peer_rate_period", "peer_burst", "global_rate_per_s",
+                  "global_burst")  # fmt: skip
+
+
+def _explain_rate_limits(report: dict[str, Any]) -> None:
+    """When most sessions of a run were refused ``rate_limited``, name the settings that
+    explain it (the node's own values where the target is a data dir)."""
+    for name, run in report["runs"].items():
+        total = sum(run["outcomes"].values())
+        limited = run["outcomes"].get("rejected:rate_limited", 0)
+        if total == 0 or limited * 2 <= total:
+            continue
+        limits = report.get("node_rate_limits")
+        values = (
+            ", ".join(f"{key} = {limits[key]}" for key in _RATE_SETTINGS)
+            if limits
+            else "see its [manager] section"
+        )
+        peers = report["shape"]["peers"]
+        click.echo(
+            f"note: {limited} of {total} sessions of the {name} run were refused "
+            f"rate_limited. The node limits session starts per client peer and in all "
+            f"([manager] {values}); this run used {peers} client peer "
+            f"id{'s' if peers != 1 else ''}: spread the load over more with --peers, or raise "
+            "peer_rate and peer_burst (and global_rate_per_s) in the node's configuration "
+            "file for the test.",
+            err=True,
+        )
 
 
 def _cpu(run: dict[str, Any], per: str) -> float:
@@ -261,7 +315,11 @@ def _pair_ratio(ours: dict[str, Any], bare: dict[str, Any], *, refusals: bool) -
 
 
 def _print(report: dict[str, Any]) -> None:
-    table = Table(title="loadtest: " + ", ".join(f"{k} {v}" for k, v in report["shape"].items()))
+    shape = dict(report["shape"])
+    backend = shape.pop("backend")
+    table = Table(
+        title=f"loadtest, {backend} backend: " + ", ".join(f"{k} {v}" for k, v in shape.items())
+    )
     for column in ("run", "sessions/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "outcomes",
                    "server CPU ms/session", "server CPU ms/stream", "server peak RSS MiB",
                    "server audit rows"):  # fmt: skip

@@ -1,10 +1,10 @@
-"""``serve``'s observability: log formats, the OpenTelemetry SDK, and the HTTP endpoint that
-serves Prometheus ``/metrics`` and the ``/status`` JSON of the session manager."""
+"""``serve``'s observability: the OpenTelemetry SDK, and the HTTP endpoint that serves
+Prometheus ``/metrics`` and the ``/status`` JSON of the session manager. (The log formats are
+:mod:`taleus_bootstrap._logsetup`'s; ``setup_logging`` is re-exported here.)"""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -13,64 +13,31 @@ from typing import Any, Final
 import trio
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from .._logsetup import setup_logging
 from .._manager import SessionManager
-from .._redact import format_exception, scrub_patterns
 from .._telemetry import peer_digest
+from ._health import ServeState, liveness, readiness
+from ._process import observe_process
 
-__all__ = ["Providers", "serve_http", "setup_logging", "status_document", "telemetry_providers"]
+__all__ = [
+    "Providers",
+    "routes",
+    "serve_http",
+    "setup_logging",
+    "status_document",
+    "telemetry_providers",
+]
 
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STATUS_SESSIONS: Final = 50
 MAX_REQUEST_BYTES: Final = 8192
 REQUEST_TIMEOUT_S: Final = 5.0
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
-        return json.dumps(entry)
-
-
-class ScrubSecrets(logging.Filter):
-    """Scrubs password-shaped values (URL userinfo, ``password=`` settings) from every record's
-    message and traceback, whichever library logged it (the sessions scrub what they know,
-    tokens included, before logging)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = scrub_patterns(record.getMessage()), None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = scrub_patterns(format_exception(record.exc_info[1]))
-            record.exc_info = None
-        return True
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    """Log to stderr at ``level``, as ``text`` or ``json`` lines."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
-    handler.addFilter(ScrubSecrets())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 @dataclass
@@ -100,36 +67,42 @@ def telemetry_providers(
     if prometheus:
         registry = CollectorRegistry()
         readers.append(PrometheusMetricReader(registry=registry))
-    tracer_provider = None
+    tracer_provider = pipeline = None
     if otlp_endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from ._otlp import OtlpPipeline
 
-        base = otlp_endpoint.rstrip("/")
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(f"{base}/v1/metrics")))
-        tracer_provider = TracerProvider(resource=resource)
-        tracer_provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(f"{base}/v1/traces"))
-        )
+        pipeline = OtlpPipeline(otlp_endpoint)
+        readers.append(pipeline.reader)
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(pipeline.processor)
     # No exemplars: Prometheus text does not carry them, and sampling them costs on every record.
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=readers, exemplar_filter=AlwaysOffExemplarFilter()
+        resource=resource,
+        metric_readers=readers,
+        exemplar_filter=AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
     )
+    observe_process(meter_provider)
     try:
         yield Providers(meter_provider, tracer_provider, registry)
     finally:
-        meter_provider.shutdown()
-        if tracer_provider is not None:
-            tracer_provider.shutdown()
+        if pipeline is not None and tracer_provider is not None:
+            pipeline.shutdown(meter_provider, tracer_provider)  # flushes, within about 1 s
+        else:
+            meter_provider.shutdown()
 
 
-def status_document(manager: SessionManager, addrs: list[str]) -> dict[str, Any]:
-    """``/status``: the manager's statistics and its last finished sessions, with transitions."""
+def status_document(
+    manager: SessionManager, addrs: list[str], state: ServeState | None = None
+) -> dict[str, Any]:
+    """``/status``: the process (version, phase, uptime, backend, data directory), the
+    manager's statistics and its last finished sessions, with transitions."""
     stats = manager.statistics()
     recent = manager.history()[-STATUS_SESSIONS:]
     return {
         "peer_id": manager.local_peer_id,
         "addrs": addrs,
+        **(state.document(manager) if state is not None else {}),
         "statistics": {
             f.name: (dict(v) if isinstance(v, Mapping) else v)
             for f in fields(stats)
@@ -168,32 +141,23 @@ Route = Callable[[], tuple[str, bytes] | tuple[str, bytes, int]]
 
 
 def routes(
-    manager: SessionManager, addrs: list[str], registry: CollectorRegistry | None
+    manager: SessionManager,
+    addrs: list[str],
+    registry: CollectorRegistry | None,
+    state: ServeState,
 ) -> dict[str, Route]:
-    """``/status`` and ``/readyz`` always; ``/metrics`` when Prometheus is on."""
+    """``/status``, ``/healthz`` and ``/readyz`` always; ``/metrics`` when Prometheus is on."""
     table: dict[str, Route] = {
         "/status": lambda: (
             "application/json",
-            json.dumps(status_document(manager, addrs), indent=2).encode(),
+            json.dumps(status_document(manager, addrs, state), indent=2).encode(),
         ),
-        "/readyz": lambda: readiness(manager),
+        "/healthz": lambda: liveness(state, manager),
+        "/readyz": lambda: readiness(state, manager),
     }
     if registry is not None:
         table["/metrics"] = lambda: (CONTENT_TYPE_LATEST, generate_latest(registry))
     return table
-
-
-def readiness(manager: SessionManager) -> tuple[str, bytes, int]:
-    """``/readyz``: 200 while the node accepts streams and its store breaker is closed (or
-    off), else 503, with the reason, for orchestrators and load balancers."""
-    stats = manager.statistics()
-    reasons = []
-    if not stats.accepting:
-        reasons.append("not accepting streams (starting or draining)")
-    if stats.store_breaker not in ("closed", "off"):
-        reasons.append(f"store breaker {stats.store_breaker}")
-    body = {"ready": not reasons, "reasons": reasons, "store_breaker": stats.store_breaker}
-    return "application/json", json.dumps(body).encode() + b"\n", 503 if reasons else 200
 
 
 async def serve_http(

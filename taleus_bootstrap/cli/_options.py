@@ -18,6 +18,7 @@ __all__ = [
     "config_option",
     "data_dir_option",
     "json_object",
+    "plural",
     "stderr_console",
     "stdout_console",
 ]
@@ -79,12 +80,48 @@ def json_object(text: str | None, option: str) -> dict[str, Any] | None:
     return value
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 token``, ``2 tokens``: ``count`` and the noun in the right number."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
+class _Console(Console):
+    """A console whose tables lose nothing: a cell too wide for its column (a terminal
+    narrower than the table) is folded onto more lines, not cut with an ellipsis, and when the
+    output is not a terminal a table gets all the width it needs."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        from rich.measure import Measurement
+        from rich.table import Table
+
+        tables = [obj for obj in objects if isinstance(obj, Table)]
+        for table in tables:
+            for column in table.columns:
+                column.overflow = "fold"
+        if not tables or self.is_terminal:
+            super().print(*objects, **kwargs)
+            return
+        wide = self.options.update(max_width=UNBOUNDED_WIDTH)
+        needed = max(Measurement.get(self, wide, table).maximum for table in tables)
+        width = self.width  # print(width=...) could only narrow it
+        self.width = max(width, needed)
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self.width = width
+
+
+UNBOUNDED_WIDTH = 100_000
+
+
 def stdout_console() -> Console:
-    """Rich console on stdout; wide and plain when stdout is not a terminal."""
+    """Rich console on stdout: the terminal's width; wide and plain (no hard wraps, tables as
+    wide as they need) when stdout is not a terminal."""
     tty = sys.stdout.isatty()
-    return Console(width=None if tty else 200, highlight=False, soft_wrap=not tty)
+    return _Console(width=None if tty else 200, highlight=False, soft_wrap=not tty)
 
 
 def stderr_console() -> Console:
-    """Rich console on stderr."""
-    return Console(stderr=True, highlight=False)
+    """Rich console on stderr, like :func:`stdout_console`."""
+    tty = sys.stderr.isatty()
+    return _Console(stderr=True, width=None if tty else 200, highlight=False, soft_wrap=not tty)

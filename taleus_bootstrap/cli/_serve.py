@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .._logsetup import setup_logging
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, run_trio
+from ._health import ServeState
 from ._hookspec import HOOKS_ENV, HooksContext, build_hooks, load_factory
 from ._nodedir import NodeDir, NodeState, write_json_atomically
-from ._options import backend_options, config_option, data_dir_option
+from ._options import backend_options, config_option, data_dir_option, plural
+from ._otlp import check_endpoint
+from ._sdnotify import Notifier
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
 
 if TYPE_CHECKING:
@@ -26,6 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["serve"]
 
 logger = logging.getLogger("taleus_bootstrap.cli")
+
+OPTION_KEYS: dict[tuple[str, ...], str] = {
+    ("node", "listen"): "--listen",
+    ("manager", "cadre_addrs"): "--cadre-addr",
+}
+"""The configuration keys serve's options set, for the errors of their values."""
 
 
 @click.command()
@@ -69,17 +80,19 @@ logger = logging.getLogger("taleus_bootstrap.cli")
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus /metrics, the /status JSON and /readyz on this port (0: any free port).",
+    help="Serve Prometheus /metrics, the /status JSON, /healthz and /readyz on this port "
+    "(0: any free port).",
 )
 @click.option(
     "--metrics-host",
     default="127.0.0.1",
     show_default=True,
-    help="Address the /metrics and /status endpoint binds to.",
+    help="Address the /metrics, /status, /healthz and /readyz endpoints bind to.",
 )
 @click.option(
     "--otlp-endpoint",
     metavar="URL",
+    callback=check_endpoint,
     help="Export traces and metrics over OTLP/HTTP to this collector, e.g. http://localhost:4318.",
 )
 @click.option(
@@ -110,10 +123,9 @@ def serve(
 
     Prints one `listening <multiaddr>` line per address. A first signal stops accepting new
     sessions (they get `shutting_down`) and lets running ones finish within the manager's
-    shutdown_grace; a second signal cancels them.
+    shutdown_grace; a second signal cancels them. Under systemd (`Type=notify`), it sends
+    READY=1 once listening and STOPPING=1 when draining starts.
     """
-    from ._observe import setup_logging  # OpenTelemetry SDK: only serve pays for it
-
     setup_logging(log_level, log_format)
     settings = load_settings(config_path, data_dir)
     # Options override the file. Only what was set is carried over, so that resolve_backend
@@ -126,7 +138,7 @@ def serve(
         updates["manager"] = {**manager, "cadre_addrs": cadre_addr}
     if updates:
         merged = {**settings.model_dump(exclude_unset=True), **updates}
-        settings = parse_settings(merged, "command line")
+        settings = parse_settings(merged, "command line", OPTION_KEYS)
     hooks = None
     if hooks_spec or settings.node.hooks:
         source = "--hooks" if hooks_spec else "[node] hooks"
@@ -173,6 +185,8 @@ async def _serve(
     from .._service import serve_backend, tune_garbage_collector
     from ._observe import routes, serve_http, telemetry_providers
 
+    state = ServeState(backend=store_settings.kind, data_dir=node.path)
+    notifier = Notifier()
     with (
         node.serve_lock(),
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
@@ -212,7 +226,7 @@ async def _serve(
                 addrs = host_multiaddrs(host)
                 ready: dict[str, Any] = {"peer_id": node.peer_id(), "addrs": addrs}
                 if observe.metrics_port is not None:
-                    table = routes(manager, addrs, providers.registry)
+                    table = routes(manager, addrs, providers.registry, state)
                     try:
                         port = await nursery.start(
                             serve_http, observe.metrics_host, observe.metrics_port, table
@@ -232,14 +246,21 @@ async def _serve(
                 try:
                     if ready_file is not None:
                         write_json_atomically(ready_file, ready, 0o644)
-                    await _drain_on_signals(signals, manager)
+                    notifier.ready(f"serving on {', '.join(addrs)}")
+
+                    def draining() -> None:
+                        state.draining = True
+                        running = manager.statistics().active_sessions
+                        notifier.stopping(f"draining: {running} session(s) running")
+
+                    await _drain_on_signals(signals, manager, draining)
                 finally:
                     if ready_file is not None:
                         _remove(ready_file)
                 nursery.cancel_scope.cancel()
     s = manager.statistics()
     states = ", ".join(f"{k} {v}" for k, v in sorted(s.by_state.items())) or "none"
-    return f"{s.sessions_finished} sessions finished ({states})"
+    return f"{plural(s.sessions_finished, 'session')} finished ({states})"
 
 
 def _record_start(node: NodeDir, addrs: list[str], store: BackendSettings) -> None:
@@ -260,8 +281,11 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-async def _drain_on_signals(signals: Any, manager: SessionManager) -> None:
-    """Wait for a signal, then drain the manager; a second signal cancels the sessions."""
+async def _drain_on_signals(
+    signals: Any, manager: SessionManager, on_drain: Callable[[], None]
+) -> None:
+    """Wait for a signal, then drain the manager (``on_drain`` is called first); a second
+    signal cancels the sessions."""
     import trio
 
     async for signum in signals:
@@ -271,6 +295,7 @@ async def _drain_on_signals(signals: Any, manager: SessionManager) -> None:
             manager.config.shutdown_grace,
         )
         break
+    on_drain()
 
     async def cancel_on_second_signal() -> None:
         async for signum in signals:

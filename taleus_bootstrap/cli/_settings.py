@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from .._config import HostLimits, InviteeConfig, ManagerConfig, Seconds
 from .._frames import MultiaddrStr
 from ._errors import CliError, ExitCode
+from ._validation import validation_cli_error
 
 __all__ = ["BackendSettings", "NodeSettings", "Settings", "load_settings"]
 
@@ -82,20 +84,16 @@ class Settings(_Section):
         return self
 
 
-def _describe(error: dict[str, Any]) -> str:
-    where = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown key {where!r}"
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
-
-
-def parse_settings(data: dict[str, Any], source: str) -> Settings:
-    """Validate a configuration mapping; errors become one :class:`CliError` line."""
+def parse_settings(
+    data: dict[str, Any], source: str, options: Mapping[tuple[str, ...], str] | None = None
+) -> Settings:
+    """Validate a configuration mapping; its problems become one :class:`CliError` (exit
+    status 2) naming the key, in ``source``, or the option of ``options`` (``(section, key)``
+    to ``--option``) that gave the value, what is wrong and what a valid value looks like."""
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(dict(e)) for e in exc.errors(include_input=False))
-        raise CliError(f"{source}: {problems}", ExitCode.USAGE) from None
+        raise validation_cli_error(exc, model=Settings, options=options, source=source) from None
 
 
 def load_settings(path: Path | None, data_dir: Path | None = None) -> Settings:

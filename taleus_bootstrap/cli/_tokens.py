@@ -22,12 +22,19 @@ from ._options import (
     config_option,
     data_dir_option,
     json_object,
-    stderr_console,
+    plural,
     stdout_console,
 )
 from ._settings import load_settings
+from ._validation import validation_cli_error
 
 __all__ = ["invite", "responder_addrs", "tokens"]
+
+LINK_OPTIONS: dict[tuple[str, ...], str] = {
+    ("responder_addrs",): "--addr",
+    ("identity_requirements",): "--identity-requirements",
+}
+"""The link's fields invite's options set, for the errors of their values."""
 
 DEFAULT_TTL: Final = 86_400
 MIN_DIGEST_PREFIX: Final = 8
@@ -46,9 +53,10 @@ def responder_addrs(node: NodeDir, addrs: tuple[str, ...] = ()) -> list[str]:
                 ExitCode.USAGE,
             )
         if not node.serve_running():
-            stderr_console().print(
+            click.echo(
                 f"warning: serve is not running on {node.path}; the link uses the addresses "
-                "of its last start"
+                "of its last start",
+                err=True,
             )
         return list(state.addrs)
     result = []
@@ -153,8 +161,9 @@ def invite(
                 label=label,
             )
         except ValidationError as exc:
-            first = exc.errors(include_input=False)[0]
-            raise CliError(f"cannot build the link: {first['msg']}", ExitCode.USAGE) from None
+            raise validation_cli_error(
+                exc, model=BootstrapLink, options=LINK_OPTIONS, source="cannot build the link"
+            ) from None
     from .._events import token_digest
 
     token, expires_at = link.token, link.expires_at
@@ -231,7 +240,7 @@ def list_tokens(
         ]
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"{len(records)} tokens in {data_dir}")
+    table = Table(title=f"{plural(len(records), 'token')} in {data_dir}")
     for column in ("digest", "role", "status", "used", "in flight", "expires", "label"):
         table.add_column(column)
     for r in records:

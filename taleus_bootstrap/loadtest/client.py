@@ -33,6 +33,7 @@ from .._errors import (
 )
 from .._hooks import InviteeHooks
 from .._libp2p import new_bootstrap_host, running_host
+from .._logsetup import setup_logging
 
 __all__ = ["classify", "hold_idle", "main", "run"]
 
@@ -161,4 +162,5 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deadline", type=float, default=30.0)
     parser.add_argument("--idle", type=int, default=0, help="hold this many silent streams")
     args = parser.parse_args(argv)
+    setup_logging("warning")  # the format of serve's and the loadtest command's own lines
     print(json.dumps(trio.run(hold_idle if args.idle else run, args)), flush=True)

@@ -115,25 +115,29 @@ def drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None) 
         TextColumn("{task.fields[rate]:.0f}/s, {task.fields[failed]} failed"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=_console(), transient=True) as bar:
-        task = bar.add_task(label, total=shape["sessions"], rate=0.0, failed=0)
-        while len(finals) < len(clients):
-            try:
-                index, message = lines.get(timeout=0.5)
-            except queue.Empty:
-                if any(c.poll() not in (None, 0) for c in clients):
-                    raise LoadTestError(f"a {label} client process failed") from None
-                continue
-            if message.get("final"):
-                finals[index] = message
-            elif "idle_opened" in message:
-                idle_rss = proc_stats(server_pid)
-            else:
-                progress[index] = message
-            done = sum(p["done"] for p in progress.values())
-            failed = sum(p["failed"] for p in progress.values())
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done, rate=done / elapsed, failed=failed)
+    try:
+        with Progress(*columns, console=_console(), transient=True) as bar:
+            task = bar.add_task(label, total=shape["sessions"], rate=0.0, failed=0)
+            while len(finals) < len(clients):
+                try:
+                    index, message = lines.get(timeout=0.5)
+                except queue.Empty:
+                    if any(c.poll() not in (None, 0) for c in clients):
+                        raise LoadTestError(f"a {label} client process failed") from None
+                    continue
+                if message.get("final"):
+                    finals[index] = message
+                elif "idle_opened" in message:
+                    idle_rss = proc_stats(server_pid)
+                else:
+                    progress[index] = message
+                done = sum(p["done"] for p in progress.values())
+                failed = sum(p["failed"] for p in progress.values())
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, rate=done / elapsed, failed=failed)
+    except BaseException:  # an error or Ctrl-C: no client process is left behind
+        _stop(clients)
+        raise
     for client in clients:
         client.wait(timeout=30)
     after = proc_stats(server_pid)
@@ -145,6 +149,14 @@ def drive(label: str, link: str, shape: dict[str, Any], server_pid: int | None) 
             idle_final["server_rss_extra_mib"] = idle_rss["rss_mib"] - before["rss_mib"]
         result["idle"] = idle_final
     return result
+
+
+def _stop(clients: list[subprocess.Popen[str]]) -> None:
+    for client in clients:
+        if client.poll() is None:
+            client.terminate()
+    for client in clients:
+        client.wait(timeout=30)
 
 
 def _pump(index: int, stream: IO[str], lines: queue.Queue[tuple[int, dict[str, Any]]]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import secrets
 import signal
 import sys
@@ -47,6 +46,7 @@ from .._libp2p import (
     set_guarded_stream_handler,
 )
 from .._link import BootstrapLink, mint_link
+from .._logsetup import setup_logging
 from .._manager import SessionManager
 from .._rules import new_session_id, stock_provision_request
 from .._service import tune_garbage_collector
@@ -266,6 +266,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Errors only on stderr: the explanation lines of refused streams (WARNING) are what a
     # refusal run produces by the thousand, and they would interleave with the report.
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging("error")
     result = trio.run(serve, args)
     print(json.dumps(result), flush=True)
