@@ -24,16 +24,24 @@ def tighten(directory: Path) -> list[Path]:
     """Make ``directory`` and what it holds private to its owner (symbolic links are left
     alone, and not followed); return the paths whose mode was open to the group or others.
 
+    A path removed or renamed between the listing and its check is skipped: a node serving on
+    the directory creates, renames and deletes files all the time (tally files, journals).
+
     Raises :class:`PermissionError` naming the path when its mode cannot be changed (another
     owner's file)."""
     opened: list[Path] = []
     for path in [directory, *directory.rglob("*")]:
-        mode = path.lstat().st_mode
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:  # removed or renamed since listed (a serving node's files)
+            continue
         if stat.S_ISLNK(mode) or not mode & _OPEN_TO_OTHERS:
             continue
         private = PRIVATE_DIR if stat.S_ISDIR(mode) else PRIVATE_FILE
         try:
             os.chmod(path, stat.S_IMODE(mode) & ~_OPEN_TO_OTHERS | private & stat.S_IRWXU)
+        except FileNotFoundError:
+            continue
         except PermissionError as exc:
             raise PermissionError(
                 f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}) and this user"

@@ -4,6 +4,7 @@ PostgreSQL tally passwords are sealed with a key kept apart from the database.""
 from __future__ import annotations
 
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,32 @@ def test_pg_credentials_key_file_must_be_private_and_whole(tmp_path: Path) -> No
         PostgresBackend(unused, credentials_key_file=key_file)
     with pytest.raises(ValueError, match="give one of credentials_key"):
         PostgresBackend(unused)
+
+
+def test_sqlite_opens_while_a_serving_node_creates_and_removes_files(tmp_path: Path) -> None:
+    # invite, tokens and loadtest open the store while serve works in the same data dir: files
+    # listed by the permission check may be gone (renamed, deleted) when it looks at them.
+    data_dir = tmp_path / "node"
+    SqliteBackend(data_dir).close()
+    churn = data_dir / "tallies"
+    churn.mkdir(exist_ok=True)
+    stop = threading.Event()
+
+    def serve_like() -> None:
+        n = 0
+        while not stop.is_set():
+            names = [churn / f"tally-{n}-{k}.partial" for k in range(50)]
+            for name in names:
+                name.touch(mode=0o644)  # open to others: the check would chmod it
+            for name in names:
+                name.unlink()
+            n += 1
+
+    worker = threading.Thread(target=serve_like)
+    worker.start()
+    try:
+        for _ in range(40):
+            SqliteBackend(data_dir).close()
+    finally:
+        stop.set()
+        worker.join()
