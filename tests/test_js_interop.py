@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from taleus_bootstrap.loadtest.runner import CLIENT, JS_DIR, SERVER, LoadTestError, js_responder
 
+from .clirun import run_cli
+
 try:
     NODE = js_responder()[0]
 except LoadTestError as exc:
     pytest.skip(str(exc), allow_module_level=True)
+
+pytestmark = pytest.mark.libp2p
 
 SESSIONS = 3
 
@@ -78,3 +83,23 @@ def test_js_invitee_bootstraps_with_our_manager(role: str) -> None:
         "errors": [],
     }
     assert final["by_state"] == {"COMPLETED": SESSIONS}, final
+
+
+def test_loadtest_js_baseline_reports_cpu_per_bootstrap_against_js(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = run_cli(
+        "loadtest", "--spawn", "--backend", "memory", "--sessions", "60", "--concurrency", "6",
+        "--peers", "3", "--processes", "1", "--baseline", "--js-baseline", "--repeat", "2",
+        "--json", out, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ours / js-libp2p bare" in proc.stdout and "baseline / js-libp2p bare" in proc.stdout
+    report = json.loads(out.read_text())
+    js = report["runs"]["js-libp2p"]
+    assert js["outcomes"] == {"completed": 60}
+    assert js["server_by_state"] == {"COMPLETED": 60, "FAILED": 0}
+    assert js["server"]["cpu_ms_per_session"] > 0
+    assert {name: len(m) for name, m in report["cpu_per_js"].items()} == {
+        "ours": 2,
+        "baseline": 2,
+    }
