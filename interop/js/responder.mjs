@@ -8,7 +8,11 @@
 // (minimal, at most 4 bytes) giving the body length, then compact UTF-8 JSON; prefix and body
 // go out in one write, as the Python FrameChannel sends them.
 //
-//   node responder.mjs [--listen /ip4/127.0.0.1/tcp/0] [--role stock]
+//   node responder.mjs [--listen /ip4/127.0.0.1/tcp/0] [--role stock|foil] [--count-frames]
+//
+// --count-frames: count the yamux frames the node sends and receives, by type and flags
+// (wrapping each muxer's sendFrame and handleFrame), and add them to the statistics line as
+// "yamux_frames": {"out": {...}, "in": {...}} (keys like "data+SYN", "window_update+ACK").
 //
 // Prints one JSON line {"peer_id", "addrs", "link"} (the link built as
 // taleus_bootstrap/_link.py encodes it, token "baseline"), serves until its standard input
@@ -29,9 +33,10 @@ const MAX_VARINT_BYTES = 4
 const LINK_PREFIX = 'taleus:bootstrap:'
 
 function parseArgs (argv) {
-  const args = { listen: '/ip4/127.0.0.1/tcp/0', role: 'stock' }
+  const args = { listen: '/ip4/127.0.0.1/tcp/0', role: 'stock', countFrames: false }
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--listen') args.listen = argv[++i]
+    else if (argv[i] === '--count-frames') args.countFrames = true
     else if (argv[i] === '--role') args.role = argv[++i]
     else throw new Error(`unknown argument ${argv[i]}`)
   }
@@ -132,6 +137,40 @@ export function mintLink (addrs, role, token = 'baseline') {
   return LINK_PREFIX + Buffer.from(payload, 'utf-8').toString('base64url')
 }
 
+const FRAME_TYPES = ['data', 'window_update', 'ping', 'go_away']
+const FLAGS = [[1, 'SYN'], [2, 'ACK'], [4, 'FIN'], [8, 'RST']]
+
+function frameKey (header) {
+  const flags = FLAGS.filter(([bit]) => (header.flag & bit) !== 0).map(([, name]) => name)
+  return [FRAME_TYPES[header.type] ?? `type${header.type}`, ...flags].join('+')
+}
+
+// yamux() with every muxer's frames counted into frames.out / frames.in.
+function countingYamux (frames) {
+  const factory = yamux()
+  return (components) => {
+    const muxerFactory = factory(components)
+    const create = muxerFactory.createStreamMuxer.bind(muxerFactory)
+    muxerFactory.createStreamMuxer = (...args) => {
+      const muxer = create(...args)
+      const send = muxer.sendFrame.bind(muxer)
+      const handle = muxer.handleFrame.bind(muxer)
+      muxer.sendFrame = (header, data) => {
+        const key = frameKey(header)
+        frames.out[key] = (frames.out[key] ?? 0) + 1
+        return send(header, data)
+      }
+      muxer.handleFrame = (frame) => {
+        const key = frameKey(frame.header)
+        frames.in[key] = (frames.in[key] ?? 0) + 1
+        return handle(frame)
+      }
+      return muxer
+    }
+    return muxerFactory
+  }
+}
+
 class BareHandler {
   constructor (localPeerId, role) {
     this.localPeerId = localPeerId
@@ -189,11 +228,12 @@ class BareHandler {
 
 async function main () {
   const args = parseArgs(process.argv.slice(2))
+  const frames = { out: {}, in: {} }
   const node = await createLibp2p({
     addresses: { listen: [args.listen] },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [args.countFrames ? countingYamux(frames) : yamux()],
     services: { identify: identify() },
     connectionManager: {
       maxConnections: 8192,
@@ -217,6 +257,7 @@ async function main () {
     stopping = true
     await node.stop()
     const stats = { by_state: { COMPLETED: handler.completed, FAILED: handler.failed } }
+    if (args.countFrames) stats.yamux_frames = frames
     process.stdout.write(JSON.stringify(stats) + '\n', () => process.exit(0))
   }
   process.stdin.on('end', stop)
