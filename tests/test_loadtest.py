@@ -42,6 +42,19 @@ def test_loadtest_smoke_with_baseline_and_json(tmp_path: Path) -> None:
     assert len(report["ratios"]) == 2 and report["ratio"] in report["ratios"]
 
 
+def test_loadtest_js_baseline_without_node_skips_the_row_with_a_note(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = run_cli(
+        "loadtest", "--spawn", "--sessions", "20", "--concurrency", "4", "--peers", "2",
+        "--processes", "1", "--baseline", "--js-baseline", "--json", out,
+        env={"PATH": str(tmp_path)}, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "note: skipping the js-libp2p row: Node.js is not installed" in proc.stderr
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {"ours", "baseline"} and "cpu_per_js" not in report
+
+
 def test_loadtest_against_a_served_data_dir_counts_rejections(tmp_path: Path) -> None:
     config = tmp_path / "tight.toml"
     config.write_text("[manager]\nmax_concurrent_sessions = 2\n")
@@ -69,6 +82,8 @@ def test_loadtest_usage_errors(tmp_path: Path) -> None:
     assert_one_line_error(baseline, 2, "--baseline needs --spawn")
     repeat = run_cli("loadtest", "--spawn", "--repeat", "3")
     assert_one_line_error(repeat, 2, "--repeat needs --baseline")
+    js = run_cli("loadtest", "--spawn", "--js-baseline")
+    assert_one_line_error(js, 2, "--js-baseline needs --baseline")
     prepared = run_cli("loadtest", "--spawn", "--prepared", "8")  # the memory backend
     assert_one_line_error(prepared, 2, "--prepared needs --spawn and --backend postgres")
     missing = run_cli("loadtest", "--target", tmp_path / "nothing")

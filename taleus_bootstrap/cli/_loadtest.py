@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from .._link import mint_link
-from ..loadtest.runner import LoadTestError, drive, spawned_run
+from ..loadtest.runner import LoadTestError, drive, js_responder, spawned_run
 from ._backend import open_backend, resolve_backend
 from ._errors import CliError, ExitCode
 from ._nodedir import NodeDir
@@ -90,6 +90,13 @@ __all__ = ["loadtest"]
     "frames with no session manager, and report our throughput as a ratio of it.",
 )
 @click.option(
+    "--js-baseline",
+    is_flag=True,
+    help="With --baseline: also run a bare js-libp2p responder (interop/js of a source "
+    "checkout, packages installed with `npm ci`) in each round and report each server's CPU "
+    "per bootstrap as a multiple of its; skipped with a note where Node is absent.",
+)
+@click.option(
     "--repeat",
     type=click.IntRange(min=1, max=99),
     default=1,
@@ -140,6 +147,7 @@ def loadtest(
     prepared: int | None,
     deadline: float,
     baseline: bool,
+    js_baseline: bool,
     repeat: int,
     warmup: int,
     idle_streams: int,
@@ -157,6 +165,14 @@ def loadtest(
         raise CliError("--baseline needs --spawn", ExitCode.USAGE)
     if repeat > 1 and not baseline:
         raise CliError("--repeat needs --baseline", ExitCode.USAGE)
+    if js_baseline and (not baseline or refusals):
+        raise CliError("--js-baseline needs --baseline (and no --refusals)", ExitCode.USAGE)
+    js_command: list[str] | None = None
+    if js_baseline:
+        try:
+            js_command = [*js_responder(), "--role", role]
+        except LoadTestError as exc:
+            click.echo(f"note: skipping the js-libp2p row: {exc}", err=True)
     if refusals and not spawn:
         raise CliError("--refusals needs --spawn", ExitCode.USAGE)
     if backend is not None and not spawn:
@@ -171,8 +187,9 @@ def loadtest(
              "warmup": warmup, "idle_streams": idle_streams}  # fmt: skip
     try:
         report = _run(
-            target, spawn, shape, role, backend, dsn, baseline, repeat, refusals, prepared
-        )
+            target, spawn, shape, role, backend, dsn, baseline, repeat, refusals, prepared,
+            js_command,
+        )  # fmt: skip
     except LoadTestError as exc:
         raise CliError(str(exc)) from None
     _print(report)
@@ -196,8 +213,10 @@ def _run(
     repeat: int,
     refusals: bool,
     prepared: int | None = None,
+    js_command: list[str] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
+    js_runs: list[dict[str, Any]] = []
     ratios: list[float] = []
     cpu_over: list[float] = []
     limits: dict[str, Any] | None = None
@@ -211,6 +230,8 @@ def _run(
             bare = (
                 spawned_run("baseline" + label, [*flags, "--baseline"], shape) if baseline else {}
             )
+            if js_command is not None:
+                js_runs.append(spawned_run("js-libp2p" + label, [], shape, js_command))
             pairs.append((ours, bare))
             if baseline:
                 ratios.append(_pair_ratio(ours, bare, refusals=refusals))
@@ -219,6 +240,8 @@ def _run(
         runs["ours"] = pairs[median][0]
         if baseline:
             runs["baseline"] = pairs[median][1]
+        if js_runs:
+            runs["js-libp2p"] = js_runs[median]
     else:
         assert target is not None
         with target_link(target) as (link, backend, limits):
@@ -243,6 +266,13 @@ def _run(
                 runs["baseline"], "session"
             )
             report["cpu_over_baseline_ms_pairs"] = cpu_over
+    if js_runs:
+        # Server CPU per bootstrap as a multiple of the js responder's, per round in run order.
+        report["cpu_per_js"] = {
+            name: [_cpu(pair[i], "session") / max(_cpu(js, "session"), 1e-9)
+                   for pair, js in zip(pairs, js_runs, strict=True)]
+            for i, name in enumerate(("ours", "baseline"))
+        }  # fmt: skip
     return report
 
 
@@ -351,6 +381,13 @@ def _print(report: dict[str, Any]) -> None:
             f"server CPU over the baseline: {report['cpu_over_baseline_ms']:.2f} ms per session"
             + (f" (every pair: {', '.join(f'{c:.2f}' for c in over)})" if len(over) > 1 else "")
         )
+    if "cpu_per_js" in report:
+        for name, multiples in report["cpu_per_js"].items():
+            console.print(
+                f"server CPU per bootstrap, {name} / js-libp2p bare: "
+                f"{sorted(multiples)[len(multiples) // 2]:.2f} (median; every round: "
+                f"{', '.join(f'{m:.2f}' for m in multiples)})"
+            )
     if "refusal_cost" in report:
         costs = report["refusal_costs"]
         console.print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ __all__ = [
     "SERVER",
     "LoadTestError",
     "drive",
+    "js_responder",
     "proc_stats",
     "spawned_run",
     "summary",
@@ -46,9 +48,31 @@ def _console() -> Console:
     return Console(width=None if tty else 200, highlight=False, soft_wrap=not tty)
 
 
-def spawned_run(label: str, flags: list[str], shape: dict[str, Any]) -> dict[str, Any]:
+JS_DIR = Path(__file__).resolve().parents[2] / "interop" / "js"
+"""The bare js-libp2p responder of issue 17 (a source checkout only: it is not packaged)."""
+
+
+def js_responder(js_dir: Path = JS_DIR) -> list[str]:
+    """The command that starts the bare js-libp2p responder (``interop/js/responder.mjs``);
+    :class:`LoadTestError` saying what is missing where Node or its packages are absent."""
+    node = shutil.which("node")
+    if node is None:
+        raise LoadTestError("Node.js is not installed (no `node` on PATH): no js-libp2p row")
+    script = js_dir / "responder.mjs"
+    if not script.is_file():
+        raise LoadTestError(f"{script} is missing (a source checkout is needed): no js-libp2p row")
+    if not (js_dir / "node_modules" / "libp2p").is_dir():
+        raise LoadTestError(f"the js packages are not installed: run `npm ci` in {js_dir}")
+    return [node, str(script)]
+
+
+def spawned_run(
+    label: str, flags: list[str], shape: dict[str, Any], command: list[str] | None = None
+) -> dict[str, Any]:
+    """One server process (ours with ``flags``, or ``command`` as given, e.g.
+    :func:`js_responder`), driven with ``shape``; its CPU read from ``/proc``."""
     server = subprocess.Popen(
-        [*SERVER, *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        command or [*SERVER, *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None and server.stdin is not None
