@@ -28,10 +28,10 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import Final
+from typing import Any, Final
 
 import trio
-from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection
+from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection, ISecureConn
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -39,9 +39,11 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.host.basic_host import BasicHost
 from libp2p.io.abc import ReadWriteCloser
+from libp2p.io.trio import TrioTCPStream
 from libp2p.metrics.swarm import SwarmEvent
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
@@ -54,8 +56,9 @@ from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
@@ -68,6 +71,17 @@ from ._errors import BootstrapUnreachable, InsecureHostError
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
 RESOLVE_PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap-resolve/1.0.0")
 """The sibling protocol an invitee resolves an unconfirmed outcome on (protocol section 14)."""
+
+TRANSPORT_OFF_ENV: Final = "TALEUS_TRANSPORT_OFF"
+"""Comma-separated transport changes of issue 17 to leave out of the hosts built here, for
+before/after measurements only (tests/bench_transport.py, ``loadtest``): ``window`` (yamux
+as py-libp2p has it, without :class:`_BatchedWindowStream`), ``reads`` (no
+:class:`_ReadBuffered`)."""
+
+
+def _transport_off(change: str) -> bool:
+    return change in os.environ.get(TRANSPORT_OFF_ENV, "").split(",")
+
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 
@@ -99,6 +113,56 @@ async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+class _ReadBuffered:
+    """A TCP connection's reads through a buffer (issue 17).
+
+    Noise reads each message in two reads, its 2-byte length and then its body, and py-libp2p
+    hands each to the socket: two ``recv`` system calls (and trio's wait machinery) per
+    message, when one ``recv`` of up to 64 KiB usually holds the whole message, often several.
+    Reads are served from what the last ``recv`` brought; writes and the rest pass through.
+    """
+
+    __slots__ = ("_buffer", "inner")
+
+    RECV_SIZE: Final = 65536
+
+    def __init__(self, inner: ReadWriteCloser) -> None:
+        self.inner = inner
+        self._buffer = b""
+
+    async def read(self, n: int | None = None) -> bytes:
+        buffer = self._buffer
+        if not buffer:
+            if n is None:
+                return await self.inner.read(None)
+            buffer = await self.inner.read(max(n, self.RECV_SIZE))
+            if len(buffer) <= n:
+                return buffer
+        if n is None or n >= len(buffer):
+            self._buffer = b""
+            return buffer
+        self._buffer = buffer[n:]
+        return buffer[:n]
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self.inner.get_remote_address()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def _buffer_reads(raw_conn: IRawConnection) -> None:
+    stream = getattr(raw_conn, "stream", None)
+    if isinstance(stream, TrioTCPStream) and not _transport_off("reads"):
+        raw_conn.stream = _ReadBuffered(stream)  # type: ignore[attr-defined]
+
+
 class _BootstrapSwarm(Swarm):
     """Swarm with the fixes for defects 1 and 6; keeps the limits of its host."""
 
@@ -124,15 +188,85 @@ class _BootstrapSwarm(Swarm):
                 _INBOUND_HANDLER.reset(token)
                 nursery.cancel_scope.cancel()
 
+    async def upgrade_outbound_raw_conn(
+        self, raw_conn: IRawConnection, peer_id: ID, pre_scope: Any = None
+    ) -> SwarmConn:
+        _buffer_reads(raw_conn)
+        return await super().upgrade_outbound_raw_conn(raw_conn, peer_id, pre_scope)
+
     async def upgrade_inbound_raw_conn(
         self, raw_conn: IRawConnection, maddr: Multiaddr
     ) -> IMuxedConn:
+        _buffer_reads(raw_conn)
         muxed_conn = await super().upgrade_inbound_raw_conn(raw_conn, maddr)
         nursery = _INBOUND_HANDLER.get()
         closed = getattr(muxed_conn, "event_closed", None)  # yamux and mplex have it
         if nursery is not None and isinstance(closed, trio.Event):
             nursery.start_soon(_cancel_when_set, closed, nursery.cancel_scope)
         return muxed_conn
+
+
+class _BatchedWindowStream(YamuxStream):
+    """A yamux stream that credits its receive window the way go-yamux does (issue 17).
+
+    py-libp2p 0.8.1 sends a WINDOW_UPDATE after nearly every read, however small: a read of a
+    1-byte length prefix and one of a 200-byte frame body each cost a frame on the wire (and
+    its ``PY_YAMUX_RELEASE_ON_READ=0`` knob does not stop it: its "partial slack" branch still
+    fires on every read, crediting twice the bytes read). go-yamux
+    (``stream.sendWindowUpdate``) sends one only when the credit owed,
+    ``max window - buffered - receive window``, is at least half the max window. Same here:
+    the peer may have at most the full window (256 KiB) in flight, and is credited again as
+    soon as half of it has been read; a bootstrap's few hundred bytes need no update at all.
+    The autotuning (doubling the target window when updates come fast) is kept as py-libp2p
+    does it, applied only when an update is sent.
+    """
+
+    async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
+        async with self.window_lock:
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            delta = self.target_recv_window - (self.recv_window + buffered)
+            if delta <= 0 or delta < self.target_recv_window // 2:
+                return
+            self.recv_window += delta
+            delta += self._apply_autotune_epoch(buffered)
+        await self.send_window_update(delta, skip_lock=True)
+
+
+class _BootstrapYamux(Yamux):
+    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams.
+
+    py-libp2p builds its streams from the module's ``YamuxStream`` in ``open_stream`` and in
+    ``handle_incoming``; the class of each is switched before anyone can read from it
+    (outbound: on return from ``open_stream``; inbound: in ``accept_stream``, and nothing
+    reads an inbound stream before it is accepted).
+    """
+
+    async def open_stream(self) -> YamuxStream:
+        stream = await super().open_stream()
+        stream.__class__ = _BatchedWindowStream
+        return stream
+
+    async def accept_stream(self) -> YamuxStream:
+        stream = await super().accept_stream()
+        if type(stream) is YamuxStream:
+            stream.__class__ = _BatchedWindowStream
+        return stream  # type: ignore[return-value]
+
+
+class _BootstrapMuxerMultistream(MuxerMultistream):
+    """Muxer negotiation that builds :class:`_BootstrapYamux`: py-libp2p 0.8.1's
+    ``MuxerMultistream.new_conn`` builds ``Yamux`` itself whenever yamux is negotiated, whatever
+    class was registered for it."""
+
+    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
+        protocol, transport_class = await self._selector.select(
+            conn, conn.is_initiator, self.negotiate_timeout
+        )
+        if protocol == YAMUX_PROTOCOL_ID:
+            muxed: IMuxedConn = _BootstrapYamux(conn, peer_id, is_initiator=conn.is_initiator)
+        else:
+            muxed = transport_class(conn, peer_id)
+        return self._annotate_connection(muxed, conn, protocol)
 
 
 _LIBP2P_ROUTED = False
@@ -174,9 +308,13 @@ def new_bootstrap_host(
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     upgrader = TransportUpgrader(
         secure_transports_by_protocol={NOISE_PROTOCOL_ID: noise},
-        muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux},
         negotiate_timeout=limits.negotiation_timeout,
     )
+    if not _transport_off("window"):
+        upgrader.muxer_multistream = _BootstrapMuxerMultistream(
+            {TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux}, limits.negotiation_timeout
+        )
     peerstore = PeerStore()
     peerstore.add_key_pair(peer_id, key_pair)
     config = ConnectionConfig(
