@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -39,6 +40,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.host.basic_host import BasicHost
 from libp2p.io.abc import ReadWriteCloser
+from libp2p.io.exceptions import IOException
 from libp2p.io.trio import TrioTCPStream
 from libp2p.metrics.swarm import SwarmEvent
 from libp2p.network.auto_connector import AutoConnector
@@ -50,18 +52,37 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStore
-from libp2p.protocol_muxer.exceptions import MultiselectClientError
+from libp2p.protocol_muxer.exceptions import (
+    MultiselectClientError,
+    MultiselectCommunicatorError,
+    MultiselectError,
+)
+from libp2p.protocol_muxer.multiselect import MULTISELECT_PROTOCOL_ID, Multiselect
+from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.rcmgr import ResourceLimits, ResourceManager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
+from libp2p.stream_muxer.yamux.yamux import (
+    FLAG_SYN,
+    HEADER_SIZE,
+    MAX_MESSAGE_SIZE,
+    TYPE_DATA,
+    TYPE_WINDOW_UPDATE,
+    YAMUX_HEADER_FORMAT,
+    Yamux,
+    YamuxStream,
+)
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
+from libp2p.utils import encode_delim
 from multiaddr import Multiaddr
 
 from ._channel import ByteStream, StreamBroken
@@ -75,8 +96,13 @@ RESOLVE_PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap-resolve/1.0.0")
 TRANSPORT_OFF_ENV: Final = "TALEUS_TRANSPORT_OFF"
 """Comma-separated transport changes of issue 17 to leave out of the hosts built here, for
 before/after measurements only (tests/bench_transport.py, ``loadtest``): ``window`` (yamux
-as py-libp2p has it, without :class:`_BatchedWindowStream`), ``reads`` (no
-:class:`_ReadBuffered`)."""
+as py-libp2p has it, without :class:`_BatchedWindowStream`; turns ``syn`` and ``quiet`` off
+too), ``reads`` (no :class:`_ReadBuffered`), ``select`` (multistream-select as py-libp2p has
+it, without :class:`_OneWriteMultiselectClient` and :class:`_CoalescingMultiselect`), ``syn``
+(a stream's SYN in a frame of its own, not on its first DATA frame:
+:class:`_SynWithDataStream`), ``eof`` (a closed TCP stream read again, as py-libp2p does, in
+:class:`_ReadBuffered`), ``quiet`` (py-libp2p's yamux ``_write_frame``, not
+:meth:`_BootstrapYamux._write_frame`)."""
 
 
 def _transport_off(change: str) -> bool:
@@ -122,21 +148,28 @@ class _ReadBuffered:
     Reads are served from what the last ``recv`` brought; writes and the rest pass through.
     """
 
-    __slots__ = ("_buffer", "inner")
+    __slots__ = ("_buffer", "_ended", "inner")
 
     RECV_SIZE: Final = 65536
 
     def __init__(self, inner: ReadWriteCloser) -> None:
         self.inner = inner
         self._buffer = b""
+        self._ended = False
 
     async def read(self, n: int | None = None) -> bytes:
         buffer = self._buffer
         if not buffer:
-            if n is None:
-                return await self.inner.read(None)
-            buffer = await self.inner.read(max(n, self.RECV_SIZE))
-            if len(buffer) <= n:
+            if self._ended or n == 0:
+                return b""
+            buffer = await self.inner.read(None if n is None else max(n, self.RECV_SIZE))
+            if not buffer:
+                # End of stream (or closed here): final for TCP. py-libp2p's read_exactly
+                # asks 100 more times before it gives up: each would be a trio checkpoint,
+                # a receive_some raising ClosedResourceError and a debug record.
+                self._ended = not _transport_off("eof")
+                return buffer
+            if n is None or len(buffer) <= n:
                 return buffer
         if n is None or n >= len(buffer):
             self._buffer = b""
@@ -232,8 +265,63 @@ class _BatchedWindowStream(YamuxStream):
         await self.send_window_update(delta, skip_lock=True)
 
 
+_YAMUX_LOGGER: Final = logging.getLogger("libp2p.stream_muxer.yamux.yamux")
+
+
+class _SynWithDataStream(_BatchedWindowStream):
+    """An outbound yamux stream whose SYN flag rides on its first DATA frame (issue 17).
+
+    py-libp2p 0.8.1 opens a stream with a WINDOW_UPDATE frame of its own carrying SYN, and the
+    dialer's first write (multistream-select) follows as a second frame. yamux lets the flag
+    ride on a DATA frame (go-yamux and js-libp2p's yamux send it with the first frame they
+    have; every implementation, py-libp2p's included, accepts a DATA+SYN). The SYN goes out
+    with the first write that fits in one frame, or alone before anything else: a read (the
+    peer cannot answer a stream it does not know), a close, a reset, a larger first write.
+    """
+
+    syn_pending = False
+
+    async def _send_syn(self, data: bytes = b"") -> bool:
+        """Send the SYN (with ``data`` when it fits in one frame); whether ``data`` went."""
+        self.syn_pending = False  # before any await: no other frame of this stream goes first
+        fits = 0 < len(data) <= min(self.send_window, MAX_MESSAGE_SIZE - HEADER_SIZE)
+        if fits:
+            self.send_window -= len(data)
+        header = struct.pack(
+            YAMUX_HEADER_FORMAT,
+            0,
+            TYPE_DATA if fits else TYPE_WINDOW_UPDATE,
+            FLAG_SYN,
+            self.stream_id,
+            len(data) if fits else 0,
+        )
+        await self.conn._write_frame(header + data if fits else header)
+        return fits
+
+    async def write(self, data: bytes) -> None:
+        if self.syn_pending and not self.send_closed and await self._send_syn(data):
+            return
+        await super().write(data)
+
+    async def read(self, n: int | None = -1) -> bytes:
+        if self.syn_pending:
+            await self._send_syn()
+        return await super().read(n)
+
+    async def close(self) -> None:
+        if self.syn_pending:
+            await self._send_syn()
+        await super().close()
+
+    async def reset(self) -> None:
+        if self.syn_pending:
+            await self._send_syn()
+        await super().reset()
+
+
 class _BootstrapYamux(Yamux):
-    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams.
+    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams, outbound ones
+    :class:`_SynWithDataStream` (unless ``syn_with_data`` is off).
 
     py-libp2p builds its streams from the module's ``YamuxStream`` in ``open_stream`` and in
     ``handle_incoming``; the class of each is switched before anyone can read from it
@@ -241,9 +329,38 @@ class _BootstrapYamux(Yamux):
     reads an inbound stream before it is accepted).
     """
 
+    syn_with_data = True
+    quiet_writes = True
+
+    async def _write_frame(self, data: bytes) -> None:
+        """py-libp2p's, without what it does for a debug record on every frame when DEBUG is
+        off (unpack the header, name its flags, format an f-string: ~2 µs a frame) and
+        without its extra checkpoint after the write (the socket's ``send_all`` has one)."""
+        if not self.quiet_writes or _YAMUX_LOGGER.isEnabledFor(logging.DEBUG):
+            await super()._write_frame(data)
+            return
+        async with self._write_lock:
+            await self.secured_conn.write(data)
+
     async def open_stream(self) -> YamuxStream:
-        stream = await super().open_stream()
-        stream.__class__ = _BatchedWindowStream
+        if not self.syn_with_data:
+            stream = await super().open_stream()
+            stream.__class__ = _BatchedWindowStream
+            return stream
+        # Yamux.open_stream without its SYN frame.
+        await self.stream_backlog_semaphore.acquire()
+        async with self.streams_lock:
+            if self.event_shutting_down.is_set():
+                self.stream_backlog_semaphore.release()
+                raise MuxedStreamError("Connection is shutting down")
+            stream_id = self.next_stream_id
+            self.next_stream_id += 2
+            stream = _SynWithDataStream(stream_id, self, True)
+            stream.syn_pending = True
+            stream._owns_backlog_slot = True
+            self.streams[stream_id] = stream
+            self.stream_buffers[stream_id] = bytearray()
+            self.stream_events[stream_id] = trio.Event()
         return stream
 
     async def accept_stream(self) -> YamuxStream:
@@ -263,10 +380,156 @@ class _BootstrapMuxerMultistream(MuxerMultistream):
             conn, conn.is_initiator, self.negotiate_timeout
         )
         if protocol == YAMUX_PROTOCOL_ID:
-            muxed: IMuxedConn = _BootstrapYamux(conn, peer_id, is_initiator=conn.is_initiator)
+            yamux = _BootstrapYamux(conn, peer_id, is_initiator=conn.is_initiator)
+            yamux.syn_with_data = not _transport_off("syn")
+            yamux.quiet_writes = not _transport_off("quiet")
+            muxed: IMuxedConn = yamux
         else:
             muxed = transport_class(conn, peer_id)
         return self._annotate_connection(muxed, conn, protocol)
+
+
+_MULTISELECT_HEADER: Final = encode_delim(MULTISELECT_PROTOCOL_ID.encode())
+_NOT_FOUND: Final = "na"
+_WRITE_ERRORS = (IOException, AssertionError, ValueError)  # as MultiselectCommunicator.write
+
+
+def _has_unread_bytes(read_writer: object) -> bool:
+    """Whether ``read_writer`` already holds received bytes not read yet (never waits): a yamux
+    stream's buffer, a Noise session's decrypted message, a :class:`_ReadBuffered` TCP stream's
+    buffer. False when it cannot tell."""
+    muxed = getattr(read_writer, "muxed_stream", None)
+    if muxed is not None:
+        buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
+        return isinstance(buffers, dict) and bool(buffers.get(getattr(muxed, "stream_id", None)))
+    if isinstance(read_writer, SecureSession):
+        return read_writer.high_watermark > read_writer.low_watermark
+    stream = getattr(read_writer, "stream", None)
+    return isinstance(stream, _ReadBuffered) and bool(stream._buffer)
+
+
+class _OneWriteMultiselectClient(MultiselectClient):
+    """The dialer's multistream-select in one write and one round trip (issue 17).
+
+    py-libp2p 0.8.1 writes ``/multistream/1.0.0``, waits for its echo, then writes the protocol
+    id and waits again: two writes (two yamux frames on a stream) and two round trips before
+    the first byte of the protocol. With a single protocol to propose, go-libp2p and js-libp2p
+    send both lines in one write and read both answers after; so does this. With several
+    protocols it is py-libp2p's negotiation, unchanged.
+    """
+
+    async def select_one_of(
+        self,
+        protocols: Sequence[TProtocol],
+        communicator: Any,
+        negotiate_timeout: int = 30,
+    ) -> TProtocol:
+        if len(protocols) != 1 or not isinstance(communicator, MultiselectCommunicator):
+            return await super().select_one_of(protocols, communicator, negotiate_timeout)
+        protocol = protocols[0]
+        with trio.move_on_after(negotiate_timeout):
+            try:
+                await communicator.read_writer.write(
+                    _MULTISELECT_HEADER + encode_delim(str(protocol).encode())
+                )
+            except _WRITE_ERRORS as error:
+                raise MultiselectClientError(f"handshake write failed: {error}") from error
+            try:
+                header = await communicator.read()
+                if header != MULTISELECT_PROTOCOL_ID:
+                    raise MultiselectClientError(
+                        f"multiselect protocol ID mismatch: expected {MULTISELECT_PROTOCOL_ID},"
+                        f" got {header!r}"
+                    )
+                response = await communicator.read()
+            except MultiselectCommunicatorError as error:
+                raise MultiselectClientError(
+                    f"protocol read failed: {error}, protocol={protocol}"
+                ) from error
+            if response == protocol:
+                return protocol
+            if response == _NOT_FOUND:
+                raise MultiselectClientError(
+                    f"protocols not supported: tried {list(protocols)},"
+                    f" timeout={negotiate_timeout}s"
+                )
+            raise MultiselectClientError(
+                f"unrecognized response: {response!r}, expected {protocol!r} or"
+                f" {_NOT_FOUND!r}, protocol={protocol}"
+            )
+        raise MultiselectClientError(
+            f"response timed out after {negotiate_timeout}s, protocols tried: {list(protocols)}"
+        )
+
+
+class _CoalescingMultiselect(Multiselect):
+    """The listener's multistream-select answering in one write (issue 17).
+
+    py-libp2p 0.8.1 writes its ``/multistream/1.0.0`` first, then reads the dialer's, then
+    the protocol id, and echoes it: two writes. This listener reads the dialer's header first
+    (as js-libp2p's does); if the protocol id came with it (a dialer that sends both at once:
+    :class:`_OneWriteMultiselectClient`, go, js), the header and the echo go out together;
+    otherwise (a dialer waiting for our header before proposing, as py-libp2p's) the header
+    goes out at once, as before.
+    """
+
+    async def negotiate(
+        self, communicator: Any, negotiate_timeout: int = 30
+    ) -> tuple[TProtocol | None, Any]:
+        if not isinstance(communicator, MultiselectCommunicator):
+            return await super().negotiate(communicator, negotiate_timeout)
+        read_writer = communicator.read_writer
+
+        async def read() -> str:
+            try:
+                return await communicator.read()
+            except MultiselectCommunicatorError as error:
+                raise MultiselectError() from error
+
+        async def write(data: bytes) -> None:
+            try:
+                await read_writer.write(data)
+            except _WRITE_ERRORS as error:
+                raise MultiselectError() from error
+
+        try:
+            with trio.fail_after(negotiate_timeout):
+                header = await read()
+                if header != MULTISELECT_PROTOCOL_ID:
+                    raise MultiselectError(
+                        f"multiselect protocol ID mismatch: received handshake_contents={header}"
+                    )
+                pending = _MULTISELECT_HEADER
+                if not _has_unread_bytes(read_writer):
+                    await write(pending)
+                    pending = b""
+                while True:
+                    command = await read()
+                    if command == "ls":
+                        listed = "\n".join(p for p in self.handlers if p is not None) + "\n"
+                        await write(pending + encode_delim(listed.encode()))
+                    else:
+                        protocol = TProtocol(command) if command else None
+                        if protocol in self.handlers:
+                            await write(pending + encode_delim(command.encode()))
+                            return protocol, self.handlers[protocol]
+                        await write(pending + encode_delim(_NOT_FOUND.encode()))
+                    pending = b""
+        except trio.TooSlowError:
+            raise MultiselectError("handshake read timeout") from None
+
+
+def _select_in_one_round_trip(host: BasicHost, upgrader: TransportUpgrader) -> None:
+    """Install the one-write multistream-select on ``host``'s streams and on the connection
+    upgrades (security and muxer negotiation) of ``upgrader``."""
+    if _transport_off("select"):
+        return
+    host.multiselect = _CoalescingMultiselect(host.multiselect.handlers)
+    host.multiselect_client = _OneWriteMultiselectClient()
+    for multistream in (upgrader.security_multistream, upgrader.muxer_multistream):
+        selector = multistream._selector
+        selector.multiselect = _CoalescingMultiselect(selector.multiselect.handlers)
+        selector.multiselect_client = _OneWriteMultiselectClient()
 
 
 _LIBP2P_ROUTED = False
@@ -357,7 +620,9 @@ def new_bootstrap_host(
         connections_per_peer_per_sec=rate or 1.0,
         burst_connections_per_peer=limits.connection_burst_per_peer,
     )
-    return BasicHost(swarm, negotiate_timeout=limits.negotiation_timeout, resource_manager=rm)
+    host = BasicHost(swarm, negotiate_timeout=limits.negotiation_timeout, resource_manager=rm)
+    _select_in_one_round_trip(host, upgrader)
+    return host
 
 
 def check_noise_only(host: IHost) -> None:

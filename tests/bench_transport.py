@@ -6,9 +6,10 @@ trio task steps and CPU, for the bare handler and for the session manager (memor
 Two libp2p hosts from :func:`new_bootstrap_host` in one trio run, on loopback, one client
 connection reused by every bootstrap (as the load client does). ``W`` bootstraps first (the
 connection, identify), then ``N`` bootstraps one after the other are counted. Frames are
-counted where py-libp2p writes them (``Yamux._write_frame``: every frame is one call), on the
-writing side, so the direction is known (the client's connection is the initiator). Frames on
-stream 0 (PING, GO_AWAY: the connection's, not a bootstrap's) are listed apart. Socket calls
+counted where they are written (``Yamux._write_frame``, and our ``_BootstrapYamux._write_frame``
+that replaces it: every frame is one call), on the writing side, so the direction is known (the
+client's connection is the initiator). Frames on stream 0 (PING, GO_AWAY: the connection's, not
+a bootstrap's) are listed apart. Socket calls
 are the calls of py-libp2p's TCP stream (``TrioTCPStream.write``/``read``: one ``send_all`` /
 ``receive_some`` each), by side (the server's sockets have its listen port). Task steps are
 trio's (``Instrument.before_task_step``), both sides together (one process). Counts are
@@ -37,6 +38,7 @@ from libp2p.stream_muxer.yamux import yamux as yamux_module
 from taleus_bootstrap import initiate_bootstrap, mint_link, open_session_manager
 from taleus_bootstrap._libp2p import (
     PROTOCOL_ID,
+    _BootstrapYamux,
     host_multiaddrs,
     new_bootstrap_host,
     running_host,
@@ -94,20 +96,30 @@ def counting(server_port: int) -> Iterator[Counts]:
     """Count while the block runs (set ``counts.active``); patches py-libp2p in this process
     only (class attributes, restored on exit)."""
     counts = Counts()
+    # Our yamux has its own _write_frame (which may call py-libp2p's): each counts its own.
     original_write_frame = yamux_module.Yamux._write_frame
+    original_ours = _BootstrapYamux._write_frame
     original_write, original_read = TrioTCPStream.write, TrioTCPStream.read
 
-    async def write_frame(self: Any, data: bytes) -> None:
+    def count_frame(yamux: Any, data: bytes) -> None:
         if counts.active and len(data) >= yamux_module.HEADER_SIZE:
             _, typ, flags, sid, _ = struct.unpack(
                 yamux_module.YAMUX_HEADER_FORMAT, data[: yamux_module.HEADER_SIZE]
             )
-            direction = C2S if self.is_initiator_value else S2C
+            direction = C2S if yamux.is_initiator_value else S2C
             counts.frames[(direction, TYPES.get(typ, str(typ)), flag_names(flags), sid == 0)] += 1
             counts.wire_bytes[direction] += len(data)
             if typ == 0:
                 counts.payload_bytes[direction] += len(data) - yamux_module.HEADER_SIZE
+
+    async def write_frame(self: Any, data: bytes) -> None:
+        if not isinstance(self, _BootstrapYamux):
+            count_frame(self, data)
         await original_write_frame(self, data)
+
+    async def write_frame_ours(self: Any, data: bytes) -> None:
+        count_frame(self, data)
+        await original_ours(self, data)
 
     def side(stream: TrioTCPStream) -> str:
         try:
@@ -127,6 +139,7 @@ def counting(server_port: int) -> Iterator[Counts]:
 
     instrument = _StepCounter(counts)
     yamux_module.Yamux._write_frame = write_frame  # type: ignore[method-assign]
+    _BootstrapYamux._write_frame = write_frame_ours  # type: ignore[method-assign]
     TrioTCPStream.write, TrioTCPStream.read = write, read  # type: ignore[method-assign]
     trio.lowlevel.add_instrument(instrument)
     try:
@@ -135,6 +148,7 @@ def counting(server_port: int) -> Iterator[Counts]:
         counts.active = False
         trio.lowlevel.remove_instrument(instrument)
         yamux_module.Yamux._write_frame = original_write_frame  # type: ignore[method-assign]
+        _BootstrapYamux._write_frame = original_ours  # type: ignore[method-assign]
         TrioTCPStream.write, TrioTCPStream.read = original_write, original_read  # type: ignore[method-assign]
 
 
