@@ -408,6 +408,43 @@ def _has_unread_bytes(read_writer: object) -> bool:
     return isinstance(stream, _ReadBuffered) and bool(stream._buffer)
 
 
+async def _read_prefix(reader: Any, expected: bytes) -> bytes:
+    """Read from ``reader`` while what came is a proper prefix of ``expected`` (never more
+    than ``expected`` is long); what was read."""
+    got = b""
+    while len(got) < len(expected) and expected.startswith(got):
+        chunk = await reader.read(len(expected) - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+class _Prefixed(ReadWriteCloser):
+    """``reader`` with ``prefix`` (already read from it) in front."""
+
+    def __init__(self, prefix: bytes, reader: Any) -> None:
+        self.prefix, self.reader = prefix, reader
+
+    async def read(self, n: int | None = None) -> bytes:
+        if not self.prefix:
+            data: bytes = await self.reader.read(n)
+            return data
+        cut = len(self.prefix) if n is None or n < 0 else n
+        data, self.prefix = self.prefix[:cut], self.prefix[cut:]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self.reader.write(data)
+
+    async def close(self) -> None:
+        await self.reader.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        address: tuple[str, int] | None = self.reader.get_remote_address()
+        return address
+
+
 class _OneWriteMultiselectClient(MultiselectClient):
     """The dialer's multistream-select in one write and one round trip (issue 17).
 
@@ -427,13 +464,22 @@ class _OneWriteMultiselectClient(MultiselectClient):
         if len(protocols) != 1 or not isinstance(communicator, MultiselectCommunicator):
             return await super().select_one_of(protocols, communicator, negotiate_timeout)
         protocol = protocols[0]
+        # What we send, and what a listener that selects it answers.
+        expected = _MULTISELECT_HEADER + encode_delim(str(protocol).encode())
         with trio.move_on_after(negotiate_timeout):
             try:
-                await communicator.read_writer.write(
-                    _MULTISELECT_HEADER + encode_delim(str(protocol).encode())
-                )
+                await communicator.read_writer.write(expected)
             except _WRITE_ERRORS as error:
                 raise MultiselectClientError(f"handshake write failed: {error}") from error
+            try:
+                # Both answers in as few reads as they arrived in (one, from a listener that
+                # answers in one write): a reset right after them must not find them unread.
+                answers = await _read_prefix(communicator.read_writer, expected)
+            except (IOException, BaseLibp2pError) as error:
+                raise MultiselectClientError(f"protocol read failed: {error}") from error
+            if answers == expected:
+                return protocol
+            communicator = MultiselectCommunicator(_Prefixed(answers, communicator.read_writer))
             try:
                 header = await communicator.read()
                 if header != MULTISELECT_PROTOCOL_ID:

@@ -67,7 +67,7 @@ async def test_py_libp2p_alone_still_credits_every_read(monkeypatch: pytest.Monk
     """The defects the changes work around: when a py-libp2p release stops sending a
     WINDOW_UPDATE per small read (reading each Noise message in two recvs, negotiating in two
     writes and two round trips), this fails: the changes may then be dropped."""
-    monkeypatch.setenv(TRANSPORT_OFF_ENV, "window,reads,select,eof,syn")
+    monkeypatch.setenv(TRANSPORT_OFF_ENV, "window,reads,select,eof,syn,quiet")
     counts = (await count_bootstraps("bare", sessions=SESSIONS, warmup=1)).counts
     assert bare_updates(counts, C2S) + bare_updates(counts, S2C) >= 12 * SESSIONS
     assert counts.socket_calls[("server", "recv")] >= 12 * SESSIONS
