@@ -56,6 +56,7 @@ from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamReset
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
@@ -206,7 +207,34 @@ class _BootstrapSwarm(Swarm):
         return muxed_conn
 
 
-class _BatchedWindowStream(YamuxStream):
+class _DrainedStream(YamuxStream):
+    """A yamux stream that hands out what arrived before its connection closed (issue 17).
+
+    When a connection ends, cleanly or not, py-libp2p 0.8.1's ``Yamux._cleanup_on_error``
+    clears every stream's receive buffer and marks the stream reset: a peer that writes its
+    last frame, half-closes the stream and closes the connection at once (js-libp2p's
+    ``stream.close()`` then ``node.stop()``) loses that frame if the reader had not taken it
+    yet; the reader sees EOF. :class:`_BootstrapYamux` keeps those bytes here, and reads serve
+    them before reporting the end of the stream, as TCP and go-yamux do.
+    """
+
+    _leftover: bytearray | None = None
+
+    async def read(self, n: int | None = -1) -> bytes:
+        if not self._leftover:
+            try:
+                return await super().read(n)
+            except (MuxedStreamEOF, MuxedStreamReset):
+                if not self._leftover:
+                    raise
+        leftover = self._leftover
+        take = len(leftover) if n is None or n < 0 else min(n, len(leftover))
+        data = bytes(leftover[:take])
+        del leftover[:take]
+        return data
+
+
+class _BatchedWindowStream(_DrainedStream):
     """A yamux stream that credits its receive window the way go-yamux does (issue 17).
 
     py-libp2p 0.8.1 sends a WINDOW_UPDATE after nearly every read, however small: a read of a
@@ -233,7 +261,8 @@ class _BatchedWindowStream(YamuxStream):
 
 
 class _BootstrapYamux(Yamux):
-    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams.
+    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams (:class:`_DrainedStream`
+    with ``TALEUS_TRANSPORT_OFF=window``) whose received bytes survive the connection's end.
 
     py-libp2p builds its streams from the module's ``YamuxStream`` in ``open_stream`` and in
     ``handle_incoming``; the class of each is switched before anyone can read from it
@@ -243,14 +272,27 @@ class _BootstrapYamux(Yamux):
 
     async def open_stream(self) -> YamuxStream:
         stream = await super().open_stream()
-        stream.__class__ = _BatchedWindowStream
+        stream.__class__ = _stream_class()
         return stream
 
     async def accept_stream(self) -> YamuxStream:
         stream = await super().accept_stream()
         if type(stream) is YamuxStream:
-            stream.__class__ = _BatchedWindowStream
+            stream.__class__ = _stream_class()
         return stream  # type: ignore[return-value]
+
+    async def _cleanup_on_error(self) -> None:
+        for stream_id, stream in self.streams.items():
+            buffer = self.stream_buffers.get(stream_id)
+            if buffer:  # (a stream not accepted yet is still a plain YamuxStream)
+                if type(stream) is YamuxStream:
+                    stream.__class__ = _stream_class()
+                stream._leftover = bytearray(buffer)  # type: ignore[attr-defined]
+        await super()._cleanup_on_error()
+
+
+def _stream_class() -> type[YamuxStream]:
+    return _DrainedStream if _transport_off("window") else _BatchedWindowStream
 
 
 class _BootstrapMuxerMultistream(MuxerMultistream):
@@ -311,10 +353,9 @@ def new_bootstrap_host(
         muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux},
         negotiate_timeout=limits.negotiation_timeout,
     )
-    if not _transport_off("window"):
-        upgrader.muxer_multistream = _BootstrapMuxerMultistream(
-            {TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux}, limits.negotiation_timeout
-        )
+    upgrader.muxer_multistream = _BootstrapMuxerMultistream(
+        {TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux}, limits.negotiation_timeout
+    )
     peerstore = PeerStore()
     peerstore.add_key_pair(peer_id, key_pair)
     config = ConnectionConfig(
