@@ -1,0 +1,249 @@
+"""``serve --workers 2``: real processes, real libp2p, one SQLite store.
+
+Both workers serve (their own figures in ``/status``, the supervisor's the sum), a ``kill -9`` of
+one is restarted and recovers only the sessions it owned, Ctrl-C drains both, and memory hooks
+(which one process keeps) are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from taleus_bootstrap import (
+    BootstrapError,
+    BootstrapRejected,
+    RejectionCode,
+    initiate_bootstrap,
+    mint_link,
+    new_bootstrap_host,
+    running_host,
+)
+from taleus_bootstrap.cli._nodedir import NodeDir
+
+from .adversary import stall_after_accepted
+from .clirun import ServedNode, assert_one_line_error, run_cli, served_node
+from .conftest import Backend
+
+pytestmark = pytest.mark.libp2p
+
+CONFIG = """\
+[manager]
+peer_burst = 100
+peer_rate = 100
+max_concurrent_sessions = {cap}
+global_burst = 7
+global_rate_per_s = 300.0
+step_timeout = 60.0
+session_timeout = 90.0
+shutdown_grace = 2.0
+"""
+TTL = timedelta(hours=1)
+
+
+def get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read().decode()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+async def aget(url: str) -> tuple[int, Any]:
+    return await trio.to_thread.run_sync(get, url)
+
+
+@contextmanager
+def two_workers(tmp_path: Path, cap: int = 5) -> Iterator[tuple[ServedNode, dict[str, Any]]]:
+    """``serve --workers 2 --metrics-port 0``, ``cap`` sessions at once in all; the node and
+    its ready file."""
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG.format(cap=cap))
+    data_dir = tmp_path / "node"
+    args = ["--workers", "2", "--metrics-port", "0", "--config", config]
+    with served_node(data_dir, *args) as node:
+        ready = json.loads((tmp_path / "node.ready.json").read_text())
+        yield node, ready
+
+
+def store(node: ServedNode) -> Any:
+    from taleus_hooks.sqlite import SqliteBackend
+
+    return SqliteBackend(node.data_dir)
+
+
+async def dial(link: Any, invitee: Backend) -> Any:
+    """A bootstrap on a new connection (a client host of its own): the kernel picks the
+    worker that accepts it."""
+    async with running_host(new_bootstrap_host()) as host:
+        return await initiate_bootstrap(link, host, hooks=invitee.invitee_hooks())
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+
+
+async def test_two_workers_serve_one_node_add_up_and_drain_on_ctrl_c(tmp_path: Path) -> None:
+    with two_workers(tmp_path) as (node, ready):
+        http = ready["http"]
+        pids = [w["pid"] for w in ready["workers"]]
+        assert len(set(pids)) == 2 and node.process.pid not in pids
+        state = NodeDir(node.data_dir).read_state()
+        assert state is not None and state.pid == node.process.pid  # the supervisor's start
+        with store(node) as backend:
+            links = [mint_link(backend.tokens, node.addrs, "stock", ttl=TTL) for _ in range(24)]
+        invitee = Backend()
+        formed: list[str] = []
+        in_flight = trio.CapacityLimiter(2)  # within the smaller worker's share of the cap
+
+        async def one(link: Any) -> None:
+            async with in_flight:
+                formed.append((await dial(link, invitee)).tally.tally_id)
+
+        async with trio.open_nursery() as nursery:
+            for link in links:
+                nursery.start_soon(one, link)
+        assert len(set(formed)) == 24
+
+        status, document = await aget(f"{http}/status")
+        assert status == 200 and document["phase"] == "serving"
+        workers = document["workers"]
+        assert [w["pid"] for w in workers] == pids
+        assert [w["state"] for w in workers] == ["serving", "serving"]
+        finished = [w["statistics"]["sessions_finished"] for w in workers]
+        print(json.dumps({"sessions_by_worker": finished}))
+        assert min(finished) >= 1, finished  # both served (all on one: p = 2**-23)
+        total = document["statistics"]
+        assert total["sessions_finished"] == sum(finished) == 24
+        assert total["by_state"] == {"COMPLETED": 24}
+        # The session cap and the global burst are split (ceil, floor), and add up.
+        assert [w["statistics"]["max_concurrent_sessions"] for w in workers] == [3, 2]
+        assert total["max_concurrent_sessions"] == 5
+        assert {s["worker"] for s in document["recent_sessions"]} == {0, 1}
+        # /metrics is the workers' added up.
+        _, metrics = await aget(f"{http}/metrics")
+        own = [(await aget(f"{w['http']}/metrics"))[1] for w in workers]
+        name = "taleus_bootstrap_session_finished_total"
+        assert metric_total(metrics, name) == sum(metric_total(t, name) for t in own) == 24
+        assert (await aget(f"{http}/readyz"))[0] == 200
+        assert (await aget(f"{http}/healthz"))[1]["workers"][1]["pid"] == pids[1]
+
+        code, out, err = node.stop(signal.SIGINT)
+    assert code == 0, err
+    assert "stopped: 2 workers drained (0 restart(s))" in out
+    assert f"worker {finished.index(max(finished))} stopped: {max(finished)} sessions" in out
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "Traceback" not in err
+
+
+async def test_kill_9_of_a_worker_is_restarted_and_recovers_only_its_own_sessions(
+    tmp_path: Path,
+) -> None:
+    invitee = Backend()
+    with two_workers(tmp_path, cap=40) as (node, ready):
+        http = ready["http"]
+        with store(node) as backend:
+            stall = [mint_link(backend.tokens, node.addrs, "stock", ttl=TTL) for _ in range(12)]
+            fresh = [mint_link(backend.tokens, node.addrs, "stock", ttl=TTL) for _ in range(6)]
+        async with AsyncExitStack() as stalled_hosts:
+            for link in stall:  # each on a connection of its own, waiting for its ack
+                host = await stalled_hosts.enter_async_context(running_host(new_bootstrap_host()))
+                await stall_after_accepted(host, link.responder_addrs[0], link.token)
+            with store(node) as backend:
+                owners = backend.audit.open_owners()
+                assert sum(owners.values()) == 12
+                assert set(owners) == {"local#w0", "local#w1"}, owners  # (p = 2**-11)
+                victim_open = {s.session_id for s in backend.audit.open_sessions(["local#w1"])}
+                other_open = {s.session_id for s in backend.audit.open_sessions(["local#w0"])}
+            victim = ready["workers"][1]["pid"]
+            os.kill(victim, signal.SIGKILL)
+
+            async def restarted() -> dict[str, Any]:
+                with trio.fail_after(30):
+                    while True:
+                        _, doc = await aget(f"{http}/status")
+                        w = doc["workers"][1]
+                        if w["restarts"] == 1 and w["state"] == "serving":
+                            return dict(doc)
+                        await trio.sleep(0.1)
+
+            document = await restarted()
+            assert document["workers"][1]["pid"] != victim
+            assert document["workers"][1]["last_exit_status"] == -signal.SIGKILL
+            assert document["workers"][0]["pid"] == ready["workers"][0]["pid"]
+            with store(node) as backend:
+                # The restarted worker closed what it owned; the live sessions of worker 0
+                # are untouched.
+                assert backend.audit.open_sessions(["local#w1"]) == []
+                assert {s.session_id for s in backend.audit.open_sessions(["local#w0"])} == (
+                    other_open
+                )
+                outcomes = _outcomes(backend)
+                assert {sid: outcomes[sid][0].final_state for sid in victim_open} == {
+                    sid: "ABORTED" for sid in victim_open
+                }
+            # New sessions keep succeeding, on both workers.
+            for link in fresh:
+                assert (await dial(link, invitee)).tally.tally_id
+            # The victim's stalled tokens were released: each forms one tally now, once; the
+            # tokens worker 0's live sessions hold are not usable meanwhile.
+            reused = []
+            for link in stall:
+                try:
+                    await dial(link, invitee)
+                except BootstrapError:
+                    continue
+                reused.append(link)
+            assert len(reused) == len(victim_open)
+            for link in reused:  # nothing redeemed twice
+                with pytest.raises(BootstrapRejected) as again:
+                    await dial(link, invitee)
+                assert again.value.code == RejectionCode.INVALID_TOKEN
+        # The stalled invitees are gone: worker 0 ends their sessions.
+        code, out, err = node.stop(signal.SIGINT)
+    assert code == 0, err
+    assert "stopped: 2 workers drained (1 restart(s))" in out
+    assert f"recovered {len(victim_open)} session(s) left in flight" in err
+    with store(node) as backend:
+        assert backend.audit.open_sessions(["local", "local#w0", "local#w1"]) == []
+        assert backend.audit.verify().ok
+        assert backend.tokens.reservations_held == 0
+        assert all(len(events) == 1 for events in _outcomes(backend).values())
+        assert len(set(backend.database.committed)) == 6 + len(victim_open)
+
+
+def _outcomes(backend: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for session_id, event in backend.audit.events:
+        found.setdefault(session_id, [])
+        if event.kind == "session_outcome":
+            found[session_id].append(event)
+    return found
+
+
+def test_memory_hooks_are_refused_with_workers(tmp_path: Path) -> None:
+    """Memory hooks keep tokens and tallies in one process: workers could not share them."""
+    proc = run_cli(
+        "serve", "--data-dir", tmp_path / "node", "--workers", "2",
+        "--hooks", "tests.served_hooks:memory",
+    )  # fmt: skip
+    assert_one_line_error(proc, 2, "cannot share")
+    assert "serve --workers" in proc.stderr
