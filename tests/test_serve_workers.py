@@ -247,3 +247,15 @@ def test_memory_hooks_are_refused_with_workers(tmp_path: Path) -> None:
     )  # fmt: skip
     assert_one_line_error(proc, 2, "cannot share")
     assert "serve --workers" in proc.stderr
+
+
+def test_each_worker_recovers_and_worker_0_alone_sweeps(tmp_path: Path) -> None:
+    """Custom hooks served by workers: each worker calls their recovery (its own sessions in
+    flight), only worker 0 runs the store-wide maintenance."""
+    data_dir = tmp_path / "node"
+    with served_node(data_dir, "--workers", "2", "--hooks", "tests.served_hooks:node") as node:
+        code, _, err = node.stop(signal.SIGTERM)
+    assert code == 0, err
+    words = (data_dir / "hooks-trace.txt").read_text().split("\n")
+    assert words.count("recover") == 2
+    assert words.count("maintenance") == 1

@@ -254,7 +254,7 @@ async def _serve(
                 if role is not None:
                     refuse_process_local(made.backend, made.hooks, custom.spec)
             if role is None or role.fresh:
-                await recover_stale(backend, owner)
+                await recover_stale(store, owner)  # the store's, whatever hooks serve
             host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
             shared = role is not None and role.shares_port
             try:
@@ -269,6 +269,7 @@ async def _serve(
                     backend,
                     settings.manager,
                     maintenance_interval=settings.node.maintenance_interval,
+                    maintain=role is None or role.index == 0,  # the sweep is store-wide
                     hooks=hooks,
                     meter_provider=providers.meter_provider,
                     tracer_provider=providers.tracer_provider,
