@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import trio
 from taleus_bootstrap import (
     BootstrapError,
     BootstrapRejected,
+    ManagerConfig,
     RejectionCode,
     initiate_bootstrap,
     mint_link,
@@ -32,10 +35,12 @@ from taleus_bootstrap import (
     running_host,
 )
 from taleus_bootstrap.cli._nodedir import NodeDir
+from taleus_bootstrap.cli._workers import WorkerRole, split_manager
 
 from .adversary import stall_after_accepted
 from .clirun import ServedNode, assert_one_line_error, run_cli, served_node
 from .conftest import Backend
+from .pgserver import drop_schema
 
 pytestmark = pytest.mark.libp2p
 
@@ -69,23 +74,50 @@ async def aget(url: str) -> tuple[int, Any]:
     return await trio.to_thread.run_sync(get, url)
 
 
+@dataclass
+class Served:
+    """``serve --workers 2``: the node, its ready file, and how to open its store."""
+
+    node: ServedNode
+    ready: dict[str, Any]
+    dsn: str | None = None
+    schema: str | None = None
+
+    def store(self) -> Any:
+        if self.dsn is None:
+            from taleus_hooks.sqlite import SqliteBackend
+
+            return SqliteBackend(self.node.data_dir)
+        from taleus_hooks.postgres import KEY_FILE_NAME, PostgresBackend
+
+        key_file = self.node.data_dir / KEY_FILE_NAME  # serve's
+        return PostgresBackend(self.dsn, schema=self.schema or "", credentials_key_file=key_file)
+
+    def owner(self, index: int | None = None) -> str:
+        """What the worker ``index`` (None: a single serve) records its sessions under."""
+        base = "local" if self.dsn is None else NodeDir(self.node.data_dir).owner()
+        return base if index is None else f"{base}#w{index}"
+
+
 @contextmanager
-def two_workers(tmp_path: Path, cap: int = 5) -> Iterator[tuple[ServedNode, dict[str, Any]]]:
-    """``serve --workers 2 --metrics-port 0``, ``cap`` sessions at once in all; the node and
-    its ready file."""
+def two_workers(
+    tmp_path: Path, cap: int = 5, pg: tuple[str, str] | None = None
+) -> Iterator[Served]:
+    """``serve --workers 2 --metrics-port 0``, ``cap`` sessions at once in all, on SQLite (or
+    the schema of ``pg``: DSN and schema name)."""
+    text = CONFIG.format(cap=cap)
+    env: dict[str, str] = {}
+    dsn = schema = None
+    if pg is not None:
+        dsn, schema = pg
+        text += f'[backend]\nkind = "postgres"\nschema_name = "{schema}"\n'
+        env = {"TALEUS_BOOTSTRAP_DSN": dsn}
     config = tmp_path / "node.toml"
-    config.write_text(CONFIG.format(cap=cap))
-    data_dir = tmp_path / "node"
+    config.write_text(text)
     args = ["--workers", "2", "--metrics-port", "0", "--config", config]
-    with served_node(data_dir, *args) as node:
+    with served_node(tmp_path / "node", *args, env=env) as node:
         ready = json.loads((tmp_path / "node.ready.json").read_text())
-        yield node, ready
-
-
-def store(node: ServedNode) -> Any:
-    from taleus_hooks.sqlite import SqliteBackend
-
-    return SqliteBackend(node.data_dir)
+        yield Served(node, ready, dsn, schema)
 
 
 async def dial(link: Any, invitee: Backend) -> Any:
@@ -100,13 +132,14 @@ def metric_total(text: str, name: str) -> float:
 
 
 async def test_two_workers_serve_one_node_add_up_and_drain_on_ctrl_c(tmp_path: Path) -> None:
-    with two_workers(tmp_path) as (node, ready):
+    with two_workers(tmp_path) as served:
+        node, ready = served.node, served.ready
         http = ready["http"]
         pids = [w["pid"] for w in ready["workers"]]
         assert len(set(pids)) == 2 and node.process.pid not in pids
         state = NodeDir(node.data_dir).read_state()
         assert state is not None and state.pid == node.process.pid  # the supervisor's start
-        with store(node) as backend:
+        with served.store() as backend:
             links = [mint_link(backend.tokens, node.addrs, "stock", ttl=TTL) for _ in range(24)]
         invitee = Backend()
         formed: list[str] = []
@@ -154,25 +187,38 @@ async def test_two_workers_serve_one_node_add_up_and_drain_on_ctrl_c(tmp_path: P
     assert "Traceback" not in err
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def pg(request: pytest.FixtureRequest) -> tuple[str, str] | None:
+    """None (SQLite), or a PostgreSQL DSN and a schema, dropped after the test (with the
+    tally roles, which belong to the whole cluster)."""
+    if request.param == "sqlite":
+        return None
+    dsn, schema = str(request.getfixturevalue("pg_dsn")), "workers_" + secrets.token_hex(4)
+    request.addfinalizer(lambda: drop_schema(dsn, schema))
+    return dsn, schema
+
+
 async def test_kill_9_of_a_worker_is_restarted_and_recovers_only_its_own_sessions(
-    tmp_path: Path,
+    tmp_path: Path, pg: tuple[str, str] | None
 ) -> None:
     invitee = Backend()
-    with two_workers(tmp_path, cap=40) as (node, ready):
+    with two_workers(tmp_path, cap=40, pg=pg) as served:
+        node, ready = served.node, served.ready
+        w0, w1 = served.owner(0), served.owner(1)
         http = ready["http"]
-        with store(node) as backend:
+        with served.store() as backend:
             stall = [mint_link(backend.tokens, node.addrs, "stock", ttl=TTL) for _ in range(12)]
             fresh = [mint_link(backend.tokens, node.addrs, "stock", ttl=TTL) for _ in range(6)]
         async with AsyncExitStack() as stalled_hosts:
             for link in stall:  # each on a connection of its own, waiting for its ack
                 host = await stalled_hosts.enter_async_context(running_host(new_bootstrap_host()))
                 await stall_after_accepted(host, link.responder_addrs[0], link.token)
-            with store(node) as backend:
+            with served.store() as backend:
                 owners = backend.audit.open_owners()
                 assert sum(owners.values()) == 12
-                assert set(owners) == {"local#w0", "local#w1"}, owners  # (p = 2**-11)
-                victim_open = {s.session_id for s in backend.audit.open_sessions(["local#w1"])}
-                other_open = {s.session_id for s in backend.audit.open_sessions(["local#w0"])}
+                assert set(owners) == {w0, w1}, owners  # (all on one: p = 2**-11)
+                victim_open = {s.session_id for s in backend.audit.open_sessions([w1])}
+                other_open = {s.session_id for s in backend.audit.open_sessions([w0])}
             victim = ready["workers"][1]["pid"]
             os.kill(victim, signal.SIGKILL)
 
@@ -189,13 +235,11 @@ async def test_kill_9_of_a_worker_is_restarted_and_recovers_only_its_own_session
             assert document["workers"][1]["pid"] != victim
             assert document["workers"][1]["last_exit_status"] == -signal.SIGKILL
             assert document["workers"][0]["pid"] == ready["workers"][0]["pid"]
-            with store(node) as backend:
+            with served.store() as backend:
                 # The restarted worker closed what it owned; the live sessions of worker 0
                 # are untouched.
-                assert backend.audit.open_sessions(["local#w1"]) == []
-                assert {s.session_id for s in backend.audit.open_sessions(["local#w0"])} == (
-                    other_open
-                )
+                assert backend.audit.open_sessions([w1]) == []
+                assert {s.session_id for s in backend.audit.open_sessions([w0])} == other_open
                 outcomes = _outcomes(backend)
                 assert {sid: outcomes[sid][0].final_state for sid in victim_open} == {
                     sid: "ABORTED" for sid in victim_open
@@ -222,12 +266,13 @@ async def test_kill_9_of_a_worker_is_restarted_and_recovers_only_its_own_session
     assert code == 0, err
     assert "stopped: 2 workers drained (1 restart(s))" in out
     assert f"recovered {len(victim_open)} session(s) left in flight" in err
-    with store(node) as backend:
-        assert backend.audit.open_sessions(["local", "local#w0", "local#w1"]) == []
+    with served.store() as backend:
+        assert backend.audit.open_sessions([served.owner(), w0, w1]) == []
         assert backend.audit.verify().ok
         assert backend.tokens.reservations_held == 0
         assert all(len(events) == 1 for events in _outcomes(backend).values())
-        assert len(set(backend.database.committed)) == 6 + len(victim_open)
+        committed = {r.tally_id for r in backend.database.records() if r.state == "committed"}
+        assert len(committed) == 6 + len(victim_open)
 
 
 def _outcomes(backend: Any) -> dict[str, list[Any]]:
@@ -259,3 +304,15 @@ def test_each_worker_recovers_and_worker_0_alone_sweeps(tmp_path: Path) -> None:
     words = (data_dir / "hooks-trace.txt").read_text().split("\n")
     assert words.count("recover") == 2
     assert words.count("maintenance") == 1
+
+
+def test_the_cap_and_the_global_rate_are_split_between_the_workers() -> None:
+    """ceil/floor shares of the cap and the burst, each at least 1; the rate divided evenly;
+    the per-peer limits left as they are (each worker limits the peers it sees)."""
+    config = ManagerConfig(max_concurrent_sessions=7, global_burst=2, global_rate_per_s=9.0)
+    shares = [split_manager(config, WorkerRole(i, 3, fresh=i == 0)) for i in range(3)]
+    assert [s.max_concurrent_sessions for s in shares] == [3, 2, 2]
+    assert [s.global_burst for s in shares] == [1, 1, 1]  # 2 over 3: at least 1 each
+    assert [s.global_rate_per_s for s in shares] == [3.0, 3.0, 3.0]
+    assert {(s.peer_rate, s.peer_burst) for s in shares} == {(config.peer_rate, config.peer_burst)}
+    assert split_manager(config, None) == config

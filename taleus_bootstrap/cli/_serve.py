@@ -32,6 +32,7 @@ from ._workers import (
     refuse_process_local,
     split_manager,
     store_owner,
+    tag_worker_logs,
     worker_role,
 )
 
@@ -187,6 +188,7 @@ def serve(
         click.echo(f"stopped: {run_trio(supervisor.run)}")
         return
     if role is not None:
+        tag_worker_logs(role)
         check_supervised(node)
         settings = settings.model_copy(update={"manager": split_manager(settings.manager, role)})
     stats = run_trio(

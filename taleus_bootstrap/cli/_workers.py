@@ -40,6 +40,7 @@ __all__ = [
     "split_manager",
     "stale_owners",
     "store_owner",
+    "tag_worker_logs",
     "worker_role",
 ]
 
@@ -159,6 +160,25 @@ def refuse_process_local(backend: Any, hooks: Any, spec: str) -> None:
                 "(or --workers 1)",
                 ExitCode.USAGE,
             )
+
+
+class _WorkerTag(logging.Filter):
+    """Names the worker in each record's logger: ``taleus_bootstrap.manager[worker 1]``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.suffix = f"[worker {index}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self.suffix):
+            record.name += self.suffix
+        return True
+
+
+def tag_worker_logs(role: WorkerRole) -> None:
+    """Every log line of this worker names it (after ``setup_logging``)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerTag(role.index))
 
 
 async def drain_when_orphaned(parent: int) -> None:
