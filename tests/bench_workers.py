@@ -37,6 +37,37 @@ max_concurrent_sessions = 10000
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def by_kind(root: int, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds spent between the two readings by the supervisor (or the single serve),
+    the workers (``serve`` processes under it) and the helpers (fsync helpers and the like)."""
+    workers = workers_of(root)
+    spent = {"supervisor" if workers else "serve": 0.0, "workers": 0.0, "helpers": 0.0}
+    for pid, cpu in after.items():
+        kind = "helpers"
+        if pid == root:
+            kind = "supervisor" if workers else "serve"
+        elif pid in workers:
+            kind = "workers"
+        spent[kind] = spent.get(kind, 0.0) + cpu - before.get(pid, 0.0)
+    return {kind: round(cpu, 2) for kind, cpu in spent.items()}
+
+
+def workers_of(root: int) -> set[int]:
+    """The ``serve`` processes whose parent is ``root`` (the workers of a supervisor)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == root and b"serve" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
 def tree_cpu_s(root: int) -> tuple[float, dict[int, float]]:
     """CPU seconds (user + system) of ``root`` and its live descendants; per pid too."""
     parents: dict[int, int] = {}
@@ -67,21 +98,22 @@ def tree_cpu_s(root: int) -> tuple[float, dict[int, float]]:
 def one_run(workers: int, args: argparse.Namespace, dsn: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         base = Path(tmp)
-        config, env = CONFIG, dict(os.environ)
+        config = CONFIG
         schema = None
         if dsn is not None:
             from .pgserver import fresh_schema
 
             schema = fresh_schema()
-            config += f'[backend]\nkind = "postgres"\nschema_name = "{schema}"\n'
-            env["TALEUS_BOOTSTRAP_DSN"] = dsn
-        (base / "config.toml").write_text(config)
+            # In the file: loadtest --target DATADIR reads the DSN from the node's config only.
+            config += f'[backend]\nkind = "postgres"\nschema_name = "{schema}"\ndsn = "{dsn}"\n'
+        (base / "node").mkdir(mode=0o700)
+        (base / "node" / "config.toml").write_text(config)
         ready = base / "ready.json"
         serve = subprocess.Popen(
             [sys.executable, "-m", "taleus_bootstrap", "serve", "--data-dir", str(base / "node"),
-             "--config", str(base / "config.toml"), "--workers", str(workers),
+             "--workers", str(workers),
              "--ready-file", str(ready), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, env=env,
+            stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60
@@ -89,16 +121,17 @@ def one_run(workers: int, args: argparse.Namespace, dsn: str | None) -> dict[str
                 if serve.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"serve --workers {workers} did not start")
                 time.sleep(0.05)
-            before, _ = tree_cpu_s(serve.pid)
+            before, before_by_pid = tree_cpu_s(serve.pid)
             figures = base / "loadtest.json"
             subprocess.run(
                 [sys.executable, "-m", "taleus_bootstrap", "loadtest", "--target",
                  str(base / "node"), "--sessions", str(args.sessions), "--concurrency",
                  str(args.concurrency), "--peers", str(args.peers), "--processes",
                  str(args.processes), "--json", str(figures)],
-                check=True, stdout=subprocess.DEVNULL, env=env,
+                check=True, stdout=subprocess.DEVNULL,
             )  # fmt: skip
             after, per_pid = tree_cpu_s(serve.pid)
+            spent = by_kind(serve.pid, before_by_pid, per_pid)
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(timeout=60)
@@ -116,6 +149,7 @@ def one_run(workers: int, args: argparse.Namespace, dsn: str | None) -> dict[str
             "server_cpu_ms_per_bootstrap": round(1000 * (after - before) / max(1, completed), 2),
             "server_cpu_s": round(after - before, 2),
             "processes_under_serve": len(per_pid),
+            "cpu_s_by_process_kind": spent,
             "p50_ms": round(target["latency_ms"]["p50"], 1),
         }
 

@@ -12,8 +12,6 @@ import os
 import re
 import secrets
 import signal
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from .adversary import stall_after_accepted
 from .clirun import ServedNode, assert_one_line_error, run_cli, served_node
 from .conftest import Backend
 from .pgserver import drop_schema
+from .test_serve_health import get
 
 pytestmark = pytest.mark.libp2p
 
@@ -56,18 +55,6 @@ session_timeout = 90.0
 shutdown_grace = 2.0
 """
 TTL = timedelta(hours=1)
-
-
-def get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            status, body = response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read().decode()
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body
 
 
 async def aget(url: str) -> tuple[int, Any]:
@@ -316,3 +303,10 @@ def test_the_cap_and_the_global_rate_are_split_between_the_workers() -> None:
     assert [s.global_rate_per_s for s in shares] == [3.0, 3.0, 3.0]
     assert {(s.peer_rate, s.peer_burst) for s in shares} == {(config.peer_rate, config.peer_burst)}
     assert split_manager(config, None) == config
+
+
+def test_a_worker_alone_is_refused(tmp_path: Path) -> None:
+    """The worker variable outside a supervisor (nothing holds the serve lock)."""
+    env = {"TALEUS_BOOTSTRAP_WORKER": "0/2/fresh"}
+    proc = run_cli("serve", "--data-dir", tmp_path / "node", env=env)
+    assert_one_line_error(proc, 2, "a worker runs only under its supervisor")
