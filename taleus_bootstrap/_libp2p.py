@@ -12,8 +12,9 @@ listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled).
 connection (the peer killed) read as an end of stream, like a half-close
 (:meth:`Libp2pByteStream.ended_in_order`). Also: the negative dial cache and stale peerstore
 addresses (:func:`open_bootstrap_stream`), ``SO_REUSEPORT`` listeners that silently share a
-fixed port with another process (:func:`running_host` refuses a port in use), and libp2p's
-stream exceptions, which are mapped to the package's own here and nowhere else
+fixed port with another process (:func:`running_host` refuses a port in use, unless asked to
+share it with the other workers of ``serve --workers``: :func:`check_shared_listeners`), and
+libp2p's stream exceptions, which are mapped to the package's own here and nowhere else
 (:class:`Libp2pByteStream`: end of stream is ``b""``, a broken stream
 :class:`~taleus_bootstrap._channel.StreamBroken`).
 """
@@ -461,7 +462,10 @@ async def _stop_listening(host: IHost) -> None:
 
 @asynccontextmanager
 async def running_host(
-    host: IHost, listen_addrs: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",)
+    host: IHost,
+    listen_addrs: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",),
+    *,
+    shared: bool = False,
 ) -> AsyncIterator[IHost]:
     """Run ``host`` listening on ``listen_addrs``; on exit stop listening and disconnect.
 
@@ -472,16 +476,20 @@ async def running_host(
     block is re-raised as is, not wrapped in the ExceptionGroups of libp2p's nurseries.
     Raises ``SwarmException`` if an address cannot be listened on (libp2p ignores that).
     libp2p listens with ``SO_REUSEPORT``, so a second process would silently share a fixed port
-    with the first: a port some socket already holds is refused first (:func:`_check_port_free`).
+    with the first: a port some socket already holds is refused first (:func:`_check_port_free`)
+    unless ``shared`` (see :func:`check_shared_listeners`).
     """
     addrs = [Multiaddr(a) if isinstance(a, str) else a for a in listen_addrs]
-    for addr in addrs:
-        _check_port_free(addr)
+    if not shared:
+        for addr in addrs:
+            _check_port_free(addr)
     failure: Exception | None = None
     async with host.run(addrs):
         try:
             if len(host.get_network().listeners) < len(addrs):
                 raise SwarmException(f"could not listen on all of {[str(a) for a in addrs]}")
+            if shared:
+                check_shared_listeners(host)
             yield host
         except Exception as exc:
             failure = exc
@@ -517,6 +525,34 @@ def _check_port_free(addr: Multiaddr) -> None:
             probe.bind((ip, port))
         except OSError as exc:
             raise SwarmException(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+
+
+def check_shared_listeners(host: IHost) -> None:
+    """``serve --workers``: several processes listen on one TCP port, and the kernel spreads
+    the incoming connections over them. That needs ``SO_REUSEPORT`` on every listening socket
+    (sockets of one user only, on Linux). py-libp2p 0.8.1's TCP transport sets it (for hole
+    punching); ``running_host(..., shared=True)`` skips the free-port check and calls this, so
+    that a transport that stops setting it fails at start, naming the socket, instead of making
+    the second worker's bind fail with a bare ``address in use``."""
+    socks = [s for lis in host.get_network().listeners.values() for s in _listener_sockets(lis)]
+    if not socks:
+        raise SwarmException("cannot find the listening sockets to share (py-libp2p changed?)")
+    for sock in socks:
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+            raise SwarmException(
+                f"listening socket {sock.getsockname()} lacks SO_REUSEPORT: it cannot be "
+                "shared by several workers"
+            )
+
+
+def _listener_sockets(listener: object) -> list[socket.socket]:
+    """The stdlib sockets under a py-libp2p TCP listener (its trio listeners' ``socket``)."""
+    found = []
+    for trio_listener in getattr(listener, "listeners", ()) or ():
+        sock = getattr(trio_listener, "socket", None)
+        if sock is not None and hasattr(sock, "getsockopt"):
+            found.append(sock)
+    return found
 
 
 def host_multiaddrs(host: IHost) -> list[str]:
