@@ -234,6 +234,7 @@ async def _serve(
 
     state = ServeState(backend=store_settings.kind, data_dir=node.path)
     notifier = Notifier()
+    key_pair = node.key_pair()  # first: opening the SQLite store makes the data dir private
     owner = store_owner(node, store_settings.kind, role)
     with (
         node.serve_lock() if role is None else nullcontext(),
@@ -257,7 +258,7 @@ async def _serve(
                     refuse_process_local(made.backend, made.hooks, custom.spec)
             if role is None or role.fresh:
                 await recover_stale(store, owner)  # the store's, whatever hooks serve
-            host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
+            host = new_bootstrap_host(key_pair=key_pair, limits=settings.host)
             shared = role is not None and role.shares_port
             try:
                 await stack.enter_async_context(
