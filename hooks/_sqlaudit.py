@@ -216,20 +216,34 @@ class SqlAuditLog:
         if ended:
             cur.executemany("DELETE FROM open_sessions WHERE session_id = ?", ended)
 
-    def open_sessions(self) -> list[OpenSession]:
-        """This owner's sessions that have started and not ended, oldest first. While the node
-        runs these are its sessions in flight; after a crash, the ones it left behind."""
+    def open_sessions(self, owners: Sequence[str] | None = None) -> list[OpenSession]:
+        """This owner's (or ``owners``') sessions that have started and not ended, oldest
+        first. While the node runs these are its sessions in flight; after a crash, the ones it
+        left behind."""
+        names = [self.owner] if owners is None else list(owners)
 
         def select(cur: Cursor) -> list[OpenSession]:
-            cur.execute(
-                "SELECT session_id, side, started_at FROM open_sessions WHERE owner = ?"
-                " ORDER BY started_at",
-                (self.owner,),
-            )
-            return [
-                OpenSession(str(sid), str(side), datetime.fromtimestamp(float(at), UTC))
-                for sid, side, at in cur.fetchall()
-            ]
+            found: list[OpenSession] = []
+            for name in names:
+                cur.execute(
+                    "SELECT session_id, side, started_at FROM open_sessions WHERE owner = ?",
+                    (name,),
+                )
+                found += [
+                    OpenSession(str(sid), str(side), datetime.fromtimestamp(float(at), UTC))
+                    for sid, side, at in cur.fetchall()
+                ]
+            return sorted(found, key=lambda session: session.started_at)
+
+        return self._db.transact(select)
+
+    def open_owners(self) -> dict[str, int]:
+        """``{owner: sessions open}`` of every owner with sessions open in this log (several
+        nodes sharing a PostgreSQL schema, or the workers of one ``serve --workers``)."""
+
+        def select(cur: Cursor) -> dict[str, int]:
+            cur.execute("SELECT owner, COUNT(*) FROM open_sessions GROUP BY owner")
+            return {str(owner): int(count) for owner, count in cur.fetchall()}
 
         return self._db.transact(select)
 

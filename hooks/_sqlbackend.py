@@ -4,6 +4,7 @@ recovery after a crash."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -151,12 +152,13 @@ class SqlBackend(HookBundle):
                 logger.warning("maintenance sweep failed (%s: %s); next in %g s",
                                type(exc).__name__, exc, interval)  # fmt: skip
 
-    async def recover(self) -> RecoveryReport:
+    async def recover(self, owners: Sequence[str] | None = None) -> RecoveryReport:
         """Close what a previous run of this node left in flight; call once at start-up,
         before serving (``serve`` does).
 
         For each session the audit log still has open (started, no outcome) under this
-        backend's owner:
+        backend's owner (or under ``owners``: those of processes known to be gone, e.g. the
+        workers of an earlier ``serve --workers``; never an owner still serving):
 
         * if it had *completed* — its token use was recorded (``mark_used`` runs only once the
           tally is formed: after the ack in the stock flow, just before sending it in the foil
@@ -172,7 +174,7 @@ class SqlBackend(HookBundle):
         before reservations are settled, so a crash during recovery leaves the sessions open
         for the next one to finish the same way.
         """
-        left = await trio.to_thread.run_sync(self.audit.open_sessions)
+        left = await trio.to_thread.run_sync(self.audit.open_sessions, owners)
         ids = [session.session_id for session in left]
         if not ids:
             return RecoveryReport((), 0, ())

@@ -38,7 +38,14 @@ from ._batching import Batcher
 from ._common import Clock, Cursor, RequirementsIdentityValidator, utc_now
 from ._groupcommit import MAX_GROUP, GroupCommit
 from ._private import PRIVATE_DIR, tighten
-from ._sqlaudit import GENESIS_HASH, AuditWriteError, ChainReport, SqlAuditLog, chain_hash
+from ._sqlaudit import (
+    DEFAULT_OWNER,
+    GENESIS_HASH,
+    AuditWriteError,
+    ChainReport,
+    SqlAuditLog,
+    chain_hash,
+)
 from ._sqlbackend import MaintenanceReport, RecoveryReport, SqlBackend
 from ._sqlprovision import DEFAULT_PROVISION_TTL, SqlProvisioner
 from ._sqlschema import (
@@ -368,7 +375,9 @@ class SqliteBackend(SqlBackend):
 
     ``clock`` drives token expiry, leases and the sweep; ``reservation_lease`` is how long an
     abandoned reservation blocks a use; ``provision_ttl`` is how long a provision may stay
-    unacknowledged. Use as a context manager or call :meth:`close`.
+    unacknowledged; ``owner`` names the process whose sessions in flight the log records (each
+    worker of ``serve --workers`` has its own, so that each recovers only what it left open).
+    Use as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -379,6 +388,7 @@ class SqliteBackend(SqlBackend):
         reservation_lease: timedelta = DEFAULT_RESERVATION_LEASE,
         provision_ttl: timedelta = DEFAULT_PROVISION_TTL,
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+        owner: str = DEFAULT_OWNER,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
@@ -403,7 +413,7 @@ class SqliteBackend(SqlBackend):
             provision_ttl=provision_ttl,
         )
         self.identity = RequirementsIdentityValidator()
-        self.audit = SqlAuditLog(self.audit_db)
+        self.audit = SqlAuditLog(self.audit_db, owner=owner)
 
     def read_tally(self, result: ProvisionResult) -> Tally | None:
         """Read back the draft tally of a provision through its endpoint (None if gone)."""

@@ -120,7 +120,9 @@ class ManagerConfig(_Timeouts):
     max_concurrent_sessions: Annotated[int, Field(ge=1, le=100_000)] = (
         DEFAULT_MAX_CONCURRENT_SESSIONS
     )
-    """Sessions running at once; a stream over the cap is answered ``busy`` unread."""
+    """Sessions running at once; a stream over the cap is answered ``busy`` unread. Under
+    ``serve --workers N``, the node's cap split between the workers (the first ``cap % N`` get
+    one more than ``cap // N``; each at least 1)."""
     busy_retry_after_s: Annotated[float, Field(ge=0, le=3600)] = DEFAULT_BUSY_RETRY_AFTER
     """``retry_after_s`` sent with ``busy``."""
     breaker_failures: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_BREAKER_FAILURES
@@ -131,7 +133,9 @@ class ManagerConfig(_Timeouts):
     """How long the open breaker refuses before it lets one stream through as a probe (the
     ``retry_after_s`` of its ``busy``)."""
     peer_rate: Annotated[int, Field(ge=1)] = DEFAULT_PEER_RATE
-    """Session starts allowed per authenticated peer per ``peer_rate_period`` (GCRA)."""
+    """Session starts allowed per authenticated peer per ``peer_rate_period`` (GCRA). Under
+    ``serve --workers N``, per worker: a peer whose connections land on several workers may
+    start up to N times as many."""
     peer_rate_period: Seconds = DEFAULT_PEER_RATE_PERIOD
     """The period ``peer_rate`` is counted over, in seconds."""
     peer_burst: Annotated[int, Field(ge=1)] = DEFAULT_PEER_BURST
@@ -139,9 +143,11 @@ class ManagerConfig(_Timeouts):
     global_rate_per_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = (
         DEFAULT_GLOBAL_RATE_PER_S
     )
-    """Session starts per second across all peers."""
+    """Session starts per second across all peers (under ``serve --workers N``, the node's:
+    each worker allows 1/N of it)."""
     global_burst: Annotated[int, Field(ge=1)] = DEFAULT_GLOBAL_BURST
-    """Session starts the node may take at once."""
+    """Session starts the node may take at once (under ``serve --workers N``, split between
+    the workers as ``max_concurrent_sessions`` is)."""
     max_tracked_peers: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_MAX_TRACKED_PEERS
     """Bound on the per-peer limiter's memory. Only a peer whose limit has fully recovered is
     forgotten; while every tracked peer is still limited, a new peer id is ``rate_limited``."""

@@ -126,7 +126,10 @@ class Engine:
         protocol, clock, session_deadline = self.protocol, self._clock, self.deadline
         action = protocol.start()
         step_deadline = session_deadline
-        with trio.CancelScope(deadline=session_deadline) as scope:
+        if type(action) is not Done and not action.shielded:
+            # The scope begins with the first action's deadline (not moved right after).
+            step_deadline = _step_deadline(inf, clock(), action.bound)
+        with trio.CancelScope(deadline=min(step_deadline, session_deadline)) as scope:
             self._scope = scope
             if self._stop is not None:
                 scope.cancel()

@@ -12,8 +12,9 @@ listener open (:func:`running_host`). 6: the auto-connector re-dials (disabled).
 connection (the peer killed) read as an end of stream, like a half-close
 (:meth:`Libp2pByteStream.ended_in_order`). Also: the negative dial cache and stale peerstore
 addresses (:func:`open_bootstrap_stream`), ``SO_REUSEPORT`` listeners that silently share a
-fixed port with another process (:func:`running_host` refuses a port in use), and libp2p's
-stream exceptions, which are mapped to the package's own here and nowhere else
+fixed port with another process (:func:`running_host` refuses a port in use, unless asked to
+share it with the other workers of ``serve --workers``: :func:`check_shared_listeners`), and
+libp2p's stream exceptions, which are mapped to the package's own here and nowhere else
 (:class:`Libp2pByteStream`: end of stream is ``b""``, a broken stream
 :class:`~taleus_bootstrap._channel.StreamBroken`).
 """
@@ -66,7 +67,7 @@ from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
-from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import (
     FLAG_SYN,
@@ -96,7 +97,7 @@ RESOLVE_PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap-resolve/1.0.0")
 TRANSPORT_OFF_ENV: Final = "TALEUS_TRANSPORT_OFF"
 """Comma-separated transport changes of issue 17 to leave out of the hosts built here, for
 before/after measurements only (tests/bench_transport.py, ``loadtest``): ``window`` (yamux
-as py-libp2p has it, without :class:`_BatchedWindowStream`; turns ``syn`` and ``quiet`` off
+as py-libp2p has it, without :class:`_BatchedWindowStream`; turns ``syn`` off
 too), ``reads`` (no :class:`_ReadBuffered`), ``select`` (multistream-select as py-libp2p has
 it, without :class:`_OneWriteMultiselectClient` and :class:`_CoalescingMultiselect`), ``syn``
 (a stream's SYN in a frame of its own, not on its first DATA frame:
@@ -239,7 +240,34 @@ class _BootstrapSwarm(Swarm):
         return muxed_conn
 
 
-class _BatchedWindowStream(YamuxStream):
+class _DrainedStream(YamuxStream):
+    """A yamux stream that hands out what arrived before its connection closed (issue 17).
+
+    When a connection ends, cleanly or not, py-libp2p 0.8.1's ``Yamux._cleanup_on_error``
+    clears every stream's receive buffer and marks the stream reset: a peer that writes its
+    last frame, half-closes the stream and closes the connection at once (js-libp2p's
+    ``stream.close()`` then ``node.stop()``) loses that frame if the reader had not taken it
+    yet; the reader sees EOF. :class:`_BootstrapYamux` keeps those bytes here, and reads serve
+    them before reporting the end of the stream, as TCP and go-yamux do.
+    """
+
+    _leftover: bytearray | None = None
+
+    async def read(self, n: int | None = -1) -> bytes:
+        if not self._leftover:
+            try:
+                return await super().read(n)
+            except (MuxedStreamEOF, MuxedStreamReset):
+                if not self._leftover:
+                    raise
+        leftover = self._leftover
+        take = len(leftover) if n is None or n < 0 else min(n, len(leftover))
+        data = bytes(leftover[:take])
+        del leftover[:take]
+        return data
+
+
+class _BatchedWindowStream(_DrainedStream):
     """A yamux stream that credits its receive window the way go-yamux does (issue 17).
 
     py-libp2p 0.8.1 sends a WINDOW_UPDATE after nearly every read, however small: a read of a
@@ -320,8 +348,9 @@ class _SynWithDataStream(_BatchedWindowStream):
 
 
 class _BootstrapYamux(Yamux):
-    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams, outbound ones
-    :class:`_SynWithDataStream` (unless ``syn_with_data`` is off).
+    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams (:class:`_DrainedStream`
+    with ``TALEUS_TRANSPORT_OFF=window``) whose received bytes survive the connection's end;
+    outbound ones :class:`_SynWithDataStream` (unless ``syn_with_data`` or ``window`` is off).
 
     py-libp2p builds its streams from the module's ``YamuxStream`` in ``open_stream`` and in
     ``handle_incoming``; the class of each is switched before anyone can read from it
@@ -343,9 +372,9 @@ class _BootstrapYamux(Yamux):
             await self.secured_conn.write(data)
 
     async def open_stream(self) -> YamuxStream:
-        if not self.syn_with_data:
+        if not self.syn_with_data or _transport_off("window"):
             stream = await super().open_stream()
-            stream.__class__ = _BatchedWindowStream
+            stream.__class__ = _stream_class()
             return stream
         # Yamux.open_stream without its SYN frame.
         await self.stream_backlog_semaphore.acquire()
@@ -366,8 +395,21 @@ class _BootstrapYamux(Yamux):
     async def accept_stream(self) -> YamuxStream:
         stream = await super().accept_stream()
         if type(stream) is YamuxStream:
-            stream.__class__ = _BatchedWindowStream
+            stream.__class__ = _stream_class()
         return stream  # type: ignore[return-value]
+
+    async def _cleanup_on_error(self) -> None:
+        for stream_id, stream in self.streams.items():
+            buffer = self.stream_buffers.get(stream_id)
+            if buffer:  # (a stream not accepted yet is still a plain YamuxStream)
+                if type(stream) is YamuxStream:
+                    stream.__class__ = _stream_class()
+                stream._leftover = bytearray(buffer)  # type: ignore[attr-defined]
+        await super()._cleanup_on_error()
+
+
+def _stream_class() -> type[YamuxStream]:
+    return _DrainedStream if _transport_off("window") else _BatchedWindowStream
 
 
 class _BootstrapMuxerMultistream(MuxerMultistream):
@@ -620,10 +662,9 @@ def new_bootstrap_host(
         muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux},
         negotiate_timeout=limits.negotiation_timeout,
     )
-    if not _transport_off("window"):
-        upgrader.muxer_multistream = _BootstrapMuxerMultistream(
-            {TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux}, limits.negotiation_timeout
-        )
+    upgrader.muxer_multistream = _BootstrapMuxerMultistream(
+        {TProtocol(YAMUX_PROTOCOL_ID): _BootstrapYamux}, limits.negotiation_timeout
+    )
     peerstore = PeerStore()
     peerstore.add_key_pair(peer_id, key_pair)
     config = ConnectionConfig(
@@ -731,7 +772,10 @@ async def _stop_listening(host: IHost) -> None:
 
 @asynccontextmanager
 async def running_host(
-    host: IHost, listen_addrs: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",)
+    host: IHost,
+    listen_addrs: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",),
+    *,
+    shared: bool = False,
 ) -> AsyncIterator[IHost]:
     """Run ``host`` listening on ``listen_addrs``; on exit stop listening and disconnect.
 
@@ -742,16 +786,20 @@ async def running_host(
     block is re-raised as is, not wrapped in the ExceptionGroups of libp2p's nurseries.
     Raises ``SwarmException`` if an address cannot be listened on (libp2p ignores that).
     libp2p listens with ``SO_REUSEPORT``, so a second process would silently share a fixed port
-    with the first: a port some socket already holds is refused first (:func:`_check_port_free`).
+    with the first: a port some socket already holds is refused first (:func:`_check_port_free`)
+    unless ``shared`` (see :func:`check_shared_listeners`).
     """
     addrs = [Multiaddr(a) if isinstance(a, str) else a for a in listen_addrs]
-    for addr in addrs:
-        _check_port_free(addr)
+    if not shared:
+        for addr in addrs:
+            _check_port_free(addr)
     failure: Exception | None = None
     async with host.run(addrs):
         try:
             if len(host.get_network().listeners) < len(addrs):
                 raise SwarmException(f"could not listen on all of {[str(a) for a in addrs]}")
+            if shared:
+                check_shared_listeners(host)
             yield host
         except Exception as exc:
             failure = exc
@@ -787,6 +835,34 @@ def _check_port_free(addr: Multiaddr) -> None:
             probe.bind((ip, port))
         except OSError as exc:
             raise SwarmException(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+
+
+def check_shared_listeners(host: IHost) -> None:
+    """``serve --workers``: several processes listen on one TCP port, and the kernel spreads
+    the incoming connections over them. That needs ``SO_REUSEPORT`` on every listening socket
+    (sockets of one user only, on Linux). py-libp2p 0.8.1's TCP transport sets it (for hole
+    punching); ``running_host(..., shared=True)`` skips the free-port check and calls this, so
+    that a transport that stops setting it fails at start, naming the socket, instead of making
+    the second worker's bind fail with a bare ``address in use``."""
+    socks = [s for lis in host.get_network().listeners.values() for s in _listener_sockets(lis)]
+    if not socks:
+        raise SwarmException("cannot find the listening sockets to share (py-libp2p changed?)")
+    for sock in socks:
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+            raise SwarmException(
+                f"listening socket {sock.getsockname()} lacks SO_REUSEPORT: it cannot be "
+                "shared by several workers"
+            )
+
+
+def _listener_sockets(listener: object) -> list[socket.socket]:
+    """The stdlib sockets under a py-libp2p TCP listener (its trio listeners' ``socket``)."""
+    found = []
+    for trio_listener in getattr(listener, "listeners", ()) or ():
+        sock = getattr(trio_listener, "socket", None)
+        if sock is not None and hasattr(sock, "getsockopt"):
+            found.append(sock)
+    return found
 
 
 def host_multiaddrs(host: IHost) -> list[str]:

@@ -338,12 +338,14 @@ class SessionManager:
         return record
 
     async def _run_session(self, session: BootstrapSession, span: SessionTrace) -> SessionRecord:
+        record: SessionRecord | None = None
         try:
             with self._telemetry.activate(span):
-                await session.run()
+                record = await session.run()
         finally:  # also when cancelled: run() records the terminal state before it re-raises
             self._sessions.pop(session.session_id, None)
-            record = session.record()
+            if record is None:  # cancelled: run() did not return its record
+                record = session.record()
             self._record(record, span, session.audit_seconds)
             awaited = self._awaited.pop(session.session_id, None)
             if awaited is not None:

@@ -89,6 +89,7 @@ class Secrets:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._secrets: set[str] = set()
+        self._provisions: list[Provision] = []  # whose passwords are not yet in _secrets
         self._pattern: re.Pattern[str] | None = None
         self._stale = False
 
@@ -102,6 +103,8 @@ class Secrets:
                 self._stale = True
 
     def _compiled(self) -> re.Pattern[str] | None:
+        while self._provisions:
+            self.add(_provision_passwords(self._provisions.pop()))
         if self._stale:
             forms = {
                 form
@@ -119,8 +122,9 @@ class Secrets:
         self.add([token] if link_text is None else [token, link_text])
 
     def add_provision(self, provision: Provision) -> None:
-        """Know the passwords a provision carries."""
-        self.add(_provision_passwords(provision))
+        """Know the passwords a provision carries (looked for only when some text is scrubbed,
+        as the encodings are: about 4 us per session otherwise)."""
+        self._provisions.append(provision)
 
     def scrub(self, text: str, *, limit: int | None = None) -> str:
         """``text`` without any known secret or password-shaped value, cut to ``limit``

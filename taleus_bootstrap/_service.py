@@ -83,6 +83,7 @@ async def serve_backend(
     config: ManagerConfig | None = None,
     *,
     maintenance_interval: float = 60.0,
+    maintain: bool = True,
     hooks: SessionHooks | None = None,
     local_peer_id: str | None = None,
     meter_provider: MeterProvider | None = None,
@@ -95,7 +96,9 @@ async def serve_backend(
 
     Recovery runs before anything is served, so no session of this run can be mistaken for
     one the previous run left behind. ``hooks`` replaces ``backend.hooks()`` (to wrap or
-    override some of them). ``host=None`` serves streams handed to ``manager.handle_stream``
+    override some of them); ``maintain=False`` skips the maintenance (another process sweeps
+    the store: the workers of ``serve --workers`` other than worker 0). ``host=None`` serves
+    streams handed to ``manager.handle_stream``
     (``local_peer_id`` is then required); ``host`` is checked as by :class:`SessionManager`.
     """
     recover = getattr(backend, "recover", None)
@@ -118,9 +121,9 @@ async def serve_backend(
         allow_insecure_host=allow_insecure_host,
     )
     async with trio.open_nursery() as nursery:
-        maintain = getattr(backend, "run_maintenance", None)
-        if callable(maintain):
-            await nursery.start(maintain, maintenance_interval)
+        run_maintenance = getattr(backend, "run_maintenance", None)
+        if maintain and callable(run_maintenance):
+            await nursery.start(run_maintenance, maintenance_interval)
         await nursery.start(manager.run)
         try:
             yield ServingNode(manager, recovery)

@@ -17,8 +17,8 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Final, ParamSpec, TypeVar
@@ -128,8 +128,8 @@ class _Instrumented:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
+        if not callable(attr) or _SESSION.get() is _OFF:
+            return attr  # an untraced session's call goes straight to the hook
         return functools.partial(
             self._telemetry.call_hook, f"{self._kind}.{name}", self._side, attr
         )
@@ -176,6 +176,28 @@ class SessionTrace:
 
 
 _OFF: Final = SessionTrace(trace.INVALID_SPAN, live=False)
+
+
+class _Activation:
+    """:meth:`Telemetry.activate`'s context (a class: a generator-based context manager costs
+    a generator and two frames per session)."""
+
+    __slots__ = ("_current", "_session", "_token")
+
+    def __init__(self, session: SessionTrace) -> None:
+        self._session = session
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        session = self._session
+        if session is not _OFF:
+            self._token = otel_context.attach(trace.set_span_in_context(session.span))
+        self._current = _SESSION.set(session)
+
+    def __exit__(self, *_: object) -> None:
+        _SESSION.reset(self._current)
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 class Telemetry:
@@ -361,23 +383,9 @@ class Telemetry:
         )
         return SessionTrace(span)
 
-    @contextmanager
-    def activate(self, session: SessionTrace) -> Iterator[None]:
+    def activate(self, session: SessionTrace) -> AbstractContextManager[None]:
         """Make the session's span current in this task (hooks called inside nest under it)."""
-        if session is _OFF:
-            current = _SESSION.set(session)
-            try:
-                yield
-            finally:
-                _SESSION.reset(current)
-            return
-        token = otel_context.attach(trace.set_span_in_context(session.span))
-        current = _SESSION.set(session)
-        try:
-            yield
-        finally:
-            _SESSION.reset(current)
-            otel_context.detach(token)
+        return _Activation(session)
 
     @_never_raises("session end", lambda: None)
     def finish_session(

@@ -120,7 +120,13 @@ async def send_raw(
     stream = await open_bootstrap_stream(host, addr)
     try:
         if payload:
-            await stream.write(payload)
+            try:
+                await stream.write(payload)
+            except Exception:
+                # More than the node's receive window (256 KiB) of an oversized frame: the node
+                # rejects it from its length prefix and never reads the rest, so flow control
+                # holds the write until the node closes the stream. Its reply may still be there.
+                return await read_reply(stream, timeout=timeout)
         if half_close:
             await stream.close()
         return await read_reply(stream, timeout=timeout)

@@ -90,3 +90,10 @@ def exploding(context: HooksContext) -> SessionHooks:
 
 
 NOT_CALLABLE = "a string"
+
+
+def memory(context: HooksContext) -> Any:
+    """The memory backend: state that lives in one process."""
+    from taleus_hooks.memory import MemoryBackend
+
+    return MemoryBackend()

@@ -46,6 +46,7 @@ from taleus_bootstrap._libp2p import (
     HostLimits,
     Libp2pByteStream,
     _stop_listening,
+    check_shared_listeners,
     close_stream,
     host_multiaddrs,
     new_bootstrap_host,
@@ -566,6 +567,47 @@ async def test_running_host_refuses_a_fixed_port_another_host_listens_on() -> No
             async with running_host(new_bootstrap_host(), [addr]):
                 pass
         await roundtrip(client, first_addr)  # the first host still serves
+
+
+async def test_shared_hosts_of_one_identity_split_the_connections_of_one_port() -> None:
+    """``serve --workers``: a second host with the same key listens on the first one's port
+    (``shared=True`` skips the free-port check) and the kernel spreads new connections over
+    both; each answers on its own."""
+    key_pair = create_new_key_pair()
+    served: list[int] = []
+
+    def counting(index: int) -> Callable[[INetStream], Any]:
+        async def handler(stream: INetStream) -> None:
+            served.append(index)
+            await echo(stream)
+
+        return handler
+
+    first, second = new_bootstrap_host(key_pair=key_pair), new_bootstrap_host(key_pair=key_pair)
+    set_guarded_stream_handler(first, ECHO, counting(0))
+    set_guarded_stream_handler(second, ECHO, counting(1))
+    async with running_host(first) as one:
+        addr = str(one.get_transport_addrs()[0])
+        async with running_host(second, [addr], shared=True) as two:
+            check_shared_listeners(one)
+            check_shared_listeners(two)
+            target = host_multiaddrs(one)[0]
+            assert host_multiaddrs(two) == [target]
+            for _ in range(16):  # a new connection each: a client host each
+                async with clients(1) as (client,):
+                    await roundtrip(client, target)
+    assert len(served) == 16
+    assert set(served) == {0, 1}, served  # both got some (all on one: p = 2**-15)
+
+
+async def test_check_shared_listeners_refuses_a_socket_without_so_reuseport() -> None:
+    async with running_host(new_bootstrap_host()) as host:
+        check_shared_listeners(host)  # libp2p sets it
+        [listener] = host.get_network().listeners.values()
+        for trio_listener in listener.listeners:  # type: ignore[attr-defined]
+            trio_listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        with pytest.raises(BaseLibp2pError, match="lacks SO_REUSEPORT"):
+            check_shared_listeners(host)
 
 
 async def test_running_host_refuses_a_port_held_by_a_plain_socket() -> None:

@@ -227,3 +227,42 @@ async def test_buffered_reads_hand_out_every_byte_in_order() -> None:
     assert source.sizes == [_ReadBuffered.RECV_SIZE] * 2 + [None, _ReadBuffered.RECV_SIZE]
     assert await reader.read(0) == b""
     assert len(source.sizes) == 4
+
+
+@pytest.mark.parametrize("off", ["", "window"])
+async def test_bytes_received_before_the_connection_closes_are_still_read(
+    off: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that writes its last frame, half-closes the stream and closes the connection
+    at once (js-libp2p's ``stream.close()`` then ``node.stop()``): the reader, taking the
+    frame only after the connection is gone, still gets every byte, then the end of the
+    stream. py-libp2p 0.8.1 alone clears the buffer when the connection ends (the reader got
+    EOF: the js interop test's stock inviter recorded a completed bootstrap as FAILED)."""
+    monkeypatch.setenv(TRANSPORT_OFF_ENV, off)
+    payload = b"the last frame " * 20
+    received: list[bytes | str] = []
+    done = trio.Event()
+
+    async def handler(stream: object) -> None:
+        await stream.muxed_conn.event_closed.wait()  # type: ignore[attr-defined]
+        try:
+            received.append(await stream.read(len(payload)))  # type: ignore[attr-defined]
+            received.append(await stream.read(1))  # type: ignore[attr-defined]
+        except Exception as exc:  # the outcome is the assertion
+            received.append(type(exc).__name__)
+        done.set()
+
+    async with (
+        running_host(new_bootstrap_host()) as server,
+        running_host(new_bootstrap_host(), ()) as client,
+    ):
+        server.set_stream_handler("/test/last/1", handler)  # type: ignore[arg-type]
+        addr = host_multiaddrs(server)[0]
+        stream = await open_bootstrap_stream(client, addr, protocol_id="/test/last/1")  # type: ignore[arg-type]
+        await stream.write(payload)
+        await stream.close()
+        await stream.muxed_conn.close()
+        with trio.fail_after(10):
+            await done.wait()
+    assert received[0] == payload
+    assert received[1] in ("StreamEOF", "StreamReset"), received  # the end, as libp2p says it

@@ -73,13 +73,19 @@ def open_backend(
     node: NodeDir, backend: BackendSettings, *, owner: str | None = None
 ) -> Iterator[Any]:
     """The node's :class:`~taleus_hooks.sqlite.SqliteBackend` or ``PostgresBackend``; closed
-    when the block ends. ``owner``: the serving node's name in a shared PostgreSQL store (its
-    sessions in flight are its own to recover); a SQLite data dir has one node."""
+    when the block ends. ``owner``: the serving process's name in the store (its sessions in
+    flight are its own to recover): the node's in a shared PostgreSQL store, a worker's in
+    either (see :func:`~taleus_bootstrap.cli._workers.store_owner`)."""
     lease = timedelta(seconds=backend.reservation_lease)
     ttl = timedelta(seconds=backend.provision_ttl)
     if backend.kind == "sqlite":
         try:
-            store = sqlite_backend(node.path, reservation_lease=lease, provision_ttl=ttl)
+            store = sqlite_backend(
+                node.path,
+                reservation_lease=lease,
+                provision_ttl=ttl,
+                **({"owner": owner} if owner is not None else {}),
+            )
         except Exception as exc:  # sqlite3.Error, OSError
             raise CliError(f"cannot open the SQLite store in {node.path}: {exc}") from None
     else:

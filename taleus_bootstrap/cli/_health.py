@@ -4,6 +4,7 @@ what ``/status`` says about the process (version, uptime, backend, data director
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ class ServeState:
     _started: float = field(default_factory=time.monotonic, repr=False)
     draining: bool = False
     """Set when the first SIGINT/SIGTERM starts the drain."""
+    worker: int | None = None
+    """The worker's index under ``serve --workers`` (None: a single ``serve``)."""
 
     def uptime_s(self) -> float:
         """Seconds since ``serve`` started."""
@@ -52,6 +55,11 @@ class ServeState:
             "uptime_seconds": round(self.uptime_s(), 3),
             "backend": self.backend,
             "data_dir": str(self.data_dir.resolve()),
+            **(
+                {"worker": {"index": self.worker, "pid": os.getpid()}}
+                if self.worker is not None
+                else {}
+            ),
         }
 
 

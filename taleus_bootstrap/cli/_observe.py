@@ -4,8 +4,9 @@ Prometheus ``/metrics`` and the ``/status`` JSON of the session manager. (The lo
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Final
@@ -136,8 +137,10 @@ def status_document(
     }
 
 
-Route = Callable[[], tuple[str, bytes] | tuple[str, bytes, int]]
-"""A page: its content type and body, and its status when not 200."""
+Page = tuple[str, bytes] | tuple[str, bytes, int]
+Route = Callable[[], Page | Awaitable[Page]]
+"""A page: its content type and body, and its status when not 200 (or a coroutine giving
+them: ``serve --workers``' supervisor reads its workers' pages)."""
 
 
 def routes(
@@ -197,7 +200,8 @@ async def _answer(stream: trio.SocketStream, table: dict[str, Route]) -> None:
     if route is None:
         await _respond(stream, 404, "text/plain", b"not found\n")
         return
-    page = route()
+    made = route()
+    page = await made if inspect.isawaitable(made) else made
     content_type, body = page[0], page[1]
     status = page[2] if len(page) == 3 else 200
     await _respond(stream, status, content_type, b"" if parts[0] == "HEAD" else body, len(body))

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +20,21 @@ from ._errors import CliError, run_trio
 from ._health import ServeState
 from ._hookspec import HOOKS_ENV, HooksContext, build_hooks, load_factory
 from ._nodedir import NodeDir, NodeState, write_json_atomically
-from ._options import backend_options, config_option, data_dir_option, plural
+from ._options import DSN_ENV, backend_options, config_option, data_dir_option, plural
 from ._otlp import check_endpoint
 from ._sdnotify import Notifier
 from ._settings import BackendSettings, Settings, load_settings, parse_settings
+from ._workers import (
+    WorkerRole,
+    check_supervised,
+    drain_when_orphaned,
+    recover_stale,
+    refuse_process_local,
+    split_manager,
+    store_owner,
+    tag_worker_logs,
+    worker_role,
+)
 
 if TYPE_CHECKING:
     from .._manager import SessionManager
@@ -96,6 +107,14 @@ OPTION_KEYS: dict[tuple[str, ...], str] = {
     help="Export traces and metrics over OTLP/HTTP to this collector, e.g. http://localhost:4318.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Serve the node with this many processes sharing its identity, listen port "
+    "(SO_REUSEPORT) and store; the session cap and the global rate are split between them.",
+)
+@click.option(
     "--hooks",
     "hooks_spec",
     metavar="MODULE:FACTORY",
@@ -117,6 +136,7 @@ def serve(
     metrics_port: int | None,
     metrics_host: str,
     otlp_endpoint: str | None,
+    workers: int,
     hooks_spec: str | None,
 ) -> None:
     """Run an inviter node: serve bootstraps until SIGINT or SIGTERM, then drain.
@@ -125,6 +145,10 @@ def serve(
     sessions (they get `shutting_down`) and lets running ones finish within the manager's
     shutdown_grace; a second signal cancels them. Under systemd (`Type=notify`), it sends
     READY=1 once listening and STOPPING=1 when draining starts.
+
+    With --workers N (N > 1) this process supervises N worker processes: it restarts one that
+    dies, serves the endpoints with the workers' figures added up, and on a signal drains them
+    all (see the operations guide).
     """
     setup_logging(log_level, log_format)
     settings = load_settings(config_path, data_dir)
@@ -147,8 +171,30 @@ def serve(
     node = NodeDir.create(data_dir)
     store_settings = resolve_backend(settings, node, kind=backend, dsn=dsn, serving=True)
     observe = Observe(metrics_port, metrics_host, otlp_endpoint)
-    stats = run_trio(lambda: _serve(node, settings, store_settings, ready_file, observe, hooks))
-    click.echo(f"stopped: {stats}")
+    role = worker_role()
+    if role is None and workers > 1:
+        from ._supervisor import Supervisor, WorkerCommand
+
+        args = ["--data-dir", str(data_dir), "--log-level", log_level, "--log-format", log_format]
+        args += ["--config", str(config_path)] if config_path is not None else []
+        args += ["--backend", backend] if backend is not None else []
+        args += [arg for addr in cadre_addr for arg in ("--cadre-addr", addr)]
+        args += ["--otlp-endpoint", otlp_endpoint] if otlp_endpoint is not None else []
+        args += ["--hooks", hooks_spec] if hooks_spec else []
+        command = WorkerCommand(tuple(args), {DSN_ENV: dsn} if dsn else {})
+        supervisor = Supervisor(
+            node, workers, settings, store_settings, ready_file, observe, command
+        )
+        click.echo(f"stopped: {run_trio(supervisor.run)}")
+        return
+    if role is not None:
+        tag_worker_logs(role)
+        check_supervised(node)
+        settings = settings.model_copy(update={"manager": split_manager(settings.manager, role)})
+    stats = run_trio(
+        lambda: _serve(node, settings, store_settings, ready_file, observe, hooks, role)
+    )
+    click.echo(f"stopped: {stats}" if role is None else f"worker {role.index} stopped: {stats}")
 
 
 @dataclass(frozen=True)
@@ -176,6 +222,7 @@ async def _serve(
     ready_file: Path | None,
     observe: Observe,
     custom: CustomHooks | None = None,
+    role: WorkerRole | None = None,
 ) -> str:
     # libp2p, trio and OpenTelemetry: imported here, so that the other commands start quickly.
     import trio
@@ -187,10 +234,12 @@ async def _serve(
 
     state = ServeState(backend=store_settings.kind, data_dir=node.path)
     notifier = Notifier()
+    key_pair = node.key_pair()  # first: opening the SQLite store makes the data dir private
+    owner = store_owner(node, store_settings.kind, role)
     with (
-        node.serve_lock(),
+        node.serve_lock() if role is None else nullcontext(),
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-        open_backend(node, store_settings, owner=node.owner()) as store,
+        open_backend(node, store_settings, owner=owner) as store,
         telemetry_providers(
             node.peer_id(),
             prometheus=observe.metrics_port is not None,
@@ -205,9 +254,16 @@ async def _serve(
                 backend, hooks = made.backend, made.hooks
                 if made.close is not None:
                     stack.callback(made.close)
-            host = new_bootstrap_host(key_pair=node.key_pair(), limits=settings.host)
+                if role is not None:
+                    refuse_process_local(made.backend, made.hooks, custom.spec)
+            if role is None or role.fresh:
+                await recover_stale(store, owner)  # the store's, whatever hooks serve
+            host = new_bootstrap_host(key_pair=key_pair, limits=settings.host)
+            shared = role is not None and role.shares_port
             try:
-                await stack.enter_async_context(running_host(host, settings.node.listen))
+                await stack.enter_async_context(
+                    running_host(host, settings.node.listen, shared=shared)
+                )
             except BaseLibp2pError as exc:
                 raise CliError(str(exc)) from None
             served = await stack.enter_async_context(
@@ -216,6 +272,7 @@ async def _serve(
                     backend,
                     settings.manager,
                     maintenance_interval=settings.node.maintenance_interval,
+                    maintain=role is None or role.index == 0,  # the sweep is store-wide
                     hooks=hooks,
                     meter_provider=providers.meter_provider,
                     tracer_provider=providers.tracer_provider,
@@ -225,6 +282,10 @@ async def _serve(
             async with trio.open_nursery() as nursery:
                 addrs = host_multiaddrs(host)
                 ready: dict[str, Any] = {"peer_id": node.peer_id(), "addrs": addrs}
+                if role is not None:
+                    state.worker = role.index
+                    ready["pid"] = os.getpid()
+                    nursery.start_soon(drain_when_orphaned, os.getppid())
                 if observe.metrics_port is not None:
                     table = routes(manager, addrs, providers.registry, state)
                     try:
@@ -237,12 +298,13 @@ async def _serve(
                             f"{observe.metrics_port}: {exc.strerror or exc}"
                         ) from None
                     ready["http"] = f"http://{observe.metrics_host}:{port}"
-                _record_start(node, addrs, store_settings)
                 tune_garbage_collector()  # set up: what lives as long as the node is frozen
-                for addr in addrs:
-                    click.echo(f"listening {addr}")
-                if "http" in ready:
-                    click.echo(f"metrics {ready['http']}/metrics status {ready['http']}/status")
+                if role is None:  # a worker's supervisor records and says where it listens
+                    _record_start(node, addrs, store_settings)
+                    for addr in addrs:
+                        click.echo(f"listening {addr}")
+                    if "http" in ready:
+                        click.echo(f"metrics {ready['http']}/metrics status {ready['http']}/status")
                 try:
                     if ready_file is not None:
                         write_json_atomically(ready_file, ready, 0o644)

@@ -62,7 +62,8 @@ class BackendSettings(_Section):
     provision_ttl: Seconds = 3600.0
     """Seconds a provisioned tally may stay unacknowledged before the sweep drops it."""
     pool_size: Annotated[int, Field(ge=1, le=256)] = 8
-    """PostgreSQL connections in the pool."""
+    """PostgreSQL connections in the pool (of each worker under ``serve --workers N``: N times
+    as many in all)."""
 
 
 class Settings(_Section):

@@ -28,6 +28,7 @@ __all__ = [
     "SERVER",
     "LoadTestError",
     "drive",
+    "install_js_packages",
     "js_responder",
     "proc_stats",
     "spawned_run",
@@ -52,17 +53,55 @@ JS_DIR = Path(__file__).resolve().parents[2] / "interop" / "js"
 """The bare js-libp2p responder of issue 17 (a source checkout only: it is not packaged)."""
 
 
+NPM_CI = ("npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+"""How the js packages are installed: exactly what ``interop/js/package-lock.json`` pins."""
+
+
+def _js_packages_installed(js_dir: Path) -> bool:
+    lock = json.loads((js_dir / "package-lock.json").read_text(encoding="utf-8"))
+    for name, entry in lock["packages"].items():
+        if name.count("node_modules/") != 1:  # the direct dependencies and hoisted ones
+            continue
+        try:
+            manifest = json.loads((js_dir / name / "package.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if manifest.get("version") != entry.get("version"):
+            return False
+    return True
+
+
+def install_js_packages(js_dir: Path = JS_DIR) -> None:
+    """Install the packages ``js_dir/package-lock.json`` pins with ``npm ci``, unless exactly
+    those are installed already; says so on stderr. :class:`LoadTestError` where npm is
+    missing or fails."""
+    if _js_packages_installed(js_dir):
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise LoadTestError(
+            f"the js packages are not installed in {js_dir}/node_modules and npm is not on "
+            "PATH to install them (Debian: apt-get install nodejs npm): no js-libp2p row"
+        )
+    print(f"installing the js-libp2p packages: {' '.join(NPM_CI)} in {js_dir}", file=sys.stderr)
+    done = subprocess.run(
+        [npm, *NPM_CI[1:]], cwd=js_dir, capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        raise LoadTestError(f"`npm ci` in {js_dir} failed: {done.stderr.strip()[-2000:]}")
+
+
 def js_responder(js_dir: Path = JS_DIR) -> list[str]:
-    """The command that starts the bare js-libp2p responder (``interop/js/responder.mjs``);
-    :class:`LoadTestError` saying what is missing where Node or its packages are absent."""
+    """The command that starts the bare js-libp2p responder (``interop/js/responder.mjs``),
+    its packages installed first with :func:`install_js_packages` when missing;
+    :class:`LoadTestError` saying what is missing where Node, the script or npm is absent."""
     node = shutil.which("node")
     if node is None:
         raise LoadTestError("Node.js is not installed (no `node` on PATH): no js-libp2p row")
     script = js_dir / "responder.mjs"
     if not script.is_file():
         raise LoadTestError(f"{script} is missing (a source checkout is needed): no js-libp2p row")
-    if not (js_dir / "node_modules" / "libp2p").is_dir():
-        raise LoadTestError(f"the js packages are not installed: run `npm ci` in {js_dir}")
+    install_js_packages(js_dir)
     return [node, str(script)]
 
 
