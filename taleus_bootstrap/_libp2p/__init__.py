@@ -1,4 +1,4 @@
-"""Every py-libp2p (0.8.1) workaround of taleus_bootstrap, in one module.
+"""Every py-libp2p (0.8.1) workaround of taleus_bootstrap, in this one package.
 
 Defect numbers refer to LIBP2P-NOTES.md; each workaround has a regression test in
 tests/test_libp2p_integration.py. 1: inbound connections keep a swarm slot until the swarm stops
@@ -17,6 +17,12 @@ share it with the other workers of ``serve --workers``: :func:`check_shared_list
 libp2p's stream exceptions, which are mapped to the package's own here and nowhere else
 (:class:`Libp2pByteStream`: end of stream is ``b""``, a broken stream
 :class:`~taleus_bootstrap._channel.StreamBroken`).
+
+The transport's cost per bootstrap (issue 17) is cut in two submodules the host factory installs:
+:mod:`._yamux` (buffered TCP reads, go-yamux window crediting, SYN on the first DATA frame, the
+bytes a peer sent before its connection closed, the frame write) and :mod:`._select`
+(multistream-select in one write each way); their regression tests are in
+tests/test_transport_frames.py.
 """
 
 from __future__ import annotations
@@ -26,14 +32,13 @@ import logging
 import os
 import re
 import socket
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Final
 
 import trio
-from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection, ISecureConn
+from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -41,8 +46,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.host.basic_host import BasicHost
 from libp2p.io.abc import ReadWriteCloser
-from libp2p.io.exceptions import IOException
-from libp2p.io.trio import TrioTCPStream
 from libp2p.metrics.swarm import SwarmEvent
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig, RetryConfig
@@ -53,62 +56,37 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStore
-from libp2p.protocol_muxer.exceptions import (
-    MultiselectClientError,
-    MultiselectCommunicatorError,
-    MultiselectError,
-)
-from libp2p.protocol_muxer.multiselect import MULTISELECT_PROTOCOL_ID, Multiselect
-from libp2p.protocol_muxer.multiselect_client import MultiselectClient
-from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.rcmgr import ResourceLimits, ResourceManager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.security.secure_session import SecureSession
-from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
-from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
-from libp2p.stream_muxer.yamux.yamux import (
-    FLAG_SYN,
-    HEADER_SIZE,
-    MAX_MESSAGE_SIZE,
-    TYPE_DATA,
-    TYPE_WINDOW_UPDATE,
-    YAMUX_HEADER_FORMAT,
-    Yamux,
-    YamuxStream,
-)
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
-from libp2p.utils import encode_delim
 from multiaddr import Multiaddr
 
-from ._channel import ByteStream, StreamBroken
-from ._config import HostLimits, InviteeConfig
-from ._errors import BootstrapUnreachable, InsecureHostError
+from .._channel import ByteStream, StreamBroken
+from .._config import HostLimits, InviteeConfig
+from .._errors import BootstrapUnreachable, InsecureHostError
+from ._select import _select_in_one_round_trip
+from ._yamux import (  # noqa: F401 - the tests and benchmarks import them from here
+    TRANSPORT_OFF_ENV,
+    _BatchedWindowStream,
+    _BootstrapMuxerMultistream,
+    _BootstrapYamux,
+    _buffer_reads,
+    _DrainedStream,
+    _ReadBuffered,
+    _SynWithDataStream,
+    _transport_off,
+)
 
 PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap/2.0.0")
 RESOLVE_PROTOCOL_ID: Final = TProtocol("/taleus/bootstrap-resolve/1.0.0")
 """The sibling protocol an invitee resolves an unconfirmed outcome on (protocol section 14)."""
-
-TRANSPORT_OFF_ENV: Final = "TALEUS_TRANSPORT_OFF"
-"""Comma-separated transport changes of issue 17 to leave out of the hosts built here, for
-before/after measurements only (tests/bench_transport.py, ``loadtest``): ``window`` (yamux
-as py-libp2p has it, without :class:`_BatchedWindowStream`; turns ``syn`` off
-too), ``reads`` (no :class:`_ReadBuffered`), ``select`` (multistream-select as py-libp2p has
-it, without :class:`_OneWriteMultiselectClient` and :class:`_CoalescingMultiselect`), ``syn``
-(a stream's SYN in a frame of its own, not on its first DATA frame:
-:class:`_SynWithDataStream`), ``eof`` (a closed TCP stream read again, as py-libp2p does, in
-:class:`_ReadBuffered`), ``quiet`` (py-libp2p's yamux ``_write_frame``, not
-:meth:`_BootstrapYamux._write_frame`)."""
-
-
-def _transport_off(change: str) -> bool:
-    return change in os.environ.get(TRANSPORT_OFF_ENV, "").split(",")
-
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 
@@ -138,63 +116,6 @@ _INBOUND_HANDLER: ContextVar[trio.Nursery | None] = ContextVar("_INBOUND_HANDLER
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-
-
-class _ReadBuffered:
-    """A TCP connection's reads through a buffer (issue 17).
-
-    Noise reads each message in two reads, its 2-byte length and then its body, and py-libp2p
-    hands each to the socket: two ``recv`` system calls (and trio's wait machinery) per
-    message, when one ``recv`` of up to 64 KiB usually holds the whole message, often several.
-    Reads are served from what the last ``recv`` brought; writes and the rest pass through.
-    """
-
-    __slots__ = ("_buffer", "_ended", "inner")
-
-    RECV_SIZE: Final = 65536
-
-    def __init__(self, inner: ReadWriteCloser) -> None:
-        self.inner = inner
-        self._buffer = b""
-        self._ended = False
-
-    async def read(self, n: int | None = None) -> bytes:
-        buffer = self._buffer
-        if not buffer:
-            if self._ended or n == 0:
-                return b""
-            buffer = await self.inner.read(None if n is None else max(n, self.RECV_SIZE))
-            if not buffer:
-                # End of stream (or closed here): final for TCP. py-libp2p's read_exactly
-                # asks 100 more times before it gives up: each would be a trio checkpoint,
-                # a receive_some raising ClosedResourceError and a debug record.
-                self._ended = not _transport_off("eof")
-                return buffer
-            if n is None or len(buffer) <= n:
-                return buffer
-        if n is None or n >= len(buffer):
-            self._buffer = b""
-            return buffer
-        self._buffer = buffer[n:]
-        return buffer[:n]
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def get_remote_address(self) -> tuple[str, int] | None:
-        return self.inner.get_remote_address()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-
-def _buffer_reads(raw_conn: IRawConnection) -> None:
-    stream = getattr(raw_conn, "stream", None)
-    if isinstance(stream, TrioTCPStream) and not _transport_off("reads"):
-        raw_conn.stream = _ReadBuffered(stream)  # type: ignore[attr-defined]
 
 
 class _BootstrapSwarm(Swarm):
@@ -238,386 +159,6 @@ class _BootstrapSwarm(Swarm):
         if nursery is not None and isinstance(closed, trio.Event):
             nursery.start_soon(_cancel_when_set, closed, nursery.cancel_scope)
         return muxed_conn
-
-
-class _DrainedStream(YamuxStream):
-    """A yamux stream that hands out what arrived before its connection closed (issue 17).
-
-    When a connection ends, cleanly or not, py-libp2p 0.8.1's ``Yamux._cleanup_on_error``
-    clears every stream's receive buffer and marks the stream reset: a peer that writes its
-    last frame, half-closes the stream and closes the connection at once (js-libp2p's
-    ``stream.close()`` then ``node.stop()``) loses that frame if the reader had not taken it
-    yet; the reader sees EOF. :class:`_BootstrapYamux` keeps those bytes here, and reads serve
-    them before reporting the end of the stream, as TCP and go-yamux do.
-    """
-
-    _leftover: bytearray | None = None
-
-    async def read(self, n: int | None = -1) -> bytes:
-        if not self._leftover:
-            try:
-                return await super().read(n)
-            except (MuxedStreamEOF, MuxedStreamReset):
-                if not self._leftover:
-                    raise
-        leftover = self._leftover
-        take = len(leftover) if n is None or n < 0 else min(n, len(leftover))
-        data = bytes(leftover[:take])
-        del leftover[:take]
-        return data
-
-
-class _BatchedWindowStream(_DrainedStream):
-    """A yamux stream that credits its receive window the way go-yamux does (issue 17).
-
-    py-libp2p 0.8.1 sends a WINDOW_UPDATE after nearly every read, however small: a read of a
-    1-byte length prefix and one of a 200-byte frame body each cost a frame on the wire (and
-    its ``PY_YAMUX_RELEASE_ON_READ=0`` knob does not stop it: its "partial slack" branch still
-    fires on every read, crediting twice the bytes read). go-yamux
-    (``stream.sendWindowUpdate``) sends one only when the credit owed,
-    ``max window - buffered - receive window``, is at least half the max window. Same here:
-    the peer may have at most the full window (256 KiB) in flight, and is credited again as
-    soon as half of it has been read; a bootstrap's few hundred bytes need no update at all.
-    The autotuning (doubling the target window when updates come fast) is kept as py-libp2p
-    does it, applied only when an update is sent.
-    """
-
-    async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
-        async with self.window_lock:
-            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
-            delta = self.target_recv_window - (self.recv_window + buffered)
-            if delta <= 0 or delta < self.target_recv_window // 2:
-                return
-            self.recv_window += delta
-            delta += self._apply_autotune_epoch(buffered)
-        await self.send_window_update(delta, skip_lock=True)
-
-
-_YAMUX_LOGGER: Final = logging.getLogger("libp2p.stream_muxer.yamux.yamux")
-
-
-class _SynWithDataStream(_BatchedWindowStream):
-    """An outbound yamux stream whose SYN flag rides on its first DATA frame (issue 17).
-
-    py-libp2p 0.8.1 opens a stream with a WINDOW_UPDATE frame of its own carrying SYN, and the
-    dialer's first write (multistream-select) follows as a second frame. yamux lets the flag
-    ride on a DATA frame (go-yamux and js-libp2p's yamux send it with the first frame they
-    have; every implementation, py-libp2p's included, accepts a DATA+SYN). The SYN goes out
-    with the first write that fits in one frame, or alone before anything else: a read (the
-    peer cannot answer a stream it does not know), a close, a reset, a larger first write.
-    """
-
-    syn_pending = False
-
-    async def _send_syn(self, data: bytes = b"") -> bool:
-        """Send the SYN (with ``data`` when it fits in one frame); whether ``data`` went."""
-        self.syn_pending = False  # before any await: no other frame of this stream goes first
-        fits = 0 < len(data) <= min(self.send_window, MAX_MESSAGE_SIZE - HEADER_SIZE)
-        if fits:
-            self.send_window -= len(data)
-        header = struct.pack(
-            YAMUX_HEADER_FORMAT,
-            0,
-            TYPE_DATA if fits else TYPE_WINDOW_UPDATE,
-            FLAG_SYN,
-            self.stream_id,
-            len(data) if fits else 0,
-        )
-        await self.conn._write_frame(header + data if fits else header)
-        return fits
-
-    async def write(self, data: bytes) -> None:
-        if self.syn_pending and not self.send_closed and await self._send_syn(data):
-            return
-        await super().write(data)
-
-    async def read(self, n: int | None = -1) -> bytes:
-        if self.syn_pending:
-            await self._send_syn()
-        return await super().read(n)
-
-    async def close(self) -> None:
-        if self.syn_pending:
-            await self._send_syn()
-        await super().close()
-
-    async def reset(self) -> None:
-        if self.syn_pending:
-            await self._send_syn()
-        await super().reset()
-
-
-class _BootstrapYamux(Yamux):
-    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams (:class:`_DrainedStream`
-    with ``TALEUS_TRANSPORT_OFF=window``) whose received bytes survive the connection's end;
-    outbound ones :class:`_SynWithDataStream` (unless ``syn_with_data`` or ``window`` is off).
-
-    py-libp2p builds its streams from the module's ``YamuxStream`` in ``open_stream`` and in
-    ``handle_incoming``; the class of each is switched before anyone can read from it
-    (outbound: on return from ``open_stream``; inbound: in ``accept_stream``, and nothing
-    reads an inbound stream before it is accepted).
-    """
-
-    syn_with_data = True
-    quiet_writes = True
-
-    async def _write_frame(self, data: bytes) -> None:
-        """py-libp2p's, without what it does for a debug record on every frame when DEBUG is
-        off (unpack the header, name its flags, format an f-string: ~2 µs a frame) and
-        without its extra checkpoint after the write (the socket's ``send_all`` has one)."""
-        if not self.quiet_writes or _YAMUX_LOGGER.isEnabledFor(logging.DEBUG):
-            await super()._write_frame(data)
-            return
-        async with self._write_lock:
-            await self.secured_conn.write(data)
-
-    async def open_stream(self) -> YamuxStream:
-        if not self.syn_with_data or _transport_off("window"):
-            stream = await super().open_stream()
-            stream.__class__ = _stream_class()
-            return stream
-        # Yamux.open_stream without its SYN frame.
-        await self.stream_backlog_semaphore.acquire()
-        async with self.streams_lock:
-            if self.event_shutting_down.is_set():
-                self.stream_backlog_semaphore.release()
-                raise MuxedStreamError("Connection is shutting down")
-            stream_id = self.next_stream_id
-            self.next_stream_id += 2
-            stream = _SynWithDataStream(stream_id, self, True)
-            stream.syn_pending = True
-            stream._owns_backlog_slot = True
-            self.streams[stream_id] = stream
-            self.stream_buffers[stream_id] = bytearray()
-            self.stream_events[stream_id] = trio.Event()
-        return stream
-
-    async def accept_stream(self) -> YamuxStream:
-        stream = await super().accept_stream()
-        if type(stream) is YamuxStream:
-            stream.__class__ = _stream_class()
-        return stream  # type: ignore[return-value]
-
-    async def _cleanup_on_error(self) -> None:
-        for stream_id, stream in self.streams.items():
-            buffer = self.stream_buffers.get(stream_id)
-            if buffer:  # (a stream not accepted yet is still a plain YamuxStream)
-                if type(stream) is YamuxStream:
-                    stream.__class__ = _stream_class()
-                stream._leftover = bytearray(buffer)  # type: ignore[attr-defined]
-        await super()._cleanup_on_error()
-
-
-def _stream_class() -> type[YamuxStream]:
-    return _DrainedStream if _transport_off("window") else _BatchedWindowStream
-
-
-class _BootstrapMuxerMultistream(MuxerMultistream):
-    """Muxer negotiation that builds :class:`_BootstrapYamux`: py-libp2p 0.8.1's
-    ``MuxerMultistream.new_conn`` builds ``Yamux`` itself whenever yamux is negotiated, whatever
-    class was registered for it."""
-
-    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
-        protocol, transport_class = await self._selector.select(
-            conn, conn.is_initiator, self.negotiate_timeout
-        )
-        if protocol == YAMUX_PROTOCOL_ID:
-            yamux = _BootstrapYamux(conn, peer_id, is_initiator=conn.is_initiator)
-            yamux.syn_with_data = not _transport_off("syn")
-            yamux.quiet_writes = not _transport_off("quiet")
-            muxed: IMuxedConn = yamux
-        else:
-            muxed = transport_class(conn, peer_id)
-        return self._annotate_connection(muxed, conn, protocol)
-
-
-_MULTISELECT_HEADER: Final = encode_delim(MULTISELECT_PROTOCOL_ID.encode())
-_NOT_FOUND: Final = "na"
-_WRITE_ERRORS = (IOException, AssertionError, ValueError)  # as MultiselectCommunicator.write
-
-
-def _has_unread_bytes(read_writer: object) -> bool:
-    """Whether ``read_writer`` already holds received bytes not read yet (never waits): a yamux
-    stream's buffer, a Noise session's decrypted message, a :class:`_ReadBuffered` TCP stream's
-    buffer. False when it cannot tell."""
-    muxed = getattr(read_writer, "muxed_stream", None)
-    if muxed is not None:
-        buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
-        return isinstance(buffers, dict) and bool(buffers.get(getattr(muxed, "stream_id", None)))
-    if isinstance(read_writer, SecureSession):
-        return read_writer.high_watermark > read_writer.low_watermark
-    stream = getattr(read_writer, "stream", None)
-    return isinstance(stream, _ReadBuffered) and bool(stream._buffer)
-
-
-async def _read_prefix(reader: Any, expected: bytes) -> bytes:
-    """Read from ``reader`` while what came is a proper prefix of ``expected`` (never more
-    than ``expected`` is long); what was read."""
-    got = b""
-    while len(got) < len(expected) and expected.startswith(got):
-        chunk = await reader.read(len(expected) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
-class _Prefixed(ReadWriteCloser):
-    """``reader`` with ``prefix`` (already read from it) in front."""
-
-    def __init__(self, prefix: bytes, reader: Any) -> None:
-        self.prefix, self.reader = prefix, reader
-
-    async def read(self, n: int | None = None) -> bytes:
-        if not self.prefix:
-            data: bytes = await self.reader.read(n)
-            return data
-        cut = len(self.prefix) if n is None or n < 0 else n
-        data, self.prefix = self.prefix[:cut], self.prefix[cut:]
-        return data
-
-    async def write(self, data: bytes) -> None:
-        await self.reader.write(data)
-
-    async def close(self) -> None:
-        await self.reader.close()
-
-    def get_remote_address(self) -> tuple[str, int] | None:
-        address: tuple[str, int] | None = self.reader.get_remote_address()
-        return address
-
-
-class _OneWriteMultiselectClient(MultiselectClient):
-    """The dialer's multistream-select in one write and one round trip (issue 17).
-
-    py-libp2p 0.8.1 writes ``/multistream/1.0.0``, waits for its echo, then writes the protocol
-    id and waits again: two writes (two yamux frames on a stream) and two round trips before
-    the first byte of the protocol. With a single protocol to propose, go-libp2p and js-libp2p
-    send both lines in one write and read both answers after; so does this. With several
-    protocols it is py-libp2p's negotiation, unchanged.
-    """
-
-    async def select_one_of(
-        self,
-        protocols: Sequence[TProtocol],
-        communicator: Any,
-        negotiate_timeout: int = 30,
-    ) -> TProtocol:
-        if len(protocols) != 1 or not isinstance(communicator, MultiselectCommunicator):
-            return await super().select_one_of(protocols, communicator, negotiate_timeout)
-        protocol = protocols[0]
-        # What we send, and what a listener that selects it answers.
-        expected = _MULTISELECT_HEADER + encode_delim(str(protocol).encode())
-        with trio.move_on_after(negotiate_timeout):
-            try:
-                await communicator.read_writer.write(expected)
-            except _WRITE_ERRORS as error:
-                raise MultiselectClientError(f"handshake write failed: {error}") from error
-            try:
-                # Both answers in as few reads as they arrived in (one, from a listener that
-                # answers in one write): a reset right after them must not find them unread.
-                answers = await _read_prefix(communicator.read_writer, expected)
-            except (IOException, BaseLibp2pError) as error:
-                raise MultiselectClientError(f"protocol read failed: {error}") from error
-            if answers == expected:
-                return protocol
-            communicator = MultiselectCommunicator(_Prefixed(answers, communicator.read_writer))
-            try:
-                header = await communicator.read()
-                if header != MULTISELECT_PROTOCOL_ID:
-                    raise MultiselectClientError(
-                        f"multiselect protocol ID mismatch: expected {MULTISELECT_PROTOCOL_ID},"
-                        f" got {header!r}"
-                    )
-                response = await communicator.read()
-            except MultiselectCommunicatorError as error:
-                raise MultiselectClientError(
-                    f"protocol read failed: {error}, protocol={protocol}"
-                ) from error
-            if response == protocol:
-                return protocol
-            if response == _NOT_FOUND:
-                raise MultiselectClientError(
-                    f"protocols not supported: tried {list(protocols)},"
-                    f" timeout={negotiate_timeout}s"
-                )
-            raise MultiselectClientError(
-                f"unrecognized response: {response!r}, expected {protocol!r} or"
-                f" {_NOT_FOUND!r}, protocol={protocol}"
-            )
-        raise MultiselectClientError(
-            f"response timed out after {negotiate_timeout}s, protocols tried: {list(protocols)}"
-        )
-
-
-class _CoalescingMultiselect(Multiselect):
-    """The listener's multistream-select answering in one write (issue 17).
-
-    py-libp2p 0.8.1 writes its ``/multistream/1.0.0`` first, then reads the dialer's, then
-    the protocol id, and echoes it: two writes. This listener reads the dialer's header first
-    (as js-libp2p's does); if the protocol id came with it (a dialer that sends both at once:
-    :class:`_OneWriteMultiselectClient`, go, js), the header and the echo go out together;
-    otherwise (a dialer waiting for our header before proposing, as py-libp2p's) the header
-    goes out at once, as before.
-    """
-
-    async def negotiate(
-        self, communicator: Any, negotiate_timeout: int = 30
-    ) -> tuple[TProtocol | None, Any]:
-        if not isinstance(communicator, MultiselectCommunicator):
-            return await super().negotiate(communicator, negotiate_timeout)
-        read_writer = communicator.read_writer
-
-        async def read() -> str:
-            try:
-                return await communicator.read()
-            except MultiselectCommunicatorError as error:
-                raise MultiselectError() from error
-
-        async def write(data: bytes) -> None:
-            try:
-                await read_writer.write(data)
-            except _WRITE_ERRORS as error:
-                raise MultiselectError() from error
-
-        try:
-            with trio.fail_after(negotiate_timeout):
-                header = await read()
-                if header != MULTISELECT_PROTOCOL_ID:
-                    raise MultiselectError(
-                        f"multiselect protocol ID mismatch: received handshake_contents={header}"
-                    )
-                pending = _MULTISELECT_HEADER
-                if not _has_unread_bytes(read_writer):
-                    await write(pending)
-                    pending = b""
-                while True:
-                    command = await read()
-                    if command == "ls":
-                        listed = "\n".join(p for p in self.handlers if p is not None) + "\n"
-                        await write(pending + encode_delim(listed.encode()))
-                    else:
-                        protocol = TProtocol(command) if command else None
-                        if protocol in self.handlers:
-                            await write(pending + encode_delim(command.encode()))
-                            return protocol, self.handlers[protocol]
-                        await write(pending + encode_delim(_NOT_FOUND.encode()))
-                    pending = b""
-        except trio.TooSlowError:
-            raise MultiselectError("handshake read timeout") from None
-
-
-def _select_in_one_round_trip(host: BasicHost, upgrader: TransportUpgrader) -> None:
-    """Install the one-write multistream-select on ``host``'s streams and on the connection
-    upgrades (security and muxer negotiation) of ``upgrader``."""
-    if _transport_off("select"):
-        return
-    host.multiselect = _CoalescingMultiselect(host.multiselect.handlers)
-    host.multiselect_client = _OneWriteMultiselectClient()
-    for multistream in (upgrader.security_multistream, upgrader.muxer_multistream):
-        selector = multistream._selector
-        selector.multiselect = _CoalescingMultiselect(selector.multiselect.handlers)
-        selector.multiselect_client = _OneWriteMultiselectClient()
 
 
 _LIBP2P_ROUTED = False
