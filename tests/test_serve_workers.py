@@ -207,6 +207,10 @@ async def test_kill_9_of_a_worker_is_restarted_and_recovers_only_its_own_session
                 victim_open = {s.session_id for s in backend.audit.open_sessions([w1])}
                 other_open = {s.session_id for s in backend.audit.open_sessions([w0])}
             victim = ready["workers"][1]["pid"]
+            _, before = await aget(f"{http}/status")  # the supervisor reads what each counted
+            started = "taleus_bootstrap_session_started_total"
+            _, metrics_before = await aget(f"{http}/metrics")
+            assert before["workers"][1]["statistics"]["sessions_admitted"] > 0
             os.kill(victim, signal.SIGKILL)
 
             async def restarted() -> dict[str, Any]:
@@ -222,6 +226,13 @@ async def test_kill_9_of_a_worker_is_restarted_and_recovers_only_its_own_session
             assert document["workers"][1]["pid"] != victim
             assert document["workers"][1]["last_exit_status"] == -signal.SIGKILL
             assert document["workers"][0]["pid"] == ready["workers"][0]["pid"]
+            # The node's counts do not go down: what the killed worker had counted stays.
+            assert document["workers"][1]["statistics"]["sessions_admitted"] == 0
+            admitted = before["statistics"]["sessions_admitted"]
+            assert document["statistics"]["sessions_admitted"] >= admitted == 12
+            _, metrics_after = await aget(f"{http}/metrics")
+            assert metric_total(metrics_before, started) == 12
+            assert metric_total(metrics_after, started) >= 12
             with served.store() as backend:
                 # The restarted worker closed what it owned; the live sessions of worker 0
                 # are untouched.

@@ -44,7 +44,14 @@ from ._nodedir import NodeDir, NodeState, write_json_atomically
 from ._sdnotify import Notifier
 from ._settings import BackendSettings, Settings
 from ._workers import WORKER_ENV
-from ._workerstats import http_get, merge_recent, sum_metrics, sum_statistics
+from ._workerstats import (
+    http_get,
+    merge_recent,
+    retired_metrics,
+    retired_statistics,
+    sum_metrics,
+    sum_statistics,
+)
 
 __all__ = ["Supervisor", "WorkerCommand"]
 
@@ -126,6 +133,11 @@ class Supervisor:
         self.addrs: list[str] = []
         self.draining = trio.Event()
         self._tmp = Path()
+        self._last: dict[int, dict[str, bytes]] = {}
+        """The last ``/status`` and ``/metrics`` each worker answered."""
+        self._retired_status: dict[str, Any] = {}
+        self._retired_metrics: list[str] = []
+        """The counts of workers that exited (as last read), added to the node's figures."""
 
     async def run(self) -> str:
         """Serve until a signal, drain; the summary line."""
@@ -247,6 +259,7 @@ class Supervisor:
             assert worker.process is not None
             status = await worker.process.wait()
             worker.exit_status = status
+            self._retire(worker.index)
             if self.draining.is_set():
                 worker.state = "stopped"
                 worker.stopped.set()
@@ -343,14 +356,30 @@ class Supervisor:
             if worker.http is None or worker.state != "serving":
                 return
             try:
-                answers[worker.index] = await http_get(worker.http + path)
+                answers[worker.index] = answer = await http_get(worker.http + path)
             except OSError as exc:
                 logger.debug("worker %d: %s", worker.index, exc)
+                return
+            if answer[0] == 200:
+                self._last.setdefault(worker.index, {})[path] = answer[1]
 
         async with trio.open_nursery() as nursery:
             for worker in self.workers:
                 nursery.start_soon(one, worker)
         return answers
+
+    def _retire(self, index: int) -> None:
+        """Worker ``index`` exited: what it counted (as last read) stays in the node's counts,
+        so that they do not go down when it starts again from 0."""
+        last = self._last.pop(index, {})
+        if "/status" in last:
+            statistics = json.loads(last["/status"]).get("statistics", {})
+            self._retired_status = sum_statistics(
+                [self._retired_status, retired_statistics(statistics)]
+            )
+        if "/metrics" in last:
+            texts = [*self._retired_metrics, retired_metrics(last["/metrics"].decode())]
+            self._retired_metrics = [sum_metrics(texts).decode()]
 
     async def _status(self) -> tuple[str, bytes]:
         pages = {i: json.loads(body) for i, (_, body) in (await self._fetch("/status")).items()}
@@ -371,7 +400,9 @@ class Supervisor:
             "data_dir": str(self.node.path.resolve()),
             "supervisor_pid": os.getpid(),
             "workers": workers,
-            "statistics": sum_statistics(p["statistics"] for p in pages.values()),
+            "statistics": sum_statistics(
+                [*(p["statistics"] for p in pages.values()), self._retired_status]
+            ),
             "recent_sessions": merge_recent(
                 {i: p.get("recent_sessions", []) for i, p in pages.items()}
             ),
@@ -382,7 +413,8 @@ class Supervisor:
         from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
         pages = await self._fetch("/metrics")
-        return CONTENT_TYPE_LATEST, sum_metrics(body.decode() for _, body in pages.values())
+        texts = [body.decode() for _, body in pages.values()]
+        return CONTENT_TYPE_LATEST, sum_metrics([*texts, *self._retired_metrics])
 
     async def _healthz(self) -> tuple[str, bytes, int]:
         body = {

@@ -13,11 +13,32 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["http_get", "merge_recent", "sum_metrics", "sum_statistics"]
+__all__ = [
+    "http_get",
+    "merge_recent",
+    "retired_metrics",
+    "retired_statistics",
+    "sum_metrics",
+    "sum_statistics",
+]
 
 FETCH_TIMEOUT_S: Final = 2.0
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 RECENT_SESSIONS: Final = 50
+CUMULATIVE_STATISTICS: Final = frozenset(
+    {
+        "sessions_admitted",
+        "sessions_finished",
+        "by_state",
+        "by_rejection",
+        "streams_refused",
+        "resolutions_answered",
+        "resolutions_refused",
+    }
+)
+"""The ``statistics`` of ``/status`` that only grow (the others are gauges: sessions active,
+peers tracked, ...)."""
+CUMULATIVE_TYPES: Final = frozenset({"counter", "histogram", "summary"})
 
 
 async def http_get(url: str) -> tuple[int, bytes]:
@@ -75,6 +96,29 @@ def sum_statistics(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return total
 
 
+def retired_statistics(statistics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a worker that exited keeps adding to the node's ``statistics``: its counts (the
+    last the supervisor read), not its gauges. Summed in, the node's counts never go down when
+    a worker is restarted and starts from 0."""
+    return {name: value for name, value in statistics.items() if name in CUMULATIVE_STATISTICS}
+
+
+def retired_metrics(text: str) -> str:
+    """What a worker that exited keeps adding to the node's ``/metrics``: its counters,
+    histograms and summaries (the last page the supervisor read; no ``_created``), not its
+    gauges."""
+    kept = []
+    for family in text_string_to_metric_families(text):
+        if family.type not in CUMULATIVE_TYPES:
+            continue
+        metric = Metric(family.name, family.documentation, family.type)
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                metric.add_sample(sample.name, sample.labels, sample.value)
+        kept.append(metric)
+    return _render(kept).decode()
+
+
 def merge_recent(by_worker: Mapping[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The workers' last finished sessions, each with its ``worker``, newest first."""
     merged = [
@@ -122,6 +166,10 @@ def sum_metrics(texts: Iterable[str]) -> bytes:
     for name, family in families.items():
         for (sample_name, labels), value in values[name].items():
             family.add_sample(sample_name, dict(labels), value)
+    return _render(list(families.values()))
+
+
+def _render(families: list[Metric]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))
+    registry.register(_Families(families))
     return generate_latest(registry)
