@@ -217,9 +217,10 @@ class _SynWithDataStream(_BatchedWindowStream):
 
 
 class _BootstrapYamux(Yamux):
-    """py-libp2p's yamux with :class:`_BatchedWindowStream` streams (:class:`_DrainedStream`
-    with ``TALEUS_TRANSPORT_OFF=window``) whose received bytes survive the connection's end;
-    outbound ones :class:`_SynWithDataStream` (unless ``syn_with_data`` or ``window`` is off).
+    """py-libp2p's yamux with ``stream_class`` streams (:class:`_BatchedWindowStream`, or
+    :class:`_DrainedStream` with ``TALEUS_TRANSPORT_OFF=window``) whose received bytes survive
+    the connection's end; outbound ones :class:`_SynWithDataStream` when ``syn_with_data``.
+    :class:`_BootstrapMuxerMultistream` reads the switches once per connection.
 
     py-libp2p builds its streams from the module's ``YamuxStream`` in ``open_stream`` and in
     ``handle_incoming``; the class of each is switched before anyone can read from it
@@ -227,7 +228,8 @@ class _BootstrapYamux(Yamux):
     reads an inbound stream before it is accepted).
     """
 
-    syn_with_data = True
+    stream_class: type[YamuxStream] = _BatchedWindowStream
+    syn_with_data = True  # (its stream class extends _BatchedWindowStream: off with ``window``)
     quiet_writes = True
 
     async def _write_frame(self, data: bytes) -> None:
@@ -241,9 +243,9 @@ class _BootstrapYamux(Yamux):
             await self.secured_conn.write(data)
 
     async def open_stream(self) -> YamuxStream:
-        if not self.syn_with_data or _transport_off("window"):
+        if not self.syn_with_data:
             stream = await super().open_stream()
-            stream.__class__ = _stream_class()
+            stream.__class__ = self.stream_class
             return stream
         # Yamux.open_stream without its SYN frame.
         await self.stream_backlog_semaphore.acquire()
@@ -264,7 +266,7 @@ class _BootstrapYamux(Yamux):
     async def accept_stream(self) -> YamuxStream:
         stream = await super().accept_stream()
         if type(stream) is YamuxStream:
-            stream.__class__ = _stream_class()
+            stream.__class__ = self.stream_class
         return stream  # type: ignore[return-value]
 
     async def _cleanup_on_error(self) -> None:
@@ -272,13 +274,9 @@ class _BootstrapYamux(Yamux):
             buffer = self.stream_buffers.get(stream_id)
             if buffer:  # (a stream not accepted yet is still a plain YamuxStream)
                 if type(stream) is YamuxStream:
-                    stream.__class__ = _stream_class()
+                    stream.__class__ = self.stream_class
                 stream._leftover = bytearray(buffer)  # type: ignore[attr-defined]
         await super()._cleanup_on_error()
-
-
-def _stream_class() -> type[YamuxStream]:
-    return _DrainedStream if _transport_off("window") else _BatchedWindowStream
 
 
 class _BootstrapMuxerMultistream(MuxerMultistream):
@@ -292,7 +290,9 @@ class _BootstrapMuxerMultistream(MuxerMultistream):
         )
         if protocol == YAMUX_PROTOCOL_ID:
             yamux = _BootstrapYamux(conn, peer_id, is_initiator=conn.is_initiator)
-            yamux.syn_with_data = not _transport_off("syn")
+            window = not _transport_off("window")
+            yamux.stream_class = _BatchedWindowStream if window else _DrainedStream
+            yamux.syn_with_data = window and not _transport_off("syn")
             yamux.quiet_writes = not _transport_off("quiet")
             muxed: IMuxedConn = yamux
         else:
